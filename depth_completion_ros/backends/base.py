@@ -1,0 +1,37 @@
+"""The one interface every completion engine implements.
+
+The node, the offline tools, the demo and evaluation only ever call ``complete``; a backend is
+chosen by name through :func:`depth_completion_ros.backends.make_backend`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+
+class BackendError(RuntimeError):
+    """A backend cannot be built or run; the message says what is wrong and how to fix it."""
+
+
+class DepthCompletionBackend(ABC):
+    """Sparse metric depth + image -> dense metric depth.
+
+    Conventions (shared by every caller):
+      rgb:    H x W x 3 uint8, RGB order.
+      sparse: H x W float32 metres along the optical axis, 0 where there is no measurement.
+      K:      3 x 3 float64 intrinsics of the rectified image (fx, fy, cx, cy).
+      return: H x W float32 metres, 0 where the backend has no estimate.
+    """
+
+    #: short name used by the ``model`` parameter and in logs
+    name: str = "base"
+
+    @abstractmethod
+    def complete(self, rgb: np.ndarray, sparse: np.ndarray, K: np.ndarray) -> np.ndarray:
+        """Return dense depth for one frame."""
+
+    def describe(self) -> str:
+        """One line for the start-up log (device, precision, weights)."""
+        return self.name
