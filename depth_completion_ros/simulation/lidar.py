@@ -1,0 +1,342 @@
+"""A spinning multi-beam LiDAR simulated by ray casting onto any triangle mesh (open3d).
+
+Written once for two users: the synthetic street scene of the demo, and DMD3C stage 1, which casts
+a simulated LiDAR from the origin onto a Poisson mesh of a monocular depth prediction. So nothing
+here knows what the mesh is: it takes a mesh (or a prepared ``RaycastingScene``), a beam pattern and
+a pose, and returns KITTI-like points.
+
+Frames: the LiDAR frame is KITTI's velodyne frame (x forward, y left, z up). Scans are
+instantaneous (no motion distortion during a sweep).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import open3d as o3d
+
+__all__ = [
+    "T_LIDAR_TO_OPTICAL",
+    "LidarModel",
+    "LidarScan",
+    "cast",
+    "lidar_pose_in_optical_frame",
+    "make_raycasting_scene",
+    "range_image",
+    "ray_directions",
+]
+
+# Takes points from a LiDAR frame (x forward, y left, z up) into an optical frame (z forward,
+# x right, y down) with the same origin. Stage 1 scans meshes built in camera coordinates, so its
+# LiDAR pose is this matrix (see ``lidar_pose_in_optical_frame``).
+T_LIDAR_TO_OPTICAL = np.array(
+    [
+        [0.0, -1.0, 0.0, 0.0],
+        [0.0, 0.0, -1.0, 0.0],
+        [1.0, 0.0, 0.0, 0.0],
+        [0.0, 0.0, 0.0, 1.0],
+    ]
+)
+
+
+def lidar_pose_in_optical_frame(
+    translation: Sequence[float] = (0.0, 0.0, 0.0),
+) -> np.ndarray:
+    """Pose (LiDAR -> mesh frame) of an upright LiDAR in a mesh given in camera coordinates.
+
+    Why: stage-1 meshes are back-projected depth maps (z forward, y down); a LiDAR mounted level
+    with the camera sits at ``translation`` (optical frame) looking along +z.
+    """
+    pose = T_LIDAR_TO_OPTICAL.copy()
+    pose[:3, 3] = np.asarray(translation, dtype=np.float64)
+    return pose
+
+
+@dataclass(frozen=True)
+class LidarModel:
+    """Beam pattern and range behaviour of a spinning LiDAR.
+
+    ``elevations_deg``: one angle per beam (positive = up), any order; scans keep that order in
+    ``LidarScan.ring``. Azimuth columns run from the left edge of the field of view to the right
+    (counter-clockwise angle decreasing), centred on ``azimuth_center_deg`` (0 = +x, forward).
+    """
+
+    elevations_deg: tuple[float, ...]
+    azimuth_resolution_deg: float = 0.1728
+    azimuth_fov_deg: float = 360.0
+    azimuth_center_deg: float = 0.0
+    min_range: float = 0.9
+    max_range: float = 120.0
+    range_noise_std: float = 0.0
+    seed: int | None = None
+    name: str = field(default="custom", compare=False)
+
+    def __post_init__(self) -> None:
+        elev = tuple(
+            float(e) for e in np.asarray(self.elevations_deg, dtype=np.float64).ravel()
+        )
+        object.__setattr__(self, "elevations_deg", elev)
+        if not elev:
+            raise ValueError(
+                "LidarModel needs at least one beam elevation angle (degrees)."
+            )
+        if not all(-90.0 <= e <= 90.0 for e in elev):
+            raise ValueError(
+                f"LidarModel elevations must lie in [-90, 90] degrees, got "
+                f"[{min(elev)}, {max(elev)}]; pass degrees, not radians."
+            )
+        if not 0.0 < self.azimuth_resolution_deg <= self.azimuth_fov_deg:
+            raise ValueError(
+                f"azimuth_resolution_deg={self.azimuth_resolution_deg} must be > 0 and no more "
+                f"than azimuth_fov_deg={self.azimuth_fov_deg}."
+            )
+        if not 0.0 < self.azimuth_fov_deg <= 360.0:
+            raise ValueError(
+                f"azimuth_fov_deg={self.azimuth_fov_deg} must be in (0, 360]."
+            )
+        if not 0.0 <= self.min_range < self.max_range:
+            raise ValueError(
+                f"Need 0 <= min_range < max_range, got min_range={self.min_range}, "
+                f"max_range={self.max_range} (metres)."
+            )
+        if self.range_noise_std < 0.0:
+            raise ValueError(
+                f"range_noise_std={self.range_noise_std} must be >= 0 (metres)."
+            )
+
+    @classmethod
+    def from_elevations(
+        cls, elevations_deg: Sequence[float] | np.ndarray, **kwargs
+    ) -> LidarModel:
+        """Any sensor, or a random beam pattern (stage 1), from its beam elevation angles."""
+        return cls(
+            elevations_deg=tuple(np.asarray(elevations_deg, dtype=float).ravel()),
+            **kwargs,
+        )
+
+    @classmethod
+    def uniform(
+        cls, n_beams: int, upper_deg: float, lower_deg: float, **kwargs
+    ) -> LidarModel:
+        """Evenly spaced beams from ``upper_deg`` down to ``lower_deg``."""
+        if n_beams < 1:
+            raise ValueError(f"n_beams={n_beams} must be >= 1.")
+        kwargs.setdefault("name", f"uniform{n_beams}")
+        return cls.from_elevations(np.linspace(upper_deg, lower_deg, n_beams), **kwargs)
+
+    @classmethod
+    def hdl64(cls, **kwargs) -> LidarModel:
+        """Velodyne HDL-64E as mounted on KITTI: 64 beams, +2 to -24.9 deg, ~2083 columns.
+
+        Two laser blocks like the real sensor: the upper 32 beams are packed tighter (~1/3 deg)
+        than the lower 32 (~1/2 deg).
+        """
+        upper = np.linspace(2.0, -8.33, 32)
+        lower = np.linspace(-8.87, -24.9, 32)
+        kwargs.setdefault("name", "hdl64")
+        kwargs.setdefault("azimuth_resolution_deg", 0.1728)
+        kwargs.setdefault("max_range", 120.0)
+        return cls.from_elevations(np.concatenate([upper, lower]), **kwargs)
+
+    @classmethod
+    def vlp16(cls, **kwargs) -> LidarModel:
+        """Velodyne VLP-16: 16 beams from +15 to -15 deg every 2 deg, 0.2 deg at 10 Hz."""
+        kwargs.setdefault("name", "vlp16")
+        kwargs.setdefault("azimuth_resolution_deg", 0.2)
+        kwargs.setdefault("min_range", 0.5)
+        kwargs.setdefault("max_range", 100.0)
+        return cls.from_elevations(np.arange(15.0, -15.5, -2.0), **kwargs)
+
+    def with_(self, **changes) -> LidarModel:
+        """A copy with some fields changed (e.g. ``hdl64().with_(range_noise_std=0.02)``)."""
+        return replace(self, **changes)
+
+    @property
+    def n_beams(self) -> int:
+        return len(self.elevations_deg)
+
+    @property
+    def n_columns(self) -> int:
+        return max(1, round(self.azimuth_fov_deg / self.azimuth_resolution_deg))
+
+    @property
+    def n_rays(self) -> int:
+        return self.n_beams * self.n_columns
+
+    def azimuths_deg(self) -> np.ndarray:
+        """Column azimuths, left to right, each at the centre of its angular bin."""
+        j = np.arange(self.n_columns, dtype=np.float64)
+        step = self.azimuth_fov_deg / self.n_columns
+        return self.azimuth_center_deg + self.azimuth_fov_deg / 2.0 - (j + 0.5) * step
+
+
+@functools.lru_cache(maxsize=16)
+def _ray_directions_cached(model: LidarModel) -> np.ndarray:
+    elev = np.deg2rad(np.asarray(model.elevations_deg, dtype=np.float64))[:, None]
+    azim = np.deg2rad(model.azimuths_deg())[None, :]
+    dirs = np.stack(
+        np.broadcast_arrays(
+            np.cos(elev) * np.cos(azim), np.cos(elev) * np.sin(azim), np.sin(elev)
+        ),
+        axis=-1,
+    ).reshape(-1, 3)
+    dirs = dirs.astype(np.float32)
+    dirs.flags.writeable = False
+    return dirs
+
+
+def ray_directions(model: LidarModel) -> np.ndarray:
+    """Unit ray directions, (n_beams * n_columns, 3) float32, in the LiDAR frame.
+
+    Row-major over (beam, column): ``reshape(n_beams, n_columns, 3)`` gives a range-image grid.
+    Cached per model and read-only, since every scan of a sequence reuses it.
+    """
+    return _ray_directions_cached(model)
+
+
+@dataclass
+class LidarScan:
+    """One simulated sweep; all arrays have one row per returned point.
+
+    ``points`` is KITTI's .bin layout: float32 (x, y, z, intensity) in the LiDAR frame, with
+    intensity in [0, 1]. ``ring``/``column`` index the beam and azimuth column of each point,
+    ``geometry_ids``/``primitive_ids`` the open3d geometry and triangle that was hit, and
+    ``normals`` the hit triangle's normal in the scene frame (as open3d returns it).
+    """
+
+    points: np.ndarray
+    ranges: np.ndarray
+    ring: np.ndarray
+    column: np.ndarray
+    geometry_ids: np.ndarray
+    primitive_ids: np.ndarray
+    normals: np.ndarray
+
+    @property
+    def xyz(self) -> np.ndarray:
+        return self.points[:, :3]
+
+    @property
+    def intensity(self) -> np.ndarray:
+        return self.points[:, 3]
+
+    def __len__(self) -> int:
+        return int(self.points.shape[0])
+
+
+def make_raycasting_scene(
+    mesh: o3d.geometry.TriangleMesh | o3d.t.geometry.TriangleMesh,
+) -> o3d.t.geometry.RaycastingScene:
+    """A RaycastingScene holding one mesh (geometry id 0); build once, cast many times."""
+    if isinstance(mesh, o3d.geometry.TriangleMesh):
+        if len(mesh.triangles) == 0:
+            raise ValueError("The mesh has no triangles: nothing for the LiDAR to hit.")
+        mesh = o3d.t.geometry.TriangleMesh.from_legacy(mesh)
+    if not isinstance(mesh, o3d.t.geometry.TriangleMesh):
+        raise TypeError(
+            f"Expected an open3d TriangleMesh (legacy or tensor) or a RaycastingScene, got "
+            f"{type(mesh).__name__}."
+        )
+    vertices = mesh.vertex.positions.to(o3d.core.Dtype.Float32)
+    triangles = mesh.triangle.indices.to(o3d.core.Dtype.UInt32)
+    if triangles.shape[0] == 0:
+        raise ValueError("The mesh has no triangles: nothing for the LiDAR to hit.")
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(vertices, triangles)
+    return scene
+
+
+def _as_scene(
+    scene_or_mesh: o3d.t.geometry.RaycastingScene
+    | o3d.geometry.TriangleMesh
+    | o3d.t.geometry.TriangleMesh,
+) -> o3d.t.geometry.RaycastingScene:
+    if isinstance(scene_or_mesh, o3d.t.geometry.RaycastingScene):
+        return scene_or_mesh
+    return make_raycasting_scene(scene_or_mesh)
+
+
+def _check_pose(pose: np.ndarray | None) -> np.ndarray:
+    if pose is None:
+        return np.eye(4)
+    pose = np.asarray(pose, dtype=np.float64)
+    if pose.shape != (4, 4):
+        raise ValueError(
+            f"pose must be a 4x4 LiDAR-to-scene transform, got shape {pose.shape}."
+        )
+    rot = pose[:3, :3]
+    if not np.allclose(rot @ rot.T, np.eye(3), atol=1e-5) or np.linalg.det(rot) < 0:
+        raise ValueError(
+            "pose[:3, :3] must be a proper rotation (orthonormal, det +1)."
+        )
+    return pose
+
+
+def cast(
+    scene_or_mesh: o3d.t.geometry.RaycastingScene
+    | o3d.geometry.TriangleMesh
+    | o3d.t.geometry.TriangleMesh,
+    model: LidarModel,
+    pose: np.ndarray | None = None,
+    *,
+    rng: np.random.Generator | None = None,
+    nthreads: int = 0,
+) -> LidarScan:
+    """Scan a mesh with a LiDAR at ``pose`` (4x4 LiDAR -> scene frame, identity = origin).
+
+    Rays that hit nothing, or whose (noisy) range falls outside [min_range, max_range], are
+    dropped. Range noise is Gaussian with ``model.range_noise_std``; its generator is ``rng``
+    when given (use one per frame for a sequence), else a fresh one seeded with ``model.seed``.
+    Intensity is the cosine of the incidence angle, a mesh-agnostic stand-in for reflectance
+    (callers that know materials may overwrite ``points[:, 3]``).
+    """
+    scene = _as_scene(scene_or_mesh)
+    pose = _check_pose(pose)
+    dirs_local = ray_directions(model)
+    dirs_scene = dirs_local @ pose[:3, :3].T.astype(np.float32)
+    origin = pose[:3, 3].astype(np.float32)
+    rays = np.empty((dirs_local.shape[0], 6), dtype=np.float32)
+    rays[:, :3] = origin
+    rays[:, 3:] = dirs_scene
+    hits = scene.cast_rays(o3d.core.Tensor.from_numpy(rays), nthreads=nthreads)
+    t_hit = hits["t_hit"].numpy()
+
+    ranges = t_hit.astype(np.float32, copy=True)
+    finite = np.isfinite(ranges)
+    if model.range_noise_std > 0.0:
+        gen = rng if rng is not None else np.random.default_rng(model.seed)
+        noise = gen.normal(0.0, model.range_noise_std, size=ranges.shape).astype(
+            np.float32
+        )
+        ranges[finite] += noise[finite]
+    keep = np.flatnonzero(
+        finite & (ranges >= model.min_range) & (ranges <= model.max_range)
+    )
+
+    ranges = ranges[keep]
+    d_local = dirs_local[keep]
+    normals = hits["primitive_normals"].numpy()[keep]
+    cos_inc = np.abs(np.einsum("ij,ij->i", normals, dirs_scene[keep]))
+    points = np.empty((keep.size, 4), dtype=np.float32)
+    points[:, :3] = d_local * ranges[:, None]
+    points[:, 3] = np.clip(cos_inc, 0.0, 1.0)
+    n_cols = model.n_columns
+    return LidarScan(
+        points=points,
+        ranges=ranges,
+        ring=(keep // n_cols).astype(np.int32),
+        column=(keep % n_cols).astype(np.int32),
+        geometry_ids=hits["geometry_ids"].numpy()[keep],
+        primitive_ids=hits["primitive_ids"].numpy()[keep],
+        normals=normals,
+    )
+
+
+def range_image(scan: LidarScan, model: LidarModel) -> np.ndarray:
+    """(n_beams, n_columns) float32 ranges in metres, 0 where the ray returned nothing."""
+    img = np.zeros((model.n_beams, model.n_columns), dtype=np.float32)
+    img[scan.ring, scan.column] = scan.ranges
+    return img
