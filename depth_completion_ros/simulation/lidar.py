@@ -27,6 +27,7 @@ __all__ = [
     "make_raycasting_scene",
     "range_image",
     "ray_directions",
+    "rotate_vectors",
 ]
 
 # Takes points from a LiDAR frame (x forward, y left, z up) into an optical frame (z forward,
@@ -40,6 +41,15 @@ T_LIDAR_TO_OPTICAL = np.array(
         [0.0, 0.0, 0.0, 1.0],
     ]
 )
+
+
+def rotate_vectors(vectors: np.ndarray, rotation: np.ndarray) -> np.ndarray:
+    """``vectors @ rotation.T`` for (N, 3) float32 vectors, without BLAS.
+
+    Why: right after an open3d ray cast its worker threads still spin, and a BLAS matmul that
+    starts its own threads then runs ~15x slower on a 2-core machine; einsum stays single-threaded.
+    """
+    return np.einsum("ij,kj->ik", vectors, np.asarray(rotation, dtype=vectors.dtype))
 
 
 def lidar_pose_in_optical_frame(
@@ -296,7 +306,7 @@ def cast(
     scene = _as_scene(scene_or_mesh)
     pose = _check_pose(pose)
     dirs_local = ray_directions(model)
-    dirs_scene = dirs_local @ pose[:3, :3].T.astype(np.float32)
+    dirs_scene = rotate_vectors(dirs_local, pose[:3, :3])
     origin = pose[:3, 3].astype(np.float32)
     rays = np.empty((dirs_local.shape[0], 6), dtype=np.float32)
     rays[:, :3] = origin
