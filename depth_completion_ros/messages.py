@@ -1,0 +1,309 @@
+"""sensor_msgs Image / CameraInfo / PointCloud2 <-> numpy, written to the message definitions.
+
+No cv_bridge or sensor_msgs_py (neither installs from PyPI): buffers are viewed with
+``np.frombuffer`` (zero-copy on the way in) and filled with one ``array.array`` copy on the way out.
+No Python loops over pixels or points.
+"""
+
+from __future__ import annotations
+
+import array
+
+import numpy as np
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
+from std_msgs.msg import Header
+
+from depth_completion_ros.calibration import PinholeCamera
+
+
+class MessageError(ValueError):
+    """A message cannot be converted; the text names the field and what would work."""
+
+
+# --- images ---------------------------------------------------------------------------------
+
+#: colour encodings the node accepts: channels and the channel order to reach RGB
+COLOR_ENCODINGS: dict[str, tuple[int, tuple[int, ...]]] = {
+    "rgb8": (3, (0, 1, 2)),
+    "bgr8": (3, (2, 1, 0)),
+    "rgba8": (4, (0, 1, 2)),
+    "bgra8": (4, (2, 1, 0)),
+    "mono8": (1, (0, 0, 0)),
+}
+DEPTH_ENCODINGS: dict[str, np.dtype] = {"32FC1": np.dtype("<f4"), "16UC1": np.dtype("<u2")}
+
+
+def _image_array(msg: Image, dtype: np.dtype, channels: int) -> np.ndarray:
+    """View an Image's buffer as H x W x C, honouring ``step`` padding and endianness."""
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    row_bytes = width * channels * dtype.itemsize
+    if height == 0 or width == 0:
+        raise MessageError(f"image is empty ({width}x{height})")
+    if step < row_bytes:
+        raise MessageError(f"image step {step} is smaller than width*pixel size {row_bytes}")
+    if len(msg.data) < step * (height - 1) + row_bytes:
+        raise MessageError(
+            f"image data holds {len(msg.data)} bytes, expected {step * height} for "
+            f"{width}x{height} {msg.encoding} with step {step}"
+        )
+    if msg.is_bigendian and dtype.itemsize > 1:
+        dtype = dtype.newbyteorder(">")
+    buffer = np.frombuffer(msg.data, dtype=np.uint8, count=step * height)
+    rows = buffer.reshape(height, step)[:, :row_bytes]
+    return rows.view(dtype).reshape(height, width, channels)
+
+
+def image_to_rgb(msg: Image) -> np.ndarray:
+    """A colour or mono Image -> H x W x 3 uint8 RGB (a new contiguous array)."""
+    encoding = msg.encoding.lower()
+    if encoding not in COLOR_ENCODINGS:
+        raise MessageError(
+            f"unsupported image encoding {msg.encoding!r}; supported: "
+            f"{', '.join(COLOR_ENCODINGS)} (debayer raw images first, e.g. with image_proc)"
+        )
+    channels, order = COLOR_ENCODINGS[encoding]
+    pixels = _image_array(msg, np.dtype(np.uint8), channels)
+    if order == (0, 1, 2) and channels == 3:
+        return np.ascontiguousarray(pixels)
+    return np.ascontiguousarray(pixels[..., list(order)])
+
+
+def image_to_depth(msg: Image) -> np.ndarray:
+    """A depth Image (32FC1 metres or 16UC1 millimetres) -> H x W float32 metres, NaN = none."""
+    if msg.encoding not in DEPTH_ENCODINGS:
+        raise MessageError(
+            f"unsupported depth encoding {msg.encoding!r}; expected 32FC1 (m) or 16UC1 (mm)"
+        )
+    raw = _image_array(msg, DEPTH_ENCODINGS[msg.encoding], 1)[..., 0]
+    if msg.encoding == "16UC1":
+        depth = raw.astype(np.float32) / 1000.0
+        depth[raw == 0] = np.nan
+        return depth
+    return raw.astype(np.float32)
+
+
+def _to_uint8_array(data: np.ndarray) -> array.array:
+    buffer = array.array("B")
+    buffer.frombytes(np.ascontiguousarray(data).data)
+    return buffer
+
+
+def numpy_to_image(pixels: np.ndarray, encoding: str, header: Header | None = None) -> Image:
+    """H x W (x C) array -> Image with the given encoding (rgb8, mono8, 32FC1, 16UC1, ...)."""
+    pixels = np.ascontiguousarray(pixels)
+    if pixels.dtype.byteorder == ">":
+        pixels = pixels.astype(pixels.dtype.newbyteorder("<"))
+    msg = Image()
+    if header is not None:
+        msg.header = header
+    msg.height, msg.width = int(pixels.shape[0]), int(pixels.shape[1])
+    msg.encoding = encoding
+    msg.is_bigendian = 0
+    msg.step = int(pixels.strides[0])
+    msg.data = _to_uint8_array(pixels)
+    return msg
+
+
+# --- camera info ----------------------------------------------------------------------------
+
+
+def camera_info_to_camera(msg: CameraInfo) -> PinholeCamera:
+    """CameraInfo -> PinholeCamera (P as image_geometry uses it; K kept for reference)."""
+    P = np.asarray(msg.p, dtype=np.float64).reshape(3, 4)
+    if not np.any(P):
+        raise MessageError(
+            "camera_info has an all-zero projection matrix P: the camera is not calibrated "
+            "(calibrate it, or publish CameraInfo with P filled)"
+        )
+    return PinholeCamera(
+        width=int(msg.width),
+        height=int(msg.height),
+        P=P,
+        K=np.asarray(msg.k, dtype=np.float64).reshape(3, 3),
+        D=np.asarray(msg.d, dtype=np.float64),
+        R=np.asarray(msg.r, dtype=np.float64).reshape(3, 3),
+        distortion_model=msg.distortion_model,
+    )
+
+
+def camera_to_camera_info(camera: PinholeCamera, header: Header | None = None) -> CameraInfo:
+    """PinholeCamera -> CameraInfo (rectified: the output depth image's calibration)."""
+    msg = CameraInfo()
+    if header is not None:
+        msg.header = header
+    msg.width, msg.height = int(camera.width), int(camera.height)
+    msg.distortion_model = camera.distortion_model
+    msg.d = [float(x) for x in np.asarray(camera.D).ravel()]
+    msg.k = np.asarray(camera.K, dtype=np.float64).ravel()
+    msg.r = np.asarray(camera.R, dtype=np.float64).ravel()
+    msg.p = np.asarray(camera.P, dtype=np.float64).ravel()
+    return msg
+
+
+# --- point clouds ---------------------------------------------------------------------------
+
+_FIELD_DTYPES: dict[int, str] = {
+    PointField.INT8: "i1",
+    PointField.UINT8: "u1",
+    PointField.INT16: "i2",
+    PointField.UINT16: "u2",
+    PointField.INT32: "i4",
+    PointField.UINT32: "u4",
+    PointField.FLOAT32: "f4",
+    PointField.FLOAT64: "f8",
+}
+
+
+def _cloud_dtype(msg: PointCloud2, names: tuple[str, ...]) -> np.dtype:
+    """A structured dtype that picks ``names`` out of each point_step-sized record."""
+    fields = {f.name: f for f in msg.fields}
+    endian = ">" if msg.is_bigendian else "<"
+    formats, offsets = [], []
+    for name in names:
+        field = fields[name]
+        if field.datatype not in _FIELD_DTYPES:
+            raise MessageError(f"point field {name!r} has unknown datatype {field.datatype}")
+        if field.count != 1:
+            raise MessageError(f"point field {name!r} has count {field.count}, expected 1")
+        formats.append(endian + _FIELD_DTYPES[field.datatype])
+        offsets.append(int(field.offset))
+    return np.dtype(
+        {"names": list(names), "formats": formats, "offsets": offsets, "itemsize": msg.point_step}
+    )
+
+
+def pointcloud2_to_array(msg: PointCloud2, with_intensity: bool = False) -> np.ndarray:
+    """PointCloud2 -> N x 3 (or N x 4 with intensity) float32; NaN/inf points are dropped.
+
+    Works for any field order and point_step, organised or not, with or without intensity
+    (missing intensity reads as 0), and row_step padding.
+    """
+    names = {f.name for f in msg.fields}
+    missing = [axis for axis in ("x", "y", "z") if axis not in names]
+    if missing:
+        raise MessageError(
+            f"point cloud has no {'/'.join(missing)} field(s) (fields: {sorted(names) or 'none'}); "
+            "a Velodyne-type cloud with float32 x, y, z is required"
+        )
+    wanted = ("x", "y", "z") + (("intensity",) if with_intensity and "intensity" in names else ())
+    dtype = _cloud_dtype(msg, wanted)
+    width, height = int(msg.width), int(msg.height)
+    count = width * height
+    if count == 0:
+        return np.zeros((0, 4 if with_intensity else 3), dtype=np.float32)
+    row_step = int(msg.row_step) or width * msg.point_step
+    if row_step < width * msg.point_step or len(msg.data) < row_step * (height - 1) + (
+        width * msg.point_step
+    ):
+        raise MessageError(
+            f"point cloud data holds {len(msg.data)} bytes, too few for {width}x{height} points "
+            f"of {msg.point_step} bytes (row_step {msg.row_step})"
+        )
+    raw = np.frombuffer(msg.data, dtype=np.uint8)
+    if row_step == width * msg.point_step:
+        records = raw[: count * msg.point_step].view(dtype)
+    else:
+        rows = raw[: row_step * height].reshape(height, row_step)[:, : width * msg.point_step]
+        records = np.ascontiguousarray(rows).reshape(-1).view(dtype)
+    out = np.empty((count, len(wanted) if not with_intensity else 4), dtype=np.float32)
+    for column, name in enumerate(wanted):
+        out[:, column] = records[name]
+    if with_intensity and len(wanted) == 3:
+        out[:, 3] = 0.0
+    finite = np.isfinite(out[:, :3]).all(axis=1)
+    return out if finite.all() else out[finite]
+
+
+def xyz_array_to_pointcloud2(
+    points: np.ndarray, header: Header | None = None, with_intensity: bool | None = None
+) -> PointCloud2:
+    """N x 3 / N x 4 (x, y, z[, intensity]) float32 -> unorganised PointCloud2."""
+    points = np.ascontiguousarray(points, dtype=np.float32)
+    if points.ndim != 2 or points.shape[1] not in (3, 4):
+        raise MessageError(f"points must be N x 3 or N x 4, got shape {points.shape}")
+    if with_intensity is None:
+        with_intensity = points.shape[1] == 4
+    names = ("x", "y", "z", "intensity")[: 4 if with_intensity else 3]
+    points = points[:, : len(names)]
+    msg = PointCloud2()
+    if header is not None:
+        msg.header = header
+    msg.height, msg.width = 1, int(points.shape[0])
+    msg.fields = [
+        PointField(name=name, offset=4 * i, datatype=PointField.FLOAT32, count=1)
+        for i, name in enumerate(names)
+    ]
+    msg.is_bigendian = False
+    msg.point_step = 4 * len(names)
+    msg.row_step = msg.point_step * msg.width
+    msg.is_dense = bool(np.isfinite(points).all())
+    msg.data = _to_uint8_array(np.ascontiguousarray(points, dtype="<f4"))
+    return msg
+
+
+def pack_rgb(rgb: np.ndarray) -> np.ndarray:
+    """H x W x 3 uint8 -> H x W float32 whose bits are 0x00RRGGBB (PCL's packed ``rgb`` field)."""
+    rgb = rgb.astype(np.uint32)
+    packed = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+    return packed.view(np.float32)
+
+
+def organised_xyzrgb_cloud(
+    xyz: np.ndarray, rgb: np.ndarray, header: Header | None = None
+) -> PointCloud2:
+    """H x W x 3 points (NaN = invalid) + H x W x 3 colours -> organised XYZRGB PointCloud2.
+
+    The layout of depth_image_proc's point_cloud_xyzrgb (x, y, z, rgb as float32), which RViz
+    and PCL read; invalid pixels stay in place as NaN so the cloud keeps the image's shape.
+    """
+    height, width = xyz.shape[:2]
+    record = np.empty((height, width, 4), dtype="<f4")
+    record[..., :3] = xyz
+    record[..., 3] = pack_rgb(rgb)
+    msg = PointCloud2()
+    if header is not None:
+        msg.header = header
+    msg.height, msg.width = int(height), int(width)
+    msg.fields = [
+        PointField(name=name, offset=4 * i, datatype=PointField.FLOAT32, count=1)
+        for i, name in enumerate(("x", "y", "z", "rgb"))
+    ]
+    msg.is_bigendian = False
+    msg.point_step = 16
+    msg.row_step = 16 * width
+    msg.is_dense = False
+    msg.data = _to_uint8_array(record)
+    return msg
+
+
+def stamp_to_seconds(stamp) -> float:
+    """builtin_interfaces/Time -> float seconds."""
+    return float(stamp.sec) + 1e-9 * float(stamp.nanosec)
+
+
+def stamp_to_nanoseconds(stamp) -> int:
+    """builtin_interfaces/Time -> integer nanoseconds (exact, for equality checks)."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def seconds_to_stamp_fields(seconds: float) -> tuple[int, int]:
+    """Float seconds -> (sec, nanosec) for builtin_interfaces/Time."""
+    nanoseconds = int(round(seconds * 1e9))
+    return nanoseconds // 1_000_000_000, nanoseconds % 1_000_000_000
+
+
+__all__ = [
+    "MessageError",
+    "image_to_rgb",
+    "image_to_depth",
+    "numpy_to_image",
+    "camera_info_to_camera",
+    "camera_to_camera_info",
+    "pointcloud2_to_array",
+    "xyz_array_to_pointcloud2",
+    "organised_xyzrgb_cloud",
+    "pack_rgb",
+    "stamp_to_seconds",
+    "stamp_to_nanoseconds",
+    "seconds_to_stamp_fields",
+]

@@ -1,0 +1,449 @@
+"""The ROS 2 node: camera + LiDAR in, dense depth and a coloured point cloud out.
+
+Callbacks only buffer messages and pair them by stamp; one worker thread runs the newest pair
+through :class:`~depth_completion_ros.pipeline.DepthPipeline` (older pairs are dropped and
+counted), so a slow network never builds a queue. Every bad input is logged once per cause
+(throttled) and skipped; the node keeps running.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import rclpy
+import rclpy.executors
+from rcl_interfaces.msg import (
+    FloatingPointRange,
+    IntegerRange,
+    ParameterDescriptor,
+    ParameterType,
+)
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+
+from depth_completion_ros.backends import (
+    DATASETS,
+    DEVICES,
+    MODEL_NAMES,
+    PRECISIONS,
+    BackendError,
+    make_backend,
+)
+from depth_completion_ros.calibration import (
+    CalibrationError,
+    extrinsics_from_values,
+    load_kitti_calibration,
+)
+from depth_completion_ros.messages import (
+    MessageError,
+    camera_info_to_camera,
+    camera_to_camera_info,
+    image_to_rgb,
+    numpy_to_image,
+    organised_xyzrgb_cloud,
+    pointcloud2_to_array,
+    stamp_to_seconds,
+)
+from depth_completion_ros.pairing import LatestSlot, Pair, StampPairer
+from depth_completion_ros.pipeline import DepthPipeline, InputError
+from depth_completion_ros.projection import ProjectionConfig
+from depth_completion_ros.visualization import colorize_depth
+
+
+class ConfigurationError(ValueError):
+    """A parameter value is unusable; the message names the parameter."""
+
+
+@dataclass(frozen=True)
+class _Param:
+    name: str
+    default: object
+    description: str
+    choices: tuple[str, ...] = ()
+    float_range: tuple[float, float] | None = None
+    int_range: tuple[int, int] | None = None
+    read_only: bool = True
+
+
+PARAMETERS: tuple[_Param, ...] = (
+    _Param("image_topic", "image", "camera image topic (rgb8, bgr8, mono8, rgba8, bgra8)"),
+    _Param("camera_info_topic", "camera_info", "CameraInfo of the image topic"),
+    _Param("points_topic", "points", "LiDAR PointCloud2 topic (float32 x, y, z)"),
+    _Param(
+        "input_reliability", "best_effort",
+        "QoS reliability of the three subscriptions; must be compatible with the publishers "
+        "(best_effort accepts both, reliable needs reliable publishers)",
+        choices=("best_effort", "reliable"),
+    ),
+    _Param("input_depth", 5, "QoS history depth of the subscriptions", int_range=(1, 100)),
+    _Param("output_depth", 2, "QoS history depth of the (reliable) outputs", int_range=(1, 100)),
+    _Param(
+        "max_time_offset", 0.05,
+        "largest |image stamp - scan stamp| (s) accepted as a pair", float_range=(1e-4, 10.0),
+    ),
+    _Param(
+        "calibration_dir", "",
+        "KITTI date folder with calib_cam_to_cam.txt and calib_velo_to_cam.txt (extrinsics)",
+    ),
+    _Param("camera_index", 2, "KITTI camera of calibration_dir (0-3)", int_range=(0, 3)),
+    _Param(
+        "extrinsics", [0.0],
+        "LiDAR->camera optical transform: 16 (4x4), 12 (3x4) or 7 (x y z qx qy qz qw) values; "
+        "[0.0] = unset",
+    ),
+    _Param("model", "classical", "completion model", choices=MODEL_NAMES),
+    _Param("checkpoint", "", "weights file for a network model (.pth/.pt/.safetensors)"),
+    _Param("device", "auto", "where a network runs", choices=DEVICES),
+    _Param("precision", "fp32", "network precision", choices=PRECISIONS),
+    _Param("dataset", "kitti", "input conventions the weights expect", choices=DATASETS),
+    _Param("compile", False, "torch.compile the network (slow first frame)"),
+    _Param("min_depth", 0.1, "smallest published depth (m)", float_range=(0.0, 1000.0)),
+    _Param("max_depth", 100.0, "largest published depth (m)", float_range=(0.1, 1000.0)),
+    _Param(
+        "occlusion_window", 12,
+        "pixels searched on each side by the occlusion filter (0 = off)", int_range=(0, 64),
+    ),
+    _Param("publish_points", True, "publish the organised XYZRGB cloud on 'depth/points'"),
+    _Param("publish_sparse", False, "publish the projected LiDAR depth on 'sparse_depth/image'"),
+    _Param("publish_colored", False, "publish a colour-mapped rgb8 view on 'depth/colored'"),
+    _Param(
+        "diagnostics_period", 5.0, "seconds between status lines in the log",
+        float_range=(0.5, 3600.0),
+    ),
+    _Param(
+        "no_pair_warning", 3.0, "warn when no pair has formed for this many seconds",
+        float_range=(0.5, 3600.0),
+    ),
+)
+
+
+def _descriptor(param: _Param) -> ParameterDescriptor:
+    description = param.description
+    if param.choices:
+        description += f" (one of: {', '.join(param.choices)})"
+    descriptor = ParameterDescriptor(description=description, read_only=param.read_only)
+    if param.float_range:
+        descriptor.floating_point_range = [
+            FloatingPointRange(from_value=param.float_range[0], to_value=param.float_range[1])
+        ]
+    if param.int_range:
+        descriptor.integer_range = [
+            IntegerRange(from_value=param.int_range[0], to_value=param.int_range[1], step=1)
+        ]
+    if isinstance(param.default, list):
+        descriptor.type = ParameterType.PARAMETER_DOUBLE_ARRAY
+    return descriptor
+
+
+def _reliability(name: str) -> ReliabilityPolicy:
+    return ReliabilityPolicy.RELIABLE if name == "reliable" else ReliabilityPolicy.BEST_EFFORT
+
+
+class DepthCompletionNode(Node):
+    """Subscribes image + camera_info + points, publishes dense depth and a coloured cloud."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__("depth_completion", **kwargs)
+        for param in PARAMETERS:
+            self.declare_parameter(param.name, param.default, _descriptor(param))
+        self.config = {p.name: self.get_parameter(p.name).value for p in PARAMETERS}
+        self._validate_config()
+
+        self.fixed_extrinsics = self._load_extrinsics()
+        try:
+            backend = make_backend(
+                model=self.config["model"],
+                checkpoint=self.config["checkpoint"],
+                device=self.config["device"],
+                precision=self.config["precision"],
+                dataset=self.config["dataset"],
+                compile=self.config["compile"],
+                max_depth=self.config["max_depth"],
+            )
+        except BackendError as exc:
+            raise ConfigurationError(f"parameter 'model'/'checkpoint': {exc}") from exc
+        self.pipeline = DepthPipeline(
+            backend,
+            ProjectionConfig(
+                min_depth=max(self.config["min_depth"], 0.05),
+                max_depth=self.config["max_depth"],
+                occlusion_window=self.config["occlusion_window"],
+            ),
+            min_depth=self.config["min_depth"],
+            max_depth=self.config["max_depth"],
+        )
+
+        self.pairer: StampPairer[Image, PointCloud2] = StampPairer(self.config["max_time_offset"])
+        self.slot: LatestSlot[Pair[Image, PointCloud2]] = LatestSlot()
+        self._lock = threading.Lock()
+        self._camera_info: CameraInfo | None = None
+        self._last_warning: dict[str, float] = {}
+        self._latencies: deque[float] = deque(maxlen=200)
+        self._counts = {"images": 0, "clouds": 0, "processed": 0, "failed": 0}
+        self._last_pair_time = time.monotonic()
+        self._start_time = time.monotonic()
+        self._last_stamps = {"image": None, "cloud": None}
+
+        input_qos = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST,
+            depth=self.config["input_depth"],
+            reliability=_reliability(self.config["input_reliability"]),
+        )
+        output_qos = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST,
+            depth=self.config["output_depth"],
+            reliability=ReliabilityPolicy.RELIABLE,
+        )
+        self.create_subscription(Image, self.config["image_topic"], self._on_image, input_qos)
+        self.create_subscription(
+            CameraInfo, self.config["camera_info_topic"], self._on_camera_info, input_qos
+        )
+        self.create_subscription(
+            PointCloud2, self.config["points_topic"], self._on_cloud, input_qos
+        )
+        self.depth_pub = self.create_publisher(Image, "depth/image", output_qos)
+        self.info_pub = self.create_publisher(CameraInfo, "depth/camera_info", output_qos)
+        self.points_pub = (
+            self.create_publisher(PointCloud2, "depth/points", output_qos)
+            if self.config["publish_points"] else None
+        )
+        self.sparse_pub = (
+            self.create_publisher(Image, "sparse_depth/image", output_qos)
+            if self.config["publish_sparse"] else None
+        )
+        self.colored_pub = (
+            self.create_publisher(Image, "depth/colored", output_qos)
+            if self.config["publish_colored"] else None
+        )
+        self.create_timer(self.config["diagnostics_period"], self._report)
+
+        self._running = True
+        self._worker = threading.Thread(target=self._work, name="depth_completion", daemon=True)
+        self._worker.start()
+        self.get_logger().info(
+            f"ready: {backend.describe()}; inputs {self._topic('image_topic')}, "
+            f"{self._topic('camera_info_topic')}, {self._topic('points_topic')} "
+            f"({self.config['input_reliability']}), max_time_offset "
+            f"{self.config['max_time_offset']} s; extrinsics: {self._extrinsics_source}"
+        )
+
+    # --- configuration ----------------------------------------------------------------------
+
+    def _validate_config(self) -> None:
+        for param in PARAMETERS:
+            value = self.config[param.name]
+            if param.choices and value not in param.choices:
+                raise ConfigurationError(
+                    f"parameter '{param.name}' is {value!r}; allowed: {', '.join(param.choices)}"
+                )
+        if self.config["min_depth"] >= self.config["max_depth"]:
+            raise ConfigurationError(
+                f"parameters 'min_depth' ({self.config['min_depth']}) must be smaller than "
+                f"'max_depth' ({self.config['max_depth']})"
+            )
+
+    def _load_extrinsics(self) -> np.ndarray | None:
+        values = [float(v) for v in self.config["extrinsics"]]
+        if self.config["calibration_dir"]:
+            try:
+                calibration = load_kitti_calibration(
+                    self.config["calibration_dir"], self.config["camera_index"]
+                )
+            except CalibrationError as exc:
+                raise ConfigurationError(f"parameter 'calibration_dir': {exc}") from exc
+            self._extrinsics_source = f"KITTI files in {self.config['calibration_dir']}"
+            return calibration.T_cam_lidar
+        if values != [0.0] and values:
+            try:
+                T = extrinsics_from_values(values)
+            except CalibrationError as exc:
+                raise ConfigurationError(f"parameter 'extrinsics': {exc}") from exc
+            self._extrinsics_source = "the 'extrinsics' parameter"
+            return T
+        self._extrinsics_source = "none (the cloud must be in the camera's frame)"
+        return None
+
+    def _topic(self, key: str) -> str:
+        return self.resolve_topic_name(self.config[key])
+
+    # --- logging ----------------------------------------------------------------------------
+
+    def _warn(self, cause: str, text: str, period: float = 5.0) -> None:
+        """One message per cause, at most every ``period`` seconds."""
+        now = time.monotonic()
+        if now - self._last_warning.get(cause, -1e9) >= period:
+            self._last_warning[cause] = now
+            self.get_logger().warning(text)
+
+    # --- callbacks --------------------------------------------------------------------------
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        self._camera_info = msg
+
+    def _on_image(self, msg: Image) -> None:
+        self._counts["images"] += 1
+        self._last_stamps["image"] = stamp_to_seconds(msg.header.stamp)
+        with self._lock:
+            pairs = self.pairer.add_image(self._last_stamps["image"], msg)
+        self._dispatch(pairs)
+
+    def _on_cloud(self, msg: PointCloud2) -> None:
+        self._counts["clouds"] += 1
+        self._last_stamps["cloud"] = stamp_to_seconds(msg.header.stamp)
+        with self._lock:
+            pairs = self.pairer.add_cloud(self._last_stamps["cloud"], msg)
+        self._dispatch(pairs)
+
+    def _dispatch(self, pairs: list[Pair[Image, PointCloud2]]) -> None:
+        if pairs:
+            self._last_pair_time = time.monotonic()
+        for pair in pairs:
+            pair.received = time.monotonic()  # type: ignore[attr-defined]
+            self.slot.put(pair)
+
+    # --- processing -------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while self._running:
+            pair = self.slot.take(timeout=0.2)
+            if pair is None:
+                continue
+            try:
+                self._process(pair)
+            except (InputError, MessageError, CalibrationError) as exc:
+                self._counts["failed"] += 1
+                self._warn(type(exc).__name__ + str(exc)[:40], f"skipping frame: {exc}")
+            except Exception as exc:  # noqa: BLE001 - the node must survive any single frame
+                self._counts["failed"] += 1
+                self._warn("unexpected", f"skipping frame after unexpected error: {exc!r}")
+
+    def _extrinsics_for(self, cloud: PointCloud2, image: Image) -> np.ndarray:
+        if self.fixed_extrinsics is not None:
+            return self.fixed_extrinsics
+        if cloud.header.frame_id == image.header.frame_id or not cloud.header.frame_id:
+            return np.eye(4)
+        raise CalibrationError(
+            f"the cloud is in frame '{cloud.header.frame_id}' but the image in "
+            f"'{image.header.frame_id}' and no extrinsics are set: set 'calibration_dir' (KITTI) "
+            "or 'extrinsics' (4x4, 3x4 or x y z qx qy qz qw)"
+        )
+
+    def _process(self, pair: Pair[Image, PointCloud2]) -> None:
+        info = self._camera_info
+        if info is None:
+            raise InputError(
+                f"no camera_info received yet on {self._topic('camera_info_topic')}; "
+                "frames are skipped until one arrives"
+            )
+        camera = camera_info_to_camera(info)
+        rgb = image_to_rgb(pair.image)
+        points = pointcloud2_to_array(pair.cloud)
+        if pair.cloud.width * pair.cloud.height == 0:
+            raise InputError(f"empty point cloud on {self._topic('points_topic')}")
+        if len(points) == 0:
+            raise InputError(
+                f"point cloud on {self._topic('points_topic')} has "
+                f"{pair.cloud.width * pair.cloud.height} points, all NaN/inf"
+            )
+        T = self._extrinsics_for(pair.cloud, pair.image)
+        result = self.pipeline.run(rgb, points, camera, T)
+        self._publish(pair.image, camera, rgb, result)
+        self._counts["processed"] += 1
+        self._latencies.append(time.monotonic() - pair.received)  # type: ignore[attr-defined]
+
+    def _publish(self, image: Image, camera, rgb: np.ndarray, result) -> None:
+        header = image.header  # outputs carry the camera image's stamp and frame (REP 118)
+        self.depth_pub.publish(numpy_to_image(result.dense, "32FC1", header))
+        self.info_pub.publish(camera_to_camera_info(camera, header))
+        if self.points_pub is not None:
+            xyz = self.pipeline.points_xyz(result.dense, camera)
+            self.points_pub.publish(organised_xyzrgb_cloud(xyz, rgb, header))
+        if self.sparse_pub is not None:
+            sparse = np.where(result.sparse > 0, result.sparse, np.nan).astype(np.float32)
+            self.sparse_pub.publish(numpy_to_image(sparse, "32FC1", header))
+        if self.colored_pub is not None:
+            colored = colorize_depth(result.dense, self.config["max_depth"])
+            self.colored_pub.publish(numpy_to_image(colored, "rgb8", header))
+
+    # --- diagnostics ------------------------------------------------------------------------
+
+    def _qos_of_publishers(self, key: str) -> str:
+        infos = self.get_publishers_info_by_topic(self._topic(key))
+        if not infos:
+            return "no publisher"
+        kinds = sorted({info.qos_profile.reliability.name.lower() for info in infos})
+        return f"{len(infos)} publisher(s), {'/'.join(kinds)}"
+
+    def _report(self) -> None:
+        stats = self.pairer.stats
+        since_pair = time.monotonic() - self._last_pair_time
+        if since_pair > self.config["no_pair_warning"]:
+            offsets = list(stats.recent_offsets)[-5:]
+            offset_text = (
+                ", ".join(f"{o:+.3f}" for o in offsets) if offsets else "none (no scan+image seen)"
+            )
+            self._warn(
+                "no_pair",
+                f"no synchronised pair for {since_pair:.1f} s: received {self._counts['images']} "
+                f"images on {self._topic('image_topic')} ({self._qos_of_publishers('image_topic')})"
+                f", {self._counts['clouds']} clouds on {self._topic('points_topic')} "
+                f"({self._qos_of_publishers('points_topic')}), camera_info "
+                f"{'seen' if self._camera_info else 'not seen'} on "
+                f"{self._topic('camera_info_topic')}; this node subscribes with "
+                f"{self.config['input_reliability']} QoS; recent image-scan offsets (s): "
+                f"{offset_text} vs max_time_offset {self.config['max_time_offset']}. Check topic "
+                "names, QoS reliability (input_reliability) and clocks (use_sim_time).",
+                period=self.config["no_pair_warning"],
+            )
+        if self._counts["processed"] or self.slot.dropped or stats.rejected_offset:
+            latency = np.array(self._latencies) * 1000.0 if self._latencies else np.zeros(1)
+            self.get_logger().info(
+                f"pairs processed {self._counts['processed']}, dropped while busy "
+                f"{self.slot.dropped}, rejected by offset {stats.rejected_offset}, failed "
+                f"{self._counts['failed']}; latency p50 {np.percentile(latency, 50):.1f} ms, "
+                f"p95 {np.percentile(latency, 95):.1f} ms",
+                throttle_duration_sec=self.config["diagnostics_period"],
+            )
+
+    def counters(self) -> dict[str, int]:
+        """Totals, for tests and tools."""
+        return dict(self._counts, dropped=self.slot.dropped, **{
+            "paired": self.pairer.stats.paired,
+            "rejected_offset": self.pairer.stats.rejected_offset,
+        })
+
+    def destroy_node(self) -> None:
+        self._running = False
+        self.slot.close()
+        self._worker.join(timeout=5.0)
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> int:
+    """Console script ``depth_completion_node``: init, spin, clean shutdown."""
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = DepthCompletionNode()
+        rclpy.spin(node)
+    except (ConfigurationError, InvalidParameterValueException, InvalidParameterTypeException) as exc:
+        rclpy.logging.get_logger("depth_completion").fatal(f"cannot start: {exc}")
+        return 2
+    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

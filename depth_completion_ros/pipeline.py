@@ -1,0 +1,94 @@
+"""The one data path: points + image + camera -> sparse depth -> dense depth.
+
+The node, the offline bag tool, the demo and evaluation all call :class:`DepthPipeline`, so one
+test covers all of them. Plain numpy/torch: no ROS types here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from depth_completion_ros.backends.base import DepthCompletionBackend
+from depth_completion_ros.calibration import PinholeCamera
+from depth_completion_ros.projection import ProjectionConfig, backproject, project_points
+
+
+class InputError(ValueError):
+    """A frame cannot be processed; the message names the problem and the fix."""
+
+
+@dataclass
+class FrameResult:
+    """Outputs for one frame (both H x W float32 metres)."""
+
+    sparse: np.ndarray  # 0 = no LiDAR point
+    dense: np.ndarray  # NaN = no estimate (REP 118)
+    points_in_image: int
+
+
+class DepthPipeline:
+    """Projection + completion + output range, with the checks every caller needs."""
+
+    def __init__(
+        self,
+        backend: DepthCompletionBackend,
+        projection: ProjectionConfig = ProjectionConfig(),
+        min_depth: float = 0.1,
+        max_depth: float = 100.0,
+    ) -> None:
+        if not 0 <= min_depth < max_depth:
+            raise ValueError(f"need 0 <= min_depth < max_depth, got {min_depth}, {max_depth}")
+        self.backend = backend
+        self.projection = projection
+        self.min_depth = float(min_depth)
+        self.max_depth = float(max_depth)
+
+    def sparse_depth(
+        self, points: np.ndarray, camera: PinholeCamera, T_cam_lidar: np.ndarray
+    ) -> np.ndarray:
+        """LiDAR points (N x 3+, cloud frame) -> sparse depth in the camera image."""
+        if points.ndim != 2 or points.shape[1] < 3:
+            raise InputError(f"points must be N x 3 or wider, got shape {points.shape}")
+        return project_points(
+            points, T_cam_lidar, camera.P, camera.width, camera.height, self.projection
+        )
+
+    def run(
+        self,
+        rgb: np.ndarray,
+        points: np.ndarray,
+        camera: PinholeCamera,
+        T_cam_lidar: np.ndarray,
+    ) -> FrameResult:
+        """One frame through the whole path."""
+        if rgb.shape[:2] != (camera.height, camera.width):
+            raise InputError(
+                f"image is {rgb.shape[1]}x{rgb.shape[0]} but camera_info says "
+                f"{camera.width}x{camera.height}: the camera changed resolution or the "
+                "camera_info belongs to another camera/stream"
+            )
+        if len(points) == 0:
+            raise InputError("point cloud has no finite points (empty or all NaN)")
+        sparse = self.sparse_depth(points, camera, T_cam_lidar)
+        count = int(np.count_nonzero(sparse))
+        if count == 0:
+            raise InputError(
+                f"none of the {len(points)} LiDAR points falls inside the image: check the "
+                "extrinsics (calibration_dir / extrinsics parameters) and the cloud's frame_id"
+            )
+        dense = self.backend.complete(rgb, sparse, camera.intrinsics)
+        return FrameResult(sparse=sparse, dense=self.clip(dense), points_in_image=count)
+
+    def clip(self, dense: np.ndarray) -> np.ndarray:
+        """Depth outside [min_depth, max_depth] (and 0 = no estimate) becomes NaN."""
+        dense = np.asarray(dense, dtype=np.float32)
+        out = dense.copy()
+        out[~((dense >= self.min_depth) & (dense <= self.max_depth))] = np.nan
+        return out
+
+    @staticmethod
+    def points_xyz(dense: np.ndarray, camera: PinholeCamera) -> np.ndarray:
+        """Dense depth -> H x W x 3 points in the camera optical frame (NaN where none)."""
+        return backproject(dense, camera.intrinsics)

@@ -1,0 +1,36 @@
+"""ament_python package: installs the runtime package, console scripts, launch/config/models files.
+
+Works both with colcon on a ROS 2 distro and with pip in a venv holding the PyPI ROS 2 wheels.
+"""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "depth_completion_ros"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.py")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml") + glob("config/*.rviz")),
+        (f"share/{PACKAGE}/models", glob("models/*.md") + glob("models/*.yaml")),
+    ],
+    install_requires=["setuptools", "numpy", "opencv-python-headless", "pyyaml"],
+    zip_safe=True,
+    maintainer="depth_completion_ros developers",
+    maintainer_email="depth-completion-ros@users.noreply.github.com",
+    description="Dense metric depth from a camera and a LiDAR: ROS 2 node, tools and training code.",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    entry_points={
+        "console_scripts": [
+            f"depth_completion_node = {PACKAGE}.node:main",
+            f"depth_completion_demo = {PACKAGE}.tools.demo:main",
+        ],
+    },
+)
