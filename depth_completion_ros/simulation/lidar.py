@@ -81,6 +81,7 @@ class LidarModel:
     min_range: float = 0.9
     max_range: float = 120.0
     range_noise_std: float = 0.0
+    dropout_prob: float = 0.0
     seed: int | None = None
     name: str = field(default="custom", compare=False)
 
@@ -298,8 +299,10 @@ def cast(
     """Scan a mesh with a LiDAR at ``pose`` (4x4 LiDAR -> scene frame, identity = origin).
 
     Rays that hit nothing, or whose (noisy) range falls outside [min_range, max_range], are
-    dropped. Range noise is Gaussian with ``model.range_noise_std``; its generator is ``rng``
-    when given (use one per frame for a sequence), else a fresh one seeded with ``model.seed``.
+    dropped, and so is each return with probability ``model.dropout_prob`` (lost returns, as on
+    dark or specular surfaces). Range noise is Gaussian with ``model.range_noise_std``. Both draw
+    from ``rng`` when given (use one per frame for a sequence), else from a fresh generator seeded
+    with ``model.seed``.
     Intensity is the cosine of the incidence angle, a mesh-agnostic stand-in for reflectance
     (callers that know materials may overwrite ``points[:, 3]``).
     """
@@ -316,15 +319,14 @@ def cast(
 
     ranges = t_hit.astype(np.float32, copy=True)
     finite = np.isfinite(ranges)
+    gen = rng if rng is not None else np.random.default_rng(model.seed)
     if model.range_noise_std > 0.0:
-        gen = rng if rng is not None else np.random.default_rng(model.seed)
-        noise = gen.normal(0.0, model.range_noise_std, size=ranges.shape).astype(
-            np.float32
-        )
-        ranges[finite] += noise[finite]
-    keep = np.flatnonzero(
-        finite & (ranges >= model.min_range) & (ranges <= model.max_range)
-    )
+        noise = gen.normal(0.0, model.range_noise_std, size=ranges.shape)
+        ranges[finite] += noise[finite].astype(np.float32)
+    valid = finite & (ranges >= model.min_range) & (ranges <= model.max_range)
+    if model.dropout_prob > 0.0:
+        valid &= gen.random(ranges.shape) >= model.dropout_prob
+    keep = np.flatnonzero(valid)
 
     ranges = ranges[keep]
     d_local = dirs_local[keep]
