@@ -31,6 +31,11 @@ setup(
         "console_scripts": [
             f"depth_completion_node = {PACKAGE}.node:main",
             f"depth_completion_demo = {PACKAGE}.tools.demo:main",
+            f"kitti_to_bag = {PACKAGE}.tools.kitti_to_bag:main",
+            f"play_bag = {PACKAGE}.tools.play_bag:main",
+            f"process_bag = {PACKAGE}.tools.process_bag:main",
+            f"export_rgbd = {PACKAGE}.tools.export_rgbd:main",
+            f"fuse_rgbd = {PACKAGE}.tools.fuse_rgbd:main",
         ],
     },
 )

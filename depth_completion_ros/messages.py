@@ -84,7 +84,7 @@ def image_to_depth(msg: Image) -> np.ndarray:
 
 def _to_uint8_array(data: np.ndarray) -> array.array:
     buffer = array.array("B")
-    buffer.frombytes(np.ascontiguousarray(data).data)
+    buffer.frombytes(np.ascontiguousarray(data).reshape(-1).view(np.uint8).data)
     return buffer
 
 

@@ -189,7 +189,8 @@ class DepthCompletionNode(Node):
         self._counts = {"images": 0, "clouds": 0, "processed": 0, "failed": 0}
         self._last_pair_time = time.monotonic()
         self._start_time = time.monotonic()
-        self._last_stamps = {"image": None, "cloud": None}
+        self._reported_rejections = 0
+        self._reported_resets = 0
 
         input_qos = QoSProfile(
             history=HistoryPolicy.KEEP_LAST,
@@ -289,19 +290,30 @@ class DepthCompletionNode(Node):
 
     def _on_image(self, msg: Image) -> None:
         self._counts["images"] += 1
-        self._last_stamps["image"] = stamp_to_seconds(msg.header.stamp)
         with self._lock:
-            pairs = self.pairer.add_image(self._last_stamps["image"], msg)
+            pairs = self.pairer.add_image(stamp_to_seconds(msg.header.stamp), msg)
         self._dispatch(pairs)
 
     def _on_cloud(self, msg: PointCloud2) -> None:
         self._counts["clouds"] += 1
-        self._last_stamps["cloud"] = stamp_to_seconds(msg.header.stamp)
         with self._lock:
-            pairs = self.pairer.add_cloud(self._last_stamps["cloud"], msg)
+            pairs = self.pairer.add_cloud(stamp_to_seconds(msg.header.stamp), msg)
         self._dispatch(pairs)
 
     def _dispatch(self, pairs: list[Pair[Image, PointCloud2]]) -> None:
+        stats = self.pairer.stats
+        if stats.rejected_offset > self._reported_rejections:
+            self._reported_rejections = stats.rejected_offset
+            self._warn(
+                "offset",
+                f"scan dropped: nearest image is {stats.last_rejected_offset:+.3f} s away, more "
+                f"than max_time_offset {self.config['max_time_offset']} s ({stats.rejected_offset}"
+                " so far); are the clocks in sync (use_sim_time for bags)? raise max_time_offset "
+                "if the sensors are not triggered together",
+            )
+        if stats.resets > self._reported_resets:
+            self._reported_resets = stats.resets
+            self.get_logger().info("time jumped backwards (bag looped?): pairing buffers reset")
         if pairs:
             self._last_pair_time = time.monotonic()
         for pair in pairs:

@@ -1,0 +1,207 @@
+"""Run the node as its own process and talk to it over DDS: used by the demo, tools and tests.
+
+``ros_environment`` sets what every process of the graph needs: Fast DDS's large-data transport
+(multi-megabyte images otherwise rarely arrive between processes) and an isolated domain id.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from std_msgs.msg import Header
+
+from depth_completion_ros.calibration import PinholeCamera
+from depth_completion_ros.messages import (
+    camera_to_camera_info,
+    numpy_to_image,
+    seconds_to_stamp_fields,
+    stamp_to_nanoseconds,
+    xyz_array_to_pointcloud2,
+)
+
+
+def ros_environment(domain_id: int | None = None, base: dict | None = None) -> dict[str, str]:
+    """Environment for one process of the graph (publisher and subscriber alike)."""
+    env = dict(os.environ if base is None else base)
+    env.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+    env.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+    env.setdefault("RCUTILS_LOGGING_BUFFERED_STREAM", "0")
+    env["PYTHONUNBUFFERED"] = "1"
+    if domain_id is not None:
+        env["ROS_DOMAIN_ID"] = str(domain_id)
+    return env
+
+
+def use_ros_environment(domain_id: int | None = None) -> None:
+    """Apply :func:`ros_environment` to this process (before ``rclpy.init``)."""
+    os.environ.update(ros_environment(domain_id))
+
+
+def start_node_process(
+    parameters: dict,
+    domain_id: int,
+    log_path: str | Path,
+    extra_args: list[str] | None = None,
+) -> subprocess.Popen:
+    """Start ``depth_completion_node`` in its own process with a generated parameter file."""
+    params_file = Path(tempfile.mkstemp(prefix="depth_completion_", suffix=".yaml")[1])
+    params_file.write_text(
+        yaml.safe_dump({"depth_completion": {"ros__parameters": parameters}})
+    )
+    command = [
+        sys.executable, "-m", "depth_completion_ros.node",
+        "--ros-args", "--params-file", str(params_file), *(extra_args or []),
+    ]
+    log = open(log_path, "w")  # noqa: SIM115 - owned by the process' lifetime
+    return subprocess.Popen(
+        command, env=ros_environment(domain_id), stdout=log, stderr=subprocess.STDOUT
+    )
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 10.0) -> int:
+    """SIGINT (a clean rclpy shutdown), then kill if it hangs."""
+    if process.poll() is None:
+        process.send_signal(2)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+@dataclass
+class SensorFrame:
+    """One camera image + LiDAR scan, as a driver would publish them."""
+
+    stamp: float
+    rgb: np.ndarray  # H x W x 3 uint8
+    points: np.ndarray  # N x 4 float32 (x, y, z, intensity), LiDAR frame
+    camera: PinholeCamera
+    ground_truth: np.ndarray | None = None  # H x W metres, 0 = none
+    name: str = ""
+
+
+def header(stamp: float, frame_id: str) -> Header:
+    sec, nanosec = seconds_to_stamp_fields(stamp)
+    msg = Header(frame_id=frame_id)
+    msg.stamp.sec, msg.stamp.nanosec = sec, nanosec
+    return msg
+
+
+def frame_messages(
+    frame: SensorFrame, camera_frame: str = "camera_optical", lidar_frame: str = "velodyne"
+) -> tuple[Image, CameraInfo, PointCloud2]:
+    """The three messages a camera + LiDAR driver pair would publish for one frame."""
+    image = numpy_to_image(frame.rgb, "rgb8", header(frame.stamp, camera_frame))
+    info = camera_to_camera_info(frame.camera, header(frame.stamp, camera_frame))
+    cloud = xyz_array_to_pointcloud2(frame.points, header(frame.stamp, lidar_frame))
+    return image, info, cloud
+
+
+OUTPUT_TOPICS = {
+    "depth/image": Image,
+    "depth/camera_info": CameraInfo,
+    "depth/points": PointCloud2,
+    "sparse_depth/image": Image,
+    "depth/colored": Image,
+}
+
+
+@dataclass
+class PlayResult:
+    """What came back, keyed by output stamp (ns), and when it came."""
+
+    outputs: dict[int, dict[str, object]] = field(default_factory=dict)
+    sent_at: dict[int, float] = field(default_factory=dict)
+    depth_at: dict[int, float] = field(default_factory=dict)
+
+    def latencies(self) -> np.ndarray:
+        """Publish-to-depth-received seconds per frame (both ends in this process)."""
+        return np.array([self.depth_at[k] - self.sent_at[k] for k in self.depth_at if k in self.sent_at])
+
+
+class FramePlayer(Node):
+    """Publishes sensor frames like drivers do and collects the node's outputs."""
+
+    def __init__(self, reliable_inputs: bool = True, name: str = "frame_player") -> None:
+        super().__init__(name)
+        qos = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST,
+            depth=5,
+            reliability=ReliabilityPolicy.RELIABLE if reliable_inputs else ReliabilityPolicy.BEST_EFFORT,
+        )
+        self.image_pub = self.create_publisher(Image, "image", qos)
+        self.info_pub = self.create_publisher(CameraInfo, "camera_info", qos)
+        self.cloud_pub = self.create_publisher(PointCloud2, "points", qos)
+        out_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.result = PlayResult()
+        for topic, kind in OUTPUT_TOPICS.items():
+            self.create_subscription(kind, topic, self._collector(topic), out_qos)
+
+    def _collector(self, topic: str):
+        def collect(msg) -> None:
+            key = stamp_to_nanoseconds(msg.header.stamp)
+            self.result.outputs.setdefault(key, {})[topic] = msg
+            if topic == "depth/image":
+                self.result.depth_at[key] = time.monotonic()
+
+        return collect
+
+    def wait_for_node(self, executor, timeout: float = 30.0) -> bool:
+        """Wait until the node subscribes to all three inputs (DDS discovery)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(
+                p.get_subscription_count() > 0
+                for p in (self.image_pub, self.info_pub, self.cloud_pub)
+            ) and self.count_publishers("depth/image") > 0:
+                return True
+            executor.spin_once(timeout_sec=0.05)
+        return False
+
+    def publish_frame(self, frame: SensorFrame, messages=None) -> int:
+        image, info, cloud = messages or frame_messages(frame)
+        key = stamp_to_nanoseconds(image.header.stamp)
+        self.result.sent_at[key] = time.monotonic()
+        self.info_pub.publish(info)
+        self.image_pub.publish(image)
+        self.cloud_pub.publish(cloud)
+        return key
+
+    def play(
+        self,
+        frames,
+        executor,
+        wait_topics: tuple[str, ...] = ("depth/image",),
+        timeout: float = 10.0,
+        period: float = 0.0,
+    ) -> PlayResult:
+        """Publish frames one by one; wait for each frame's outputs (or ``timeout``)."""
+        for frame in frames:
+            started = time.monotonic()
+            key = self.publish_frame(frame)
+            deadline = started + timeout
+            while time.monotonic() < deadline:
+                got = self.result.outputs.get(key, {})
+                if all(topic in got for topic in wait_topics):
+                    break
+                executor.spin_once(timeout_sec=0.01)
+            while time.monotonic() < started + period:
+                executor.spin_once(timeout_sec=0.005)
+        # let late messages of the last frame arrive
+        end = time.monotonic() + 0.3
+        while time.monotonic() < end:
+            executor.spin_once(timeout_sec=0.02)
+        return self.result
