@@ -10,6 +10,7 @@ import numpy as np
 import open3d as o3d
 import pytest
 
+from depth_completion_ros.calibration import load_kitti_calibration
 from depth_completion_ros.simulation.lidar import (
     LidarModel,
     cast,
@@ -263,6 +264,11 @@ def test_written_kitti_layout_reads_back(frames, tmp_path: Path) -> None:
         kitti_chain, frames[0].P @ frames[0].T_velo_to_cam, atol=1e-3
     )
     assert _floats(cam["S_rect_02"], (2,)).tolist() == [1242, 375]
+    calib = load_kitti_calibration(
+        tmp_path / "2011_09_26", camera_index=2
+    )  # the node's reader
+    np.testing.assert_allclose(calib.T_cam_lidar, frames[0].T_velo_to_cam, atol=1e-5)
+    np.testing.assert_allclose(calib.camera.P, frames[0].P, atol=1e-3)
 
     for i, f in enumerate(frames):
         name = f"{i:010d}"
