@@ -58,7 +58,9 @@ def lidar_pose_in_optical_frame(
     """Pose (LiDAR -> mesh frame) of an upright LiDAR in a mesh given in camera coordinates.
 
     Why: stage-1 meshes are back-projected depth maps (z forward, y down); a LiDAR mounted level
-    with the camera sits at ``translation`` (optical frame) looking along +z.
+    with the camera sits at ``translation`` (optical frame) looking along +z. The same matrix is
+    the LiDAR -> camera extrinsic that projects the scan back into the image
+    (``projection.project_points(scan.points, pose, K|0, ...)``).
     """
     pose = T_LIDAR_TO_OPTICAL.copy()
     pose[:3, 3] = np.asarray(translation, dtype=np.float64)
