@@ -67,3 +67,21 @@ def write_rgb(path: str | Path, rgb: np.ndarray) -> Path:
     if not ok:
         raise OSError(f"could not encode image for {path}")
     return write_bytes_atomic(path, encoded.tobytes())
+
+
+def write_ply(path: str | Path, xyz: np.ndarray, rgb: np.ndarray | None = None) -> Path:
+    """N x 3 points (+ N x 3 uint8 colours) -> binary little-endian PLY, written atomically."""
+    xyz = np.asarray(xyz, dtype="<f4").reshape(-1, 3)
+    fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4")]
+    if rgb is not None:
+        fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
+    record = np.empty(len(xyz), dtype=fields)
+    record["x"], record["y"], record["z"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
+    lines = ["ply", "format binary_little_endian 1.0", f"element vertex {len(xyz)}",
+             "property float x", "property float y", "property float z"]
+    if rgb is not None:
+        rgb = np.asarray(rgb, dtype=np.uint8).reshape(-1, 3)
+        record["red"], record["green"], record["blue"] = rgb[:, 0], rgb[:, 1], rgb[:, 2]
+        lines += ["property uchar red", "property uchar green", "property uchar blue"]
+    header = ("\n".join(lines + ["end_header"]) + "\n").encode("ascii")
+    return write_bytes_atomic(path, header + record.tobytes())

@@ -70,8 +70,9 @@ class KittiDrive:
         for folder in (self.image_dir, self.velodyne_dir):
             if not folder.is_dir():
                 raise KittiError(f"missing {folder} (expected KITTI raw 'sync' layout)")
+        self.calibration_dir = Path(calib_dir or self.drive_dir.parent)
         self.calibration: KittiCalibration = load_kitti_calibration(
-            calib_dir or self.drive_dir.parent, camera_index
+            self.calibration_dir, camera_index
         )
         scans = {int(p.stem) for p in self.velodyne_dir.glob("*.bin")}
         images = {int(p.stem) for p in self.image_dir.glob("*.png")}
