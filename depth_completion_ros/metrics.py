@@ -9,18 +9,19 @@ import numpy as np
 
 
 def fill_holes_like_kitti(prediction: np.ndarray) -> np.ndarray:
-    """Fill missing predictions row by row from the nearest valid pixel, as the devkit does.
+    """Fill missing predictions as the KITTI devkit does before scoring (``interpolateBackground``).
 
-    The KITTI devkit scores every ground-truth pixel, so an empty prediction pixel is first filled
-    (its ``interpolateBackground``): within a row, holes take the farther of the two bounding
-    values, and the row's ends extend the nearest valid value outward.
+    The devkit (devkit_depth ``io_depth.h``) scores every ground-truth pixel, so empty prediction
+    pixels (0 or NaN) are filled first: within a row, a hole bounded on both sides takes the
+    smaller (nearer) of the two bounding depths, and the row's ends extend its outermost valid
+    values outwards. Then, per column, rows above the first filled row and below the last one take
+    that row's value. Fully empty rows between filled rows stay empty (the devkit scores them as -1;
+    here they stay 0).
     """
     pred = np.asarray(prediction, dtype=np.float32).copy()
     valid = np.isfinite(pred) & (pred > 0)
-    if valid.all():
-        return pred
-    if not valid.any():
-        return pred
+    if valid.all() or not valid.any():
+        return np.where(valid, pred, 0.0).astype(np.float32)
     height, width = pred.shape
     cols = np.arange(width)
     left_idx = np.where(valid, cols[None, :], -1)
@@ -31,8 +32,14 @@ def fill_holes_like_kitti(prediction: np.ndarray) -> np.ndarray:
     safe = np.where(valid, pred, 0.0)
     left = np.where(left_idx >= 0, safe[rows, np.clip(left_idx, 0, width - 1)], np.nan)
     right = np.where(right_idx < width, safe[rows, np.clip(right_idx, 0, width - 1)], np.nan)
-    fill = np.fmax(left, right)  # fmax ignores NaN: one-sided holes take the side that exists
+    fill = np.fmin(left, right)  # fmin ignores NaN: one-sided holes take the side that exists
     out = np.where(valid, pred, fill)
+
+    # Column pass: after the row pass a row is either all filled or all empty.
+    filled_rows = np.flatnonzero(valid.any(axis=1))
+    first, last = filled_rows[0], filled_rows[-1]
+    out[:first] = out[first]
+    out[last + 1 :] = out[last]
     return np.nan_to_num(out, nan=0.0).astype(np.float32)
 
 
