@@ -7,16 +7,11 @@ import numpy as np
 
 
 def colorize_depth(depth: np.ndarray, max_depth: float = 80.0) -> np.ndarray:
-    """H x W metres (NaN/0 = none) -> H x W x 3 uint8 RGB, near = warm, none = black.
-
-    Inverse depth is mapped, as is usual for depth pictures: near structure gets most colours.
-    """
+    """H x W metres (NaN/0 = none) -> H x W x 3 uint8 RGB: near = red, far = blue, none = black."""
     valid = np.isfinite(depth) & (depth > 0)
     scaled = np.zeros(depth.shape, dtype=np.uint8)
-    near = 1.0
-    inverse = np.where(valid, 1.0 / np.clip(depth, near, max_depth), 0.0)
-    lo, hi = 1.0 / max_depth, 1.0 / near
-    scaled[valid] = np.clip((inverse[valid] - lo) / (hi - lo) * 255.0, 1, 255).astype(np.uint8)
+    closeness = 1.0 - np.clip(np.where(valid, depth, 0.0) / max_depth, 0.0, 1.0)
+    scaled[valid] = np.clip(closeness[valid] * 255.0, 1, 255).astype(np.uint8)
     bgr = cv2.applyColorMap(scaled, cv2.COLORMAP_TURBO)
     bgr[~valid] = 0
     return np.ascontiguousarray(bgr[..., ::-1])

@@ -30,6 +30,9 @@ from depth_completion_ros.tools.graph import (
 from depth_completion_ros.visualization import colorize_depth, draw_sparse, side_by_side
 
 
+GROUND_TRUTH_MAX_DEPTH = 80.0  # metres; KITTI's ground truth ends near here (5-85 m)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kitti-drive", default="", help="KITTI raw <date>_drive_XXXX_sync folder")
@@ -74,12 +77,30 @@ def synthetic_frames(count: int) -> tuple[list[SensorFrame], dict]:
     for index, frame in enumerate(generated):
         height, width = frame.depth_gt.shape
         camera = PinholeCamera(width=width, height=height, P=frame.P)
+        truth = lidar_covered_truth(frame.depth_gt, frame.points, camera, frame.T_velo_to_cam)
         frames.append(
-            SensorFrame(frame.stamp, frame.rgb, frame.points, camera, frame.depth_gt,
-                        name=f"{index:06d}")
+            SensorFrame(frame.stamp, frame.rgb, frame.points, camera, truth, name=f"{index:06d}")
         )
     extrinsics = [float(v) for v in np.asarray(generated[0].T_velo_to_cam).ravel()]
     return frames, {"extrinsics": extrinsics, "source": "synthetic street scene (open3d)"}
+
+
+def lidar_covered_truth(
+    depth: np.ndarray, points: np.ndarray, camera, T_cam_lidar: np.ndarray
+) -> np.ndarray:
+    """Ground truth restricted as KITTI's is: where the LiDAR reaches (range, beam fan).
+
+    KITTI's ground truth is accumulated LiDAR, so it has nothing above the top beam or beyond
+    ~85 m; scoring the synthetic scene the same way keeps the numbers comparable.
+    """
+    from depth_completion_ros.projection import project_points
+
+    sparse = project_points(points, T_cam_lidar, camera.P, camera.width, camera.height)
+    hit = sparse > 0
+    first_row = np.where(hit.any(axis=0), hit.argmax(axis=0), depth.shape[0])
+    below_top_beam = np.arange(depth.shape[0])[:, None] >= first_row[None, :]
+    keep = below_top_beam & (depth <= GROUND_TRUTH_MAX_DEPTH)
+    return np.where(keep, depth, 0.0).astype(np.float32)
 
 
 def organised_cloud_arrays(msg) -> tuple[np.ndarray, np.ndarray]:
