@@ -77,7 +77,8 @@ PARAMETERS: tuple[_Param, ...] = (
     _Param("camera_info_topic", "camera_info", "CameraInfo of the image topic"),
     _Param("points_topic", "points", "LiDAR PointCloud2 topic (float32 x, y, z)"),
     _Param(
-        "input_reliability", "best_effort",
+        "input_reliability",
+        "best_effort",
         "QoS reliability of the three subscriptions; must be compatible with the publishers "
         "(best_effort accepts both, reliable needs reliable publishers)",
         choices=("best_effort", "reliable"),
@@ -85,16 +86,20 @@ PARAMETERS: tuple[_Param, ...] = (
     _Param("input_depth", 5, "QoS history depth of the subscriptions", int_range=(1, 100)),
     _Param("output_depth", 2, "QoS history depth of the (reliable) outputs", int_range=(1, 100)),
     _Param(
-        "max_time_offset", 0.05,
-        "largest |image stamp - scan stamp| (s) accepted as a pair", float_range=(1e-4, 10.0),
+        "max_time_offset",
+        0.05,
+        "largest |image stamp - scan stamp| (s) accepted as a pair",
+        float_range=(1e-4, 10.0),
     ),
     _Param(
-        "calibration_dir", "",
+        "calibration_dir",
+        "",
         "KITTI date folder with calib_cam_to_cam.txt and calib_velo_to_cam.txt (extrinsics)",
     ),
     _Param("camera_index", 2, "KITTI camera of calibration_dir (0-3)", int_range=(0, 3)),
     _Param(
-        "extrinsics", [0.0],
+        "extrinsics",
+        [0.0],
         "LiDAR->camera optical transform: 16 (4x4), 12 (3x4) or 7 (x y z qx qy qz qw) values; "
         "[0.0] = unset",
     ),
@@ -107,18 +112,24 @@ PARAMETERS: tuple[_Param, ...] = (
     _Param("min_depth", 0.1, "smallest published depth (m)", float_range=(0.0, 1000.0)),
     _Param("max_depth", 100.0, "largest published depth (m)", float_range=(0.1, 1000.0)),
     _Param(
-        "occlusion_window", 12,
-        "pixels searched on each side by the occlusion filter (0 = off)", int_range=(0, 64),
+        "occlusion_window",
+        12,
+        "pixels searched on each side by the occlusion filter (0 = off)",
+        int_range=(0, 64),
     ),
     _Param("publish_points", True, "publish the organised XYZRGB cloud on 'depth/points'"),
     _Param("publish_sparse", False, "publish the projected LiDAR depth on 'sparse_depth/image'"),
     _Param("publish_colored", False, "publish a colour-mapped rgb8 view on 'depth/colored'"),
     _Param(
-        "diagnostics_period", 5.0, "seconds between status lines in the log",
+        "diagnostics_period",
+        5.0,
+        "seconds between status lines in the log",
         float_range=(0.5, 3600.0),
     ),
     _Param(
-        "no_pair_warning", 3.0, "warn when no pair has formed for this many seconds",
+        "no_pair_warning",
+        3.0,
+        "warn when no pair has formed for this many seconds",
         float_range=(0.5, 3600.0),
     ),
 )
@@ -213,15 +224,18 @@ class DepthCompletionNode(Node):
         self.info_pub = self.create_publisher(CameraInfo, "depth/camera_info", output_qos)
         self.points_pub = (
             self.create_publisher(PointCloud2, "depth/points", output_qos)
-            if self.config["publish_points"] else None
+            if self.config["publish_points"]
+            else None
         )
         self.sparse_pub = (
             self.create_publisher(Image, "sparse_depth/image", output_qos)
-            if self.config["publish_sparse"] else None
+            if self.config["publish_sparse"]
+            else None
         )
         self.colored_pub = (
             self.create_publisher(Image, "depth/colored", output_qos)
-            if self.config["publish_colored"] else None
+            if self.config["publish_colored"]
+            else None
         )
         self.create_timer(self.config["diagnostics_period"], self._report)
 
@@ -426,10 +440,14 @@ class DepthCompletionNode(Node):
 
     def counters(self) -> dict[str, int]:
         """Totals, for tests and tools."""
-        return dict(self._counts, dropped=self.slot.dropped, **{
-            "paired": self.pairer.stats.paired,
-            "rejected_offset": self.pairer.stats.rejected_offset,
-        })
+        return dict(
+            self._counts,
+            dropped=self.slot.dropped,
+            **{
+                "paired": self.pairer.stats.paired,
+                "rejected_offset": self.pairer.stats.rejected_offset,
+            },
+        )
 
     def destroy_node(self) -> None:
         self._running = False
@@ -445,7 +463,11 @@ def main(args: list[str] | None = None) -> int:
     try:
         node = DepthCompletionNode()
         rclpy.spin(node)
-    except (ConfigurationError, InvalidParameterValueException, InvalidParameterTypeException) as exc:
+    except (
+        ConfigurationError,
+        InvalidParameterValueException,
+        InvalidParameterTypeException,
+    ) as exc:
         rclpy.logging.get_logger("depth_completion").fatal(f"cannot start: {exc}")
         return 2
     except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):

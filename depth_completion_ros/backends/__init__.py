@@ -26,7 +26,9 @@ def make_backend(
     if device not in DEVICES:
         raise BackendError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
     if precision not in PRECISIONS:
-        raise BackendError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        raise BackendError(
+            f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}"
+        )
     if dataset not in DATASETS:
         raise BackendError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
     if model == "classical":

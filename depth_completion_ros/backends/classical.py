@@ -75,7 +75,9 @@ class ClassicalBackend(DepthCompletionBackend):
         first_row = np.where(has_value.any(axis=0), has_value.argmax(axis=0), depth.shape[0])
         above = np.arange(depth.shape[0])[:, None] < first_row[None, :]
         if self.extrapolate_top:
-            top_values = inverted[np.minimum(first_row, depth.shape[0] - 1), np.arange(depth.shape[1])]
+            top_values = inverted[
+                np.minimum(first_row, depth.shape[0] - 1), np.arange(depth.shape[1])
+            ]
             inverted = np.where(above, top_values[None, :], inverted)
         else:
             inverted[above] = 0.0

@@ -29,7 +29,6 @@ from depth_completion_ros.tools.graph import (
 )
 from depth_completion_ros.visualization import colorize_depth, draw_sparse, side_by_side
 
-
 GROUND_TRUTH_MAX_DEPTH = 80.0  # metres; KITTI's ground truth ends near here (5-85 m)
 
 
@@ -57,8 +56,12 @@ def kitti_frames(drive_dir: str, count: int) -> tuple[list[SensorFrame], dict]:
         frame = drive.frame(frame_id)
         frames.append(
             SensorFrame(
-                frame.stamp, frame.rgb, frame.points, drive.calibration.camera,
-                frame.ground_truth, name=f"{frame_id:06d}",
+                frame.stamp,
+                frame.rgb,
+                frame.points,
+                drive.calibration.camera,
+                frame.ground_truth,
+                name=f"{frame_id:06d}",
             )
         )
     source = f"KITTI drive {drive.drive_dir}" + (
@@ -105,8 +108,9 @@ def lidar_covered_truth(
 
 def organised_cloud_arrays(msg) -> tuple[np.ndarray, np.ndarray]:
     """Our organised XYZRGB layout -> finite xyz (N x 3) and rgb (N x 3 uint8)."""
-    record = np.frombuffer(msg.data, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"),
-                                            ("rgb", "<u4")])
+    record = np.frombuffer(
+        msg.data, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("rgb", "<u4")]
+    )
     xyz = np.stack([record["x"], record["y"], record["z"]], axis=1)
     keep = np.isfinite(xyz).all(axis=1)
     packed = record["rgb"][keep]
@@ -149,7 +153,8 @@ def run(args: argparse.Namespace) -> dict:
             raise RuntimeError(f"the node did not come up; see {output / 'node.log'}")
         started = time.monotonic()
         result = player.play(
-            frames, executor,
+            frames,
+            executor,
             wait_topics=("depth/image", "depth/points", "sparse_depth/image"),
             timeout=args.timeout,
         )
@@ -175,12 +180,16 @@ def run(args: argparse.Namespace) -> dict:
         write_kitti_depth(output / "depth" / f"{frame.name}.png", dense)
         sparse = (
             np.nan_to_num(image_to_depth(outputs["sparse_depth/image"]), nan=0.0)
-            if "sparse_depth/image" in outputs else np.zeros_like(dense)
+            if "sparse_depth/image" in outputs
+            else np.zeros_like(dense)
         )
         picture = side_by_side([frame.rgb, draw_sparse(frame.rgb, sparse), colorize_depth(dense)])
         write_rgb(output / "pictures" / f"{frame.name}.png", picture)
-        entry = {"frame": frame.name, "received": True,
-                 "valid_fraction": float(np.isfinite(dense).mean())}
+        entry = {
+            "frame": frame.name,
+            "received": True,
+            "valid_fraction": float(np.isfinite(dense).mean()),
+        }
         if frame.ground_truth is not None and (frame.ground_truth > 0).any():
             scores = kitti_metrics(np.nan_to_num(dense, nan=0.0), frame.ground_truth)
             entry.update(scores)
@@ -203,18 +212,24 @@ def run(args: argparse.Namespace) -> dict:
         "latency_ms_p95": float(np.percentile(latencies, 95)) if latencies.size else None,
         "latency_note": "publish of image+cloud -> dense depth received, two processes over DDS",
         "accuracy": (
-            {key: float(np.mean([m[key] for m in metrics]))
-             for key in ("rmse_mm", "mae_mm", "irmse_1_per_km", "imae_1_per_km")}
-            if metrics else None
+            {
+                key: float(np.mean([m[key] for m in metrics]))
+                for key in ("rmse_mm", "mae_mm", "irmse_1_per_km", "imae_1_per_km")
+            }
+            if metrics
+            else None
         ),
-        "accuracy_note": "KITTI metrics averaged over frames with ground truth" if metrics else
-        "no ground truth for this input",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version()},
+        "accuracy_note": "KITTI metrics averaged over frames with ground truth"
+        if metrics
+        else "no ground truth for this input",
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
         "frames": per_frame,
     }
-    write_atomic(output / "summary.json",
-                 lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
+    write_atomic(output / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
     return summary
 
 

@@ -56,12 +56,15 @@ def start_node_process(
 ) -> subprocess.Popen:
     """Start ``depth_completion_node`` in its own process with a generated parameter file."""
     params_file = Path(tempfile.mkstemp(prefix="depth_completion_", suffix=".yaml")[1])
-    params_file.write_text(
-        yaml.safe_dump({"depth_completion": {"ros__parameters": parameters}})
-    )
+    params_file.write_text(yaml.safe_dump({"depth_completion": {"ros__parameters": parameters}}))
     command = [
-        sys.executable, "-m", "depth_completion_ros.node",
-        "--ros-args", "--params-file", str(params_file), *(extra_args or []),
+        sys.executable,
+        "-m",
+        "depth_completion_ros.node",
+        "--ros-args",
+        "--params-file",
+        str(params_file),
+        *(extra_args or []),
     ]
     log = open(log_path, "w")  # noqa: SIM115 - owned by the process' lifetime
     return subprocess.Popen(
@@ -129,7 +132,9 @@ class PlayResult:
 
     def latencies(self) -> np.ndarray:
         """Publish-to-depth-received seconds per frame (both ends in this process)."""
-        return np.array([self.depth_at[k] - self.sent_at[k] for k in self.depth_at if k in self.sent_at])
+        return np.array(
+            [self.depth_at[k] - self.sent_at[k] for k in self.depth_at if k in self.sent_at]
+        )
 
 
 class FramePlayer(Node):
@@ -140,12 +145,16 @@ class FramePlayer(Node):
         qos = QoSProfile(
             history=HistoryPolicy.KEEP_LAST,
             depth=5,
-            reliability=ReliabilityPolicy.RELIABLE if reliable_inputs else ReliabilityPolicy.BEST_EFFORT,
+            reliability=ReliabilityPolicy.RELIABLE
+            if reliable_inputs
+            else ReliabilityPolicy.BEST_EFFORT,
         )
         self.image_pub = self.create_publisher(Image, "image", qos)
         self.info_pub = self.create_publisher(CameraInfo, "camera_info", qos)
         self.cloud_pub = self.create_publisher(PointCloud2, "points", qos)
-        out_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        out_qos = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE
+        )
         self.result = PlayResult()
         for topic, kind in OUTPUT_TOPICS.items():
             self.create_subscription(kind, topic, self._collector(topic), out_qos)
@@ -163,10 +172,13 @@ class FramePlayer(Node):
         """Wait until the node subscribes to all three inputs (DDS discovery)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if all(
-                p.get_subscription_count() > 0
-                for p in (self.image_pub, self.info_pub, self.cloud_pub)
-            ) and self.count_publishers("depth/image") > 0:
+            if (
+                all(
+                    p.get_subscription_count() > 0
+                    for p in (self.image_pub, self.info_pub, self.cloud_pub)
+                )
+                and self.count_publishers("depth/image") > 0
+            ):
                 return True
             executor.spin_once(timeout_sec=0.05)
         return False
