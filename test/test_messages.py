@@ -1,0 +1,307 @@
+"""Image / CameraInfo / PointCloud2 <-> numpy with the real message classes (no mocks)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
+from std_msgs.msg import Header
+
+from depth_completion_ros.calibration import PinholeCamera
+from depth_completion_ros.depth_io import read_rgb
+from depth_completion_ros.messages import (
+    MessageError,
+    camera_info_to_camera,
+    camera_to_camera_info,
+    image_to_depth,
+    image_to_rgb,
+    numpy_to_image,
+    organised_xyzrgb_cloud,
+    pack_rgb,
+    pointcloud2_to_array,
+    xyz_array_to_pointcloud2,
+)
+
+RNG = np.random.default_rng(7)
+
+
+def _image(pixels: np.ndarray, encoding: str, pad: int = 0, bigendian: bool = False) -> Image:
+    """Build an Image by hand, with ``pad`` bytes of junk at the end of every row."""
+    pixels = np.ascontiguousarray(pixels)
+    if bigendian:
+        pixels = pixels.astype(pixels.dtype.newbyteorder(">"))
+    height, width = pixels.shape[:2]
+    rows = pixels.reshape(height, -1).view(np.uint8).reshape(height, -1)
+    junk = np.full((height, pad), 0xAB, np.uint8)
+    data = np.hstack([rows, junk])
+    return Image(
+        height=height,
+        width=width,
+        encoding=encoding,
+        is_bigendian=int(bigendian),
+        step=int(data.shape[1]),
+        data=data.tobytes(),
+    )
+
+
+@pytest.fixture(scope="module")
+def kitti_rgb(kitti_image_path) -> np.ndarray:
+    return read_rgb(kitti_image_path)
+
+
+# --- images ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pad", [0, 6])
+def test_colour_encodings_reach_rgb(kitti_rgb: np.ndarray, pad: int) -> None:
+    rgb = kitti_rgb[:40, :61]  # odd width: padding cannot hide behind alignment
+    alpha = np.full(rgb.shape[:2] + (1,), 200, np.uint8)
+    cases = {
+        "rgb8": rgb,
+        "bgr8": rgb[..., ::-1],
+        "rgba8": np.concatenate([rgb, alpha], axis=2),
+        "bgra8": np.concatenate([rgb[..., ::-1], alpha], axis=2),
+    }
+    for encoding, pixels in cases.items():
+        out = image_to_rgb(_image(pixels, encoding, pad))
+        assert out.dtype == np.uint8 and out.flags.c_contiguous
+        np.testing.assert_array_equal(out, rgb, err_msg=encoding)
+    grey = rgb[..., 1]
+    out = image_to_rgb(_image(grey, "mono8", pad))
+    np.testing.assert_array_equal(out, np.repeat(grey[..., None], 3, axis=2))
+
+
+def test_numpy_to_image_round_trip(kitti_rgb: np.ndarray) -> None:
+    header = Header(frame_id="camera")
+    header.stamp.sec, header.stamp.nanosec = 12, 345
+    msg = numpy_to_image(kitti_rgb, "rgb8", header)
+    assert (msg.height, msg.width, msg.step) == (375, 1242, 1242 * 3)
+    assert msg.header.frame_id == "camera" and msg.header.stamp.nanosec == 345
+    np.testing.assert_array_equal(image_to_rgb(msg), kitti_rgb)
+
+
+def test_depth_32fc1_round_trip_keeps_nan() -> None:
+    depth = RNG.uniform(1, 80, (37, 53)).astype(np.float32)
+    depth[3, 4] = np.nan
+    msg = numpy_to_image(depth, "32FC1")
+    assert msg.step == 53 * 4 and msg.is_bigendian == 0
+    np.testing.assert_array_equal(image_to_depth(msg), depth)  # NaN compares equal here
+
+
+def test_depth_32fc1_with_padding_and_big_endian() -> None:
+    depth = RNG.uniform(1, 80, (9, 11)).astype(np.float32)
+    np.testing.assert_array_equal(image_to_depth(_image(depth, "32FC1", pad=4)), depth)
+    msg = _image(depth, "32FC1", pad=8, bigendian=True)
+    np.testing.assert_array_equal(image_to_depth(msg), depth)
+
+
+def test_depth_16uc1_millimetres_zero_is_nan() -> None:
+    raw = np.array([[0, 1000, 2500], [65535, 1, 0]], np.uint16)
+    depth = image_to_depth(_image(raw, "16UC1", pad=2))
+    assert depth.dtype == np.float32
+    np.testing.assert_allclose(depth[0, 1:], [1.0, 2.5])
+    np.testing.assert_allclose(depth[1, :2], [65.535, 0.001])
+    assert np.isnan(depth[0, 0]) and np.isnan(depth[1, 2])
+    np.testing.assert_allclose(image_to_depth(numpy_to_image(raw, "16UC1"))[0, 2], 2.5)
+
+
+def test_unsupported_encoding_is_named() -> None:
+    msg = _image(np.zeros((4, 4), np.uint8), "bayer_rggb8")
+    with pytest.raises(MessageError, match="bayer_rggb8"):
+        image_to_rgb(msg)
+    with pytest.raises(MessageError, match="rgb8"):
+        image_to_depth(_image(np.zeros((4, 4, 3), np.uint8), "rgb8"))
+
+
+def test_short_image_data_raises() -> None:
+    msg = _image(np.zeros((4, 5, 3), np.uint8), "rgb8")
+    msg.data = bytes(4 * 5 * 3 - 1)
+    with pytest.raises(MessageError, match="bytes"):
+        image_to_rgb(msg)
+    msg = _image(np.zeros((4, 5), np.float32), "32FC1")
+    msg.step = 5 * 4 - 1  # step shorter than a row
+    with pytest.raises(MessageError, match="step"):
+        image_to_depth(msg)
+
+
+# --- camera info ----------------------------------------------------------------------------
+
+
+def test_camera_info_round_trip(kitti_calibration) -> None:
+    camera = kitti_calibration.camera
+    msg = camera_to_camera_info(camera, Header(frame_id="cam2"))
+    assert isinstance(msg, CameraInfo) and msg.header.frame_id == "cam2"
+    back = camera_info_to_camera(msg)
+    assert (back.width, back.height) == (1242, 375)
+    np.testing.assert_array_equal(back.P, camera.P)
+    np.testing.assert_array_equal(back.K, camera.K)
+    np.testing.assert_array_equal(back.R, camera.R)
+    np.testing.assert_array_equal(back.D, camera.D)
+    assert back.distortion_model == camera.distortion_model
+
+
+def test_camera_info_with_zero_p_raises() -> None:
+    msg = camera_to_camera_info(PinholeCamera(640, 480, np.eye(3, 4) * 500))
+    msg.p = np.zeros(12)
+    with pytest.raises(MessageError, match="P"):
+        camera_info_to_camera(msg)
+
+
+# --- point clouds ---------------------------------------------------------------------------
+
+_DT = {"f4": PointField.FLOAT32, "f8": PointField.FLOAT64, "u2": PointField.UINT16}
+
+
+def _cloud(
+    columns: dict[str, np.ndarray],
+    kinds: dict[str, str],
+    order: list[str],
+    height: int = 1,
+    point_pad: int = 0,
+    row_pad: int = 0,
+    bigendian: bool = False,
+) -> PointCloud2:
+    """Pack columns into a PointCloud2 in ``order`` with padding, built byte by byte."""
+    endian = ">" if bigendian else "<"
+    dtype = np.dtype([(name, endian + kinds[name]) for name in order])
+    point_step = dtype.itemsize + point_pad
+    count = len(next(iter(columns.values())))
+    width = count // height
+    records = np.zeros(
+        count,
+        np.dtype(
+            {
+                "names": order,
+                "formats": [dtype[n] for n in order],
+                "offsets": [dtype.fields[n][1] for n in order],
+                "itemsize": point_step,
+            }
+        ),
+    )
+    for name in order:
+        records[name] = columns[name]
+    rows = records.view(np.uint8).reshape(height, width * point_step)
+    data = np.hstack([rows, np.full((height, row_pad), 0x7F, np.uint8)])
+    return PointCloud2(
+        height=height,
+        width=width,
+        fields=[
+            PointField(name=n, offset=dtype.fields[n][1], datatype=_DT[kinds[n]], count=1)
+            for n in order
+        ],
+        is_bigendian=bigendian,
+        point_step=point_step,
+        row_step=width * point_step + row_pad,
+        data=data.tobytes(),
+        is_dense=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def scan(kitti_scan: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(kitti_scan[:600])
+
+
+def _columns(scan: np.ndarray) -> dict[str, np.ndarray]:
+    return {"x": scan[:, 0], "y": scan[:, 1], "z": scan[:, 2], "intensity": scan[:, 3]}
+
+
+def test_round_trip_of_the_real_scan(kitti_scan: np.ndarray) -> None:
+    msg = xyz_array_to_pointcloud2(kitti_scan, Header(frame_id="velo"))
+    assert msg.point_step == 16 and msg.width == len(kitti_scan) and msg.is_dense
+    np.testing.assert_array_equal(pointcloud2_to_array(msg, with_intensity=True), kitti_scan)
+    np.testing.assert_array_equal(pointcloud2_to_array(msg), kitti_scan[:, :3])
+
+
+def test_shuffled_fields_extra_fields_and_point_padding(scan: np.ndarray) -> None:
+    columns = _columns(scan) | {"ring": np.arange(len(scan)) % 64}
+    kinds = {"x": "f4", "y": "f4", "z": "f4", "intensity": "f4", "ring": "u2"}
+    msg = _cloud(columns, kinds, ["ring", "intensity", "z", "x", "y"], point_pad=6)
+    np.testing.assert_array_equal(pointcloud2_to_array(msg, with_intensity=True), scan)
+
+
+def test_organised_cloud_with_row_padding(scan: np.ndarray) -> None:
+    kinds = {"x": "f4", "y": "f4", "z": "f4", "intensity": "f4"}
+    msg = _cloud(_columns(scan), kinds, ["x", "y", "z", "intensity"], height=4, row_pad=12)
+    assert msg.height == 4 and msg.row_step > msg.width * msg.point_step
+    np.testing.assert_array_equal(pointcloud2_to_array(msg, with_intensity=True), scan)
+
+
+def test_nan_points_dropped_and_missing_intensity_reads_zero(scan: np.ndarray) -> None:
+    xyz = scan[:, :3].copy()
+    xyz[[3, 50], 1] = np.nan
+    xyz[7, 2] = np.inf
+    kinds = {"x": "f4", "y": "f4", "z": "f4"}
+    msg = _cloud({"x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2]}, kinds, ["z", "y", "x"])
+    keep = np.ones(len(xyz), bool)
+    keep[[3, 7, 50]] = False
+    np.testing.assert_array_equal(pointcloud2_to_array(msg), xyz[keep])
+    out = pointcloud2_to_array(msg, with_intensity=True)
+    assert out.shape == (len(xyz) - 3, 4) and not out[:, 3].any()
+
+
+def test_big_endian_float64_cloud(scan: np.ndarray) -> None:
+    xyz = scan[:, :3].astype(np.float64) + 1e-9  # float64 values, read back as float32
+    kinds = {"x": "f8", "y": "f8", "z": "f8", "intensity": "f4"}
+    columns = {"x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2], "intensity": scan[:, 3]}
+    msg = _cloud(columns, kinds, ["x", "y", "z", "intensity"], bigendian=True)
+    out = pointcloud2_to_array(msg, with_intensity=True)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out[:, :3], xyz.astype(np.float32))
+    np.testing.assert_array_equal(out[:, 3], scan[:, 3])
+
+
+def test_missing_axis_is_named(scan: np.ndarray) -> None:
+    kinds = {"x": "f4", "y": "f4", "intensity": "f4"}
+    msg = _cloud(
+        {"x": scan[:, 0], "y": scan[:, 1], "intensity": scan[:, 3]}, kinds, ["x", "y", "intensity"]
+    )
+    with pytest.raises(MessageError, match="no z field"):
+        pointcloud2_to_array(msg)
+
+
+def test_short_cloud_data_raises(scan: np.ndarray) -> None:
+    msg = xyz_array_to_pointcloud2(scan)
+    msg.data = bytes(len(msg.data) - 1)
+    with pytest.raises(MessageError, match="too few"):
+        pointcloud2_to_array(msg)
+
+
+def test_empty_cloud_gives_zero_rows() -> None:
+    msg = xyz_array_to_pointcloud2(np.zeros((0, 3), np.float32))
+    assert pointcloud2_to_array(msg).shape == (0, 3)
+    assert pointcloud2_to_array(msg, with_intensity=True).shape == (0, 4)
+
+
+# --- organised XYZRGB output ----------------------------------------------------------------
+
+
+def test_organised_xyzrgb_cloud(kitti_rgb: np.ndarray) -> None:
+    rgb = kitti_rgb[100:130, 200:250]
+    height, width = rgb.shape[:2]
+    xyz = RNG.uniform(-5, 5, (height, width, 3)).astype(np.float32)
+    xyz[4, 6] = np.nan
+    msg = organised_xyzrgb_cloud(xyz, rgb, Header(frame_id="cam"))
+    assert (msg.height, msg.width, msg.point_step, msg.row_step) == (height, width, 16, 16 * width)
+    assert [(f.name, f.offset, f.datatype) for f in msg.fields] == [
+        ("x", 0, PointField.FLOAT32),
+        ("y", 4, PointField.FLOAT32),
+        ("z", 8, PointField.FLOAT32),
+        ("rgb", 12, PointField.FLOAT32),
+    ]
+    assert not msg.is_dense and msg.header.frame_id == "cam"
+    record = np.frombuffer(bytes(msg.data), "<f4").reshape(height, width, 4)
+    np.testing.assert_array_equal(record[..., :3], xyz)  # NaN stays in place
+    assert np.isnan(record[4, 6, :3]).all()
+    bits = record[..., 3].copy().view(np.uint32)
+    decoded = np.stack([(bits >> 16) & 255, (bits >> 8) & 255, bits & 255], axis=-1)
+    np.testing.assert_array_equal(decoded, rgb)
+    assert not (bits >> 24).any()
+    # the reader drops the NaN point and keeps the rest in row-major order
+    assert pointcloud2_to_array(msg).shape == (height * width - 1, 3)
+
+
+def test_pack_rgb_bits() -> None:
+    rgb = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255]]], np.uint8)
+    bits = pack_rgb(rgb).view(np.uint32)
+    assert bits.tolist() == [[0xFF0000, 0x00FF00, 0x0000FF, 0xFFFFFF]]
