@@ -13,12 +13,13 @@ error never leaves a folder that looks like a complete bag.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from types import TracebackType
 
@@ -52,7 +53,7 @@ def typestore():
     return get_typestore(Stores.ROS2_KILTED)
 
 
-@lru_cache(maxsize=None)
+@cache
 def ros_message_class(msgtype: str) -> type:
     """``pkg/msg/Name`` -> the rclpy message class, or BagError if that package is missing."""
     parts = msgtype.split("/")
@@ -365,10 +366,8 @@ class BagWriter:
                     self.path.rename(trash)
                 (staging / self.path.name).rename(self.path)
             else:
-                try:
+                with contextlib.suppress(Exception):  # the original error matters more
                     writer.abort()
-                except Exception:  # noqa: BLE001 - the original error matters more
-                    pass
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 

@@ -265,7 +265,7 @@ def convert(
             cloud = xyz_array_to_pointcloud2(points, ros_header(stamp, LIDAR_FRAME), True)
             bag.write(LIDAR_TOPIC, stamp, from_ros(cloud))
             if number % 10 == 0 or number == len(frame_ids):
-                log(f"  {number}/{len(frame_ids)} frames", end="\r" if sys.stdout.isatty() else "\n")
+                log(f"  {number}/{len(frame_ids)} frames")
         counts = dict(bag.counts)
     return ConversionReport(len(frame_ids), synthesised, bool(oxts_ids), has_imu, counts)
 
