@@ -1,0 +1,434 @@
+"""Torch network backend: a registry model plus the pre- and post-processing its weights expect.
+
+One frame goes: image + sparse depth + K -> (resize) -> crop (KITTI: bottom 352 rows, centred
+1216 columns) -> centred padding to the network's size multiple -> normalisation -> network ->
+the inverse geometry -> dense depth at the input size, 0 outside the region the network saw.
+K follows every step, because BP-Net uses it and a wrong K silently bends its output.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from depth_completion_ros.backends.base import BackendError, DepthCompletionBackend
+from depth_completion_ros.networks.checkpoints import CheckpointError, load_checkpoint
+from depth_completion_ros.networks.registry import DATASETS, InputSpec, ModelSpec, get_model_spec
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometry: which part of the image the network sees, and at what size
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FrameGeometry:
+    """How an input of size (height, width) maps to the network input and back.
+
+    Steps: scale by (sy, sx) to (rh, rw); crop rows y0:y0+ch, columns x0:x0+cw; pad
+    (top, bottom, left, right) with zeros to (nh, nw).
+    """
+
+    height: int
+    width: int
+    rh: int
+    rw: int
+    y0: int
+    x0: int
+    ch: int
+    cw: int
+    top: int
+    bottom: int
+    left: int
+    right: int
+
+    @property
+    def sy(self) -> float:
+        return self.rh / self.height
+
+    @property
+    def sx(self) -> float:
+        return self.rw / self.width
+
+    @property
+    def resized(self) -> bool:
+        return (self.rh, self.rw) != (self.height, self.width)
+
+    @property
+    def net_size(self) -> tuple[int, int]:
+        return self.ch + self.top + self.bottom, self.cw + self.left + self.right
+
+
+def plan_geometry(height: int, width: int, spec: InputSpec) -> FrameGeometry:
+    """The crop/resize/pad plan of ``spec`` for one input size.
+
+    Each dimension is cropped only when the (resized) image is at least as large as the crop;
+    a smaller dimension is kept whole and padded (e.g. 480 x 640 under KITTI settings).
+    """
+    rh, rw = height, width
+    if spec.resize_height and spec.resize_height != height:
+        rh = spec.resize_height
+        rw = max(1, round(width * spec.resize_height / height))
+    ch, cw = rh, rw
+    y0 = x0 = 0
+    if spec.crop is not None:
+        crop_h, crop_w = spec.crop
+        if rh >= crop_h:
+            ch = crop_h
+            y0 = rh - crop_h if spec.crop_anchor == "bottom" else (rh - crop_h) // 2
+        if rw >= crop_w:
+            cw = crop_w
+            x0 = (rw - crop_w) // 2
+    m = max(1, spec.size_multiple)
+    nh, nw = math.ceil(ch / m) * m, math.ceil(cw / m) * m
+    top, left = (nh - ch) // 2, (nw - cw) // 2
+    return FrameGeometry(
+        height, width, rh, rw, y0, x0, ch, cw, top, nh - ch - top, left, nw - cw - left
+    )
+
+
+def adjust_intrinsics(K: np.ndarray, g: FrameGeometry) -> np.ndarray:
+    """K of the network input: scaled with the resize, shifted by the crop and the padding."""
+    K2 = np.array(K, dtype=np.float64, copy=True)
+    if g.resized:
+        # Pixel centres scale about the image corner: c' = (c + 0.5) * s - 0.5.
+        K2[0, 0] *= g.sx
+        K2[0, 1] *= g.sx
+        K2[1, 1] *= g.sy
+        K2[0, 2] = (K2[0, 2] + 0.5) * g.sx - 0.5
+        K2[1, 2] = (K2[1, 2] + 0.5) * g.sy - 0.5
+    K2[0, 2] += g.left - g.x0
+    K2[1, 2] += g.top - g.y0
+    return K2
+
+
+def resize_sparse(sparse: torch.Tensor, rh: int, rw: int) -> torch.Tensor:
+    """Re-project sparse depth (H x W) onto an rh x rw grid; the nearest return wins a pixel.
+
+    Interpolating a sparse map would average depths with empty pixels; moving each return to
+    the pixel its centre falls in keeps every value a real measurement.
+    """
+    h, w = sparse.shape
+    v, u = torch.nonzero(sparse > 0, as_tuple=True)
+    d = sparse[v, u]
+    rv = ((v.to(torch.float64) + 0.5) * (rh / h)).floor().long().clamp_(0, rh - 1)
+    ru = ((u.to(torch.float64) + 0.5) * (rw / w)).floor().long().clamp_(0, rw - 1)
+    out = torch.full((rh * rw,), float("inf"), dtype=sparse.dtype, device=sparse.device)
+    out.scatter_reduce_(0, rv * rw + ru, d, reduce="amin", include_self=True)
+    return torch.where(torch.isinf(out), torch.zeros_like(out), out).view(rh, rw)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference-time model preparation
+# ---------------------------------------------------------------------------------------------
+
+
+def _fuse(conv: nn.Module, bn: nn.BatchNorm2d) -> nn.Module:
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    return fuse_conv_bn_eval(conv, bn, transpose=isinstance(conv, nn.ConvTranspose2d))
+
+
+def fold_batchnorm(model: nn.Module) -> int:
+    """Fold eval-mode BatchNorm into the conv right before it; returns how many were folded.
+
+    Only where the order is certain: adjacent (conv, BN) in an ``nn.Sequential``, and the
+    torchvision-style (convN, bnN) pairs of ResNet basic blocks. Saves a full pass over every
+    feature map per BN at inference; the weights in the file are untouched.
+    """
+    from depth_completion_ros.networks.nlspn import BasicBlock
+
+    convs = (nn.Conv2d, nn.ConvTranspose2d)
+    folded = 0
+    for module in list(model.modules()):
+        if isinstance(module, nn.Sequential):
+            for i in range(len(module) - 1):
+                a, b = module[i], module[i + 1]
+                if isinstance(a, convs) and isinstance(b, nn.BatchNorm2d):
+                    module[i], module[i + 1] = _fuse(a, b), nn.Identity()
+                    folded += 1
+        elif isinstance(module, BasicBlock):
+            for n in (1, 2):
+                conv, bn = getattr(module, f"conv{n}"), getattr(module, f"bn{n}")
+                if isinstance(bn, nn.BatchNorm2d):
+                    setattr(module, f"conv{n}", _fuse(conv, bn))
+                    setattr(module, f"bn{n}", nn.Identity())
+                    folded += 1
+    return folded
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' -> CUDA when present; 'cuda' without CUDA -> CPU with a warning."""
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise BackendError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        log.warning(
+            "device %r requested but CUDA is not available (torch %s, %s build): running on "
+            "the CPU, which is much slower; install a CUDA build of torch or set device:=cpu",
+            device,
+            torch.__version__,
+            "CUDA" if torch.version.cuda else "CPU-only",
+        )
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+# ---------------------------------------------------------------------------------------------
+# The backend
+# ---------------------------------------------------------------------------------------------
+
+
+class NetworkBackend(DepthCompletionBackend):
+    """A registry network ('bpnet', 'selfdc', 'selfdc_r18') behind ``complete``.
+
+    The checkpoint is required: a network with random weights publishes plausible-looking
+    garbage. ``allow_random_weights=True`` exists for tests and benchmarks only.
+    """
+
+    def __init__(
+        self,
+        model: str = "selfdc",
+        checkpoint: str | Path | None = None,
+        device: str = "auto",
+        precision: str = "fp32",
+        dataset: str = "kitti",
+        compile: bool = False,
+        *,
+        allow_random_weights: bool = False,
+        channels_last: bool | None = None,
+        fuse_batchnorm: bool = True,
+    ) -> None:
+        try:
+            self.spec: ModelSpec = get_model_spec(model)
+        except KeyError as e:
+            raise BackendError(str(e.args[0])) from None
+        if dataset not in DATASETS:
+            raise BackendError(f"unknown dataset {dataset!r}; use one of {', '.join(DATASETS)}")
+        if precision not in PRECISIONS:
+            raise BackendError(
+                f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}"
+            )
+        self.name = model
+        self.dataset = dataset
+        self.input_spec = self.spec.input_spec(dataset)
+        self.device = resolve_device(device)
+        self.precision = self._check_precision(precision)
+        self.checkpoint = Path(checkpoint).expanduser() if checkpoint else None
+        if self.checkpoint is None and not allow_random_weights:
+            released = ", ".join(self.spec.released) or "none yet: train one with training/"
+            raise BackendError(
+                f"model {model!r} needs a checkpoint (parameter 'checkpoint': path to a .pth or "
+                f".safetensors file; released weights: {released}). Without one the network "
+                "has random weights and would publish garbage; use model:=classical for a "
+                "network-free fill."
+            )
+
+        net = self._build()
+        if self.checkpoint is not None:
+            try:
+                load_checkpoint(net, self.checkpoint, model_name=model)
+            except CheckpointError as e:
+                raise BackendError(str(e)) from e
+        else:
+            log.warning("model %s runs with RANDOM weights (allow_random_weights=True)", model)
+        net.eval().requires_grad_(False)
+        self.folded = fold_batchnorm(net) if fuse_batchnorm else 0
+        self.channels_last = (
+            (self.device.type == "cuda") if channels_last is None else channels_last
+        )
+        net = net.to(self.device)
+        if self.channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        self.net: nn.Module = net
+        self._forward = self._compile(net) if compile else net
+        self.compiled = compile
+
+        s = self.input_spec
+        scale = 1.0 / s.pixel_range
+        std = torch.tensor(s.std, dtype=torch.float32)
+        # (x / range - mean) / std == x * a + b, one fused pass on the device.
+        self._norm_a = (scale / std).view(1, 3, 1, 1).to(self.device)
+        self._norm_b = (-torch.tensor(s.mean) / std).view(1, 3, 1, 1).to(self.device)
+        self._plans: dict[tuple[int, int], FrameGeometry] = {}
+        self._host: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self.last_timing: dict[str, float] = {}
+
+    # -- construction helpers -----------------------------------------------------------------
+
+    def _check_precision(self, precision: str) -> str:
+        if precision == "fp16" and self.device.type == "cpu":
+            log.warning(
+                "fp16 is not supported well on the CPU (slow, some ops missing): using fp32"
+            )
+            return "fp32"
+        if (
+            precision == "bf16"
+            and self.device.type == "cuda"
+            and not torch.cuda.is_bf16_supported()
+        ):
+            raise BackendError(
+                f"precision 'bf16' is not supported by {torch.cuda.get_device_name(self.device)}; "
+                "use 'fp16' or 'fp32'"
+            )
+        return precision
+
+    def _build(self) -> nn.Module:
+        try:
+            return self.spec.build(self.dataset)
+        except ImportError as e:
+            raise BackendError(f"model {self.name!r} is not available in this install: {e}") from e
+
+    def _compile(self, net: nn.Module):
+        try:
+            return torch.compile(net, dynamic=False)
+        except Exception as e:  # no compiler toolchain, unsupported platform
+            log.warning("torch.compile failed (%s); running eagerly", e)
+            return net
+
+    def describe(self) -> str:
+        weights = str(self.checkpoint) if self.checkpoint else "RANDOM weights (test only)"
+        extra = ", compiled" if self.compiled else ""
+        return (
+            f"network {self.name} ({self.dataset} settings) on {self.device} {self.precision}"
+            f"{extra}, weights {weights}"
+        )
+
+    # -- per-frame ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _validate(rgb: np.ndarray, sparse: np.ndarray, K: np.ndarray) -> None:
+        if not (isinstance(rgb, np.ndarray) and rgb.ndim == 3 and rgb.shape[2] == 3):
+            shape = getattr(rgb, "shape", type(rgb).__name__)
+            raise BackendError(f"rgb must be an H x W x 3 array, got {shape}")
+        if rgb.dtype != np.uint8:
+            raise BackendError(
+                f"rgb must be uint8 (0-255), got {rgb.dtype}; convert with "
+                "np.clip(img * 255, 0, 255).astype(np.uint8) for 0-1 images"
+            )
+        if not isinstance(sparse, np.ndarray) or sparse.shape != rgb.shape[:2]:
+            shape = getattr(sparse, "shape", type(sparse).__name__)
+            raise BackendError(
+                f"sparse depth must be H x W like the image {rgb.shape[:2]}, got {shape}; "
+                "project the points with the image's own K"
+            )
+        K = np.asarray(K)
+        if K.shape != (3, 3) or not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0:
+            raise BackendError(
+                f"K must be a finite 3 x 3 intrinsics matrix with fx, fy > 0, got {K!r}"
+            )
+        if rgb.shape[0] < 8 or rgb.shape[1] < 8:
+            raise BackendError(f"image {rgb.shape[:2]} is too small for a network (need >= 8 x 8)")
+
+    def plan(self, height: int, width: int) -> FrameGeometry:
+        key = (height, width)
+        if key not in self._plans:
+            self._plans[key] = plan_geometry(height, width, self.input_spec)
+            log.info("network input plan for %dx%d: %s", height, width, self._plans[key])
+        return self._plans[key]
+
+    def _upload(self, rgb: np.ndarray, sparse: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frame to the device; on CUDA through pinned buffers reused frame after frame."""
+        if self.device.type == "cpu":
+            return torch.from_numpy(np.ascontiguousarray(rgb)), torch.from_numpy(sparse)
+        key = rgb.shape[:2]
+        if key not in self._host:
+            self._host[key] = (
+                torch.empty(rgb.shape, dtype=torch.uint8).pin_memory(),
+                torch.empty(sparse.shape, dtype=torch.float32).pin_memory(),
+            )
+        h_rgb, h_sparse = self._host[key]
+        h_rgb.numpy()[...] = rgb
+        h_sparse.numpy()[...] = sparse
+        return (
+            h_rgb.to(self.device, non_blocking=True),
+            h_sparse.to(self.device, non_blocking=True),
+        )
+
+    def prepare(
+        self, rgb: np.ndarray, sparse: np.ndarray, K: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, FrameGeometry]:
+        """Network inputs (image, sparse in network units, K), each with a batch dimension."""
+        g = self.plan(*sparse.shape)
+        t_rgb, t_sparse = self._upload(rgb, sparse)
+        image = t_rgb.permute(2, 0, 1).unsqueeze(0).float()
+        if g.resized:
+            image = F.interpolate(image, size=(g.rh, g.rw), mode="bilinear", antialias=True)
+            t_sparse = resize_sparse(t_sparse, g.rh, g.rw)
+        image = image[:, :, g.y0 : g.y0 + g.ch, g.x0 : g.x0 + g.cw] * self._norm_a + self._norm_b
+        dep = t_sparse[g.y0 : g.y0 + g.ch, g.x0 : g.x0 + g.cw].view(1, 1, g.ch, g.cw)
+        dep = dep * self.input_spec.depth_scale
+        pad = (g.left, g.right, g.top, g.bottom)
+        if any(pad):
+            # Zero after normalisation: padded pixels look like the mean colour, no depth.
+            image, dep = F.pad(image, pad), F.pad(dep, pad)
+        if self.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+            dep = dep.contiguous(memory_format=torch.channels_last)
+        k_net = torch.from_numpy(adjust_intrinsics(K, g)).float().unsqueeze(0).to(self.device)
+        return image, dep, k_net, g
+
+    def restore(self, pred: torch.Tensor, g: FrameGeometry) -> np.ndarray:
+        """Network output (1 x 1 x nh x nw, network units) -> H x W metres, 0 outside the crop."""
+        pred = pred.float()[0, 0, g.top : g.top + g.ch, g.left : g.left + g.cw]
+        pred = pred / self.input_spec.depth_scale
+        pred = torch.where(torch.isfinite(pred), pred.clamp(min=0), torch.zeros_like(pred))
+        out = torch.zeros((g.height, g.width), dtype=torch.float32, device=pred.device)
+        if not g.resized:
+            out[g.y0 : g.y0 + g.ch, g.x0 : g.x0 + g.cw] = pred
+            return out.cpu().numpy()
+        # Sample the crop's prediction at every input pixel centre that falls inside it.
+        dev = pred.device
+        vr = (torch.arange(g.height, device=dev) + 0.5) * g.sy - 0.5 - g.y0
+        ur = (torch.arange(g.width, device=dev) + 0.5) * g.sx - 0.5 - g.x0
+        rows = (vr >= -0.5) & (vr <= g.ch - 0.5)
+        cols = (ur >= -0.5) & (ur <= g.cw - 0.5)
+        gy = vr[rows].clamp(0, g.ch - 1) * (2.0 / max(g.ch - 1, 1)) - 1.0
+        gx = ur[cols].clamp(0, g.cw - 1) * (2.0 / max(g.cw - 1, 1)) - 1.0
+        grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1).unsqueeze(0)
+        sampled = F.grid_sample(pred[None, None], grid.float(), align_corners=True)[0, 0]
+        r_idx, c_idx = torch.nonzero(rows).squeeze(1), torch.nonzero(cols).squeeze(1)
+        out[r_idx[:, None], c_idx[None, :]] = sampled
+        return out.cpu().numpy()
+
+    def _run(self, image: torch.Tensor, dep: torch.Tensor, k_net: torch.Tensor) -> torch.Tensor:
+        try:
+            return self.spec.predict(self._forward, image, dep, k_net)
+        except Exception as e:
+            if self._forward is self.net:
+                raise
+            # torch.compile compiles on the first call: fall back to eager if that fails.
+            log.warning("compiled network failed (%s: %s); running eagerly", type(e).__name__, e)
+            self._forward, self.compiled = self.net, False
+            return self.spec.predict(self._forward, image, dep, k_net)
+
+    def complete(self, rgb: np.ndarray, sparse: np.ndarray, K: np.ndarray) -> np.ndarray:
+        self._validate(rgb, sparse, K)
+        sparse = np.asarray(sparse, dtype=np.float32)
+        bad = ~np.isfinite(sparse) | (sparse < 0)
+        if bad.any():  # NaN is REP 118's "no data"; negative depth is not a measurement
+            sparse = np.where(bad, 0.0, sparse).astype(np.float32)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            image, dep, k_net, g = self.prepare(rgb, sparse, K)
+            t1 = time.perf_counter()
+            amp = self.precision != "fp32"
+            with torch.autocast(self.device.type, dtype=PRECISIONS[self.precision], enabled=amp):
+                pred = self._run(image, dep, k_net)
+            out = self.restore(pred, g)
+        t2 = time.perf_counter()
+        self.last_timing = {"prepare_s": t1 - t0, "network_and_restore_s": t2 - t1}
+        return out

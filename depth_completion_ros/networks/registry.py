@@ -1,0 +1,167 @@
+"""The one place that knows each network: how to build it, what its weights expect, how to call it.
+
+What a set of weights expects (normalisation, input range, depth unit, crop and size rule)
+travels with the model name as a small config, like timm's ``pretrained_cfg``, so no caller
+guesses. Networks are imported lazily: asking for 'selfdc' never imports BP-Net.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# BP-Net's KITTI statistics, on 0-255 values (from its release's data config).
+BPNET_KITTI_MEAN = (90.9950, 96.2278, 94.3213)
+BPNET_KITTI_STD = (79.2382, 80.5267, 82.1483)
+
+DATASETS = ("kitti", "nyu")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What one set of weights expects from its input (one per model and dataset).
+
+    mean/std apply to RGB values divided by ``pixel_range`` (255: the statistics are on 0-255
+    values; 1: on 0-1). ``depth_scale`` is network units per metre (sparse input is multiplied,
+    output divided). Geometry, in order: optional resize so the image height becomes
+    ``resize_height``; crop to ``crop`` (h, w) anchored at the bottom ('bottom': KITTI's
+    352 x 1216 depth-completion crop, columns centred) or the centre, when the image is at
+    least that big; pad (centred) up to multiples of ``size_multiple``.
+    """
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    pixel_range: float
+    depth_scale: float
+    crop: tuple[int, int] | None
+    crop_anchor: str
+    resize_height: int | None
+    size_multiple: int
+    max_depth: float
+    #: constructor settings these weights were trained with
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One network: constructor (``module:function``, imported on use), inputs, call."""
+
+    name: str
+    constructor: str
+    inputs: dict[str, InputSpec]
+    needs_intrinsics: bool
+    description: str
+    #: released weight files known to fit, for messages
+    released: tuple[str, ...] = ()
+
+    def factory(self) -> Callable[..., nn.Module]:
+        module, _, attr = self.constructor.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def input_spec(self, dataset: str) -> InputSpec:
+        if dataset not in self.inputs:
+            raise KeyError(
+                f"model '{self.name}' has no settings for dataset '{dataset}'; "
+                f"use one of {sorted(self.inputs)}"
+            )
+        return self.inputs[dataset]
+
+    def build(self, dataset: str | None = "kitti", **overrides: Any) -> nn.Module:
+        """A fresh model with the constructor settings the dataset's weights need."""
+        kwargs = dict(self.input_spec(dataset).model_kwargs) if dataset else {}
+        kwargs.update(overrides)
+        return self.factory()(**kwargs)
+
+    def predict(
+        self, net: nn.Module, image: torch.Tensor, sparse: torch.Tensor, K: torch.Tensor
+    ) -> torch.Tensor:
+        """Final depth, B x 1 x H x W in network units, from prepared inputs."""
+        if self.name == "bpnet":
+            return net(image, sparse, K)[-1]
+        return net(image, sparse)
+
+
+_KITTI_CROP = dict(crop=(352, 1216), crop_anchor="bottom", resize_height=None, max_depth=90.0)
+_NYU_CROP = dict(crop=(228, 304), crop_anchor="center", resize_height=240, max_depth=10.0)
+_NLSPN_RELEASE = dict(legacy=True, preserve_input=True)
+
+MODELS: dict[str, ModelSpec] = {
+    "bpnet": ModelSpec(
+        name="bpnet",
+        constructor="depth_completion_ros.networks.bpnet:BPNet",
+        inputs={
+            "kitti": InputSpec(
+                BPNET_KITTI_MEAN, BPNET_KITTI_STD, 255.0, 1.0, size_multiple=32, **_KITTI_CROP
+            ),
+            # NYU: ImageNet statistics on 0-1 values; sparse depth in metres x 10.
+            "nyu": InputSpec(IMAGENET_MEAN, IMAGENET_STD, 1.0, 10.0, size_multiple=32, **_NYU_CROP),
+        },
+        needs_intrinsics=True,
+        description="BP-Net (DMD3C): bilateral propagation, 89.9 M parameters",
+        released=("dmd3c_distillation_depth_anything_v2.pth", "BP_KITTI"),
+    ),
+    "selfdc": ModelSpec(
+        name="selfdc",
+        constructor="depth_completion_ros.networks.nlspn:selfdc",
+        inputs={
+            "kitti": InputSpec(
+                IMAGENET_MEAN,
+                IMAGENET_STD,
+                1.0,
+                1.0,
+                size_multiple=32,
+                model_kwargs=_NLSPN_RELEASE,
+                **_KITTI_CROP,
+            ),
+            # The NYU release ran at 228 x 304 unpadded; the network accepts any size.
+            "nyu": InputSpec(
+                IMAGENET_MEAN,
+                IMAGENET_STD,
+                1.0,
+                1.0,
+                size_multiple=1,
+                model_kwargs=_NLSPN_RELEASE,
+                **_NYU_CROP,
+            ),
+        },
+        needs_intrinsics=False,
+        description="SelfDC / NLSPN, ResNet-34, 26.2 M parameters",
+        released=("NLSPN_KITTI_DC.pt", "NLSPN_NYU.pt"),
+    ),
+    "selfdc_r18": ModelSpec(
+        name="selfdc_r18",
+        constructor="depth_completion_ros.networks.nlspn:selfdc_r18",
+        inputs={
+            "kitti": InputSpec(
+                IMAGENET_MEAN, IMAGENET_STD, 1.0, 1.0, size_multiple=32, **_KITTI_CROP
+            ),
+            "nyu": InputSpec(IMAGENET_MEAN, IMAGENET_STD, 1.0, 1.0, size_multiple=32, **_NYU_CROP),
+        },
+        needs_intrinsics=False,
+        description="SelfDC light: ResNet-18 encoder from 1/4 resolution, full-size NLSPN",
+    ),
+}
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    """The spec for ``name``, or a KeyError that lists the known names."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise KeyError(f"unknown model '{name}'; known models: {', '.join(MODELS)}") from None
+
+
+def list_models() -> list[str]:
+    return list(MODELS)
+
+
+def build_model(name: str, dataset: str | None = "kitti", **overrides: Any) -> nn.Module:
+    """Shortcut for ``get_model_spec(name).build(dataset, **overrides)``."""
+    return get_model_spec(name).build(dataset, **overrides)
