@@ -140,8 +140,8 @@ class PlayResult:
 class FramePlayer(Node):
     """Publishes sensor frames like drivers do and collects the node's outputs."""
 
-    def __init__(self, reliable_inputs: bool = True, name: str = "frame_player") -> None:
-        super().__init__(name)
+    def __init__(self, reliable_inputs: bool = True, name: str = "frame_player", **kwargs) -> None:
+        super().__init__(name, **kwargs)
         qos = QoSProfile(
             history=HistoryPolicy.KEEP_LAST,
             depth=5,
