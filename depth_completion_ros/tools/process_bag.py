@@ -1,0 +1,437 @@
+"""Offline processing: a bag in, the same bag plus dense depth out, with the node's own code path.
+
+No DDS: messages are read from the bag, paired with :class:`StampPairer`, converted with
+``messages.py`` and run through :class:`DepthPipeline` built from the node's parameters by
+:func:`pipeline_from_parameters`, so for the same bag the depth equals what the node publishes.
+The output bag (and the optional KITTI PNG folder) appear only once complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from depth_completion_ros.backends import BackendError, make_backend
+from depth_completion_ros.bag_io import (
+    BagError,
+    BagReader,
+    BagWriter,
+    connection_definitions,
+    from_ros,
+    parse_tf_message,
+    to_ros,
+)
+from depth_completion_ros.calibration import (
+    CalibrationError,
+    extrinsics_from_values,
+    load_kitti_calibration,
+)
+from depth_completion_ros.depth_io import write_kitti_depth
+from depth_completion_ros.messages import (
+    MessageError,
+    camera_info_to_camera,
+    camera_to_camera_info,
+    image_to_rgb,
+    numpy_to_image,
+    organised_xyzrgb_cloud,
+    pointcloud2_to_array,
+    stamp_to_nanoseconds,
+    stamp_to_seconds,
+)
+from depth_completion_ros.pairing import StampPairer
+from depth_completion_ros.pipeline import DepthPipeline, FrameResult, InputError
+from depth_completion_ros.projection import ProjectionConfig
+from depth_completion_ros.visualization import colorize_depth
+
+DEFAULT_TOPICS = {
+    "image": "/kitti/camera_color_left/image_raw",
+    "camera_info": "/kitti/camera_color_left/camera_info",
+    "points": "/kitti/velo/pointcloud",
+}
+
+
+class ParameterError(ValueError):
+    """A node parameter given to the tool is unknown or unusable; names the parameter."""
+
+
+# --- the node's parameters -> the pipeline (shared by node and tool) -------------------------
+
+
+def node_defaults() -> dict[str, object]:
+    """The node's parameter defaults, from its own declaration table."""
+    from depth_completion_ros.node import PARAMETERS
+
+    return {p.name: p.default for p in PARAMETERS}
+
+
+def load_parameters(params_file: str | Path | None, overrides: dict[str, object]) -> dict:
+    """Node defaults <- a ``--params-file`` YAML (as the node reads it) <- overrides."""
+    config = node_defaults()
+    if params_file:
+        path = Path(params_file)
+        try:
+            document = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ParameterError(f"cannot read parameter file {path}: {exc}") from exc
+        sections = [
+            v["ros__parameters"] for v in (document or {}).values()
+            if isinstance(v, dict) and "ros__parameters" in v
+        ]
+        if not sections:
+            raise ParameterError(f"{path}: no '<node>: ros__parameters:' section")
+        for name, value in sections[0].items():
+            if name not in config:
+                raise ParameterError(f"{path}: unknown node parameter {name!r}")
+            config[name] = value
+    for name, value in overrides.items():
+        if name not in config:
+            raise ParameterError(f"unknown node parameter {name!r}; known: {', '.join(config)}")
+        config[name] = value
+    return config
+
+
+def pipeline_from_parameters(config: dict) -> DepthPipeline:
+    """The node's DepthPipeline for a parameter dict (the node builds exactly this)."""
+    try:
+        backend = make_backend(
+            model=config["model"],
+            checkpoint=config["checkpoint"],
+            device=config["device"],
+            precision=config["precision"],
+            dataset=config["dataset"],
+            compile=config["compile"],
+            max_depth=config["max_depth"],
+        )
+    except BackendError as exc:
+        raise ParameterError(f"parameter 'model'/'checkpoint': {exc}") from exc
+    return DepthPipeline(
+        backend,
+        ProjectionConfig(
+            min_depth=max(config["min_depth"], 0.05),
+            max_depth=config["max_depth"],
+            occlusion_window=config["occlusion_window"],
+        ),
+        min_depth=config["min_depth"],
+        max_depth=config["max_depth"],
+    )
+
+
+def extrinsics_from_parameters(config: dict) -> np.ndarray | None:
+    """LiDAR -> camera optical transform from calibration_dir or extrinsics, as the node does."""
+    if config["calibration_dir"]:
+        return load_kitti_calibration(config["calibration_dir"], config["camera_index"]).T_cam_lidar
+    values = [float(v) for v in config["extrinsics"]]
+    if values and values != [0.0]:
+        return extrinsics_from_values(values)
+    return None
+
+
+def output_messages(
+    header, camera, rgb: np.ndarray, result: FrameResult, pipeline: DepthPipeline, config: dict
+) -> dict[str, object]:
+    """The node's outputs for one frame, keyed by its relative output topic names."""
+    out: dict[str, object] = {
+        "depth/image": numpy_to_image(result.dense, "32FC1", header),
+        "depth/camera_info": camera_to_camera_info(camera, header),
+    }
+    if config["publish_points"]:
+        xyz = pipeline.points_xyz(result.dense, camera)
+        out["depth/points"] = organised_xyzrgb_cloud(xyz, rgb, header)
+    if config["publish_sparse"]:
+        sparse = np.where(result.sparse > 0, result.sparse, np.nan).astype(np.float32)
+        out["sparse_depth/image"] = numpy_to_image(sparse, "32FC1", header)
+    if config["publish_colored"]:
+        out["depth/colored"] = numpy_to_image(
+            colorize_depth(result.dense, config["max_depth"]), "rgb8", header
+        )
+    return out
+
+
+OUTPUT_TYPES = {
+    "depth/image": "sensor_msgs/msg/Image",
+    "depth/camera_info": "sensor_msgs/msg/CameraInfo",
+    "depth/points": "sensor_msgs/msg/PointCloud2",
+    "sparse_depth/image": "sensor_msgs/msg/Image",
+    "depth/colored": "sensor_msgs/msg/Image",
+}
+
+
+# --- static TF from the bag (used when no calibration parameter is given) --------------------
+
+
+def static_edges(reader: BagReader) -> dict[str, tuple[str, np.ndarray]]:
+    """child -> (parent, T_parent_child) from the bag's /tf_static (empty when absent)."""
+    edges: dict[str, tuple[str, np.ndarray]] = {}
+    if "/tf_static" in reader.topics:
+        for message in reader.messages(["/tf_static"]):
+            for tf in parse_tf_message(message.data):
+                edges[tf.child] = (tf.parent, tf.T)
+    return edges
+
+
+def static_transform(
+    edges: dict[str, tuple[str, np.ndarray]], source: str, target: str
+) -> np.ndarray | None:
+    """4x4 taking points from ``source`` into ``target`` through static edges, or None."""
+
+    def to_root(frame: str) -> dict[str, np.ndarray]:
+        path, T = {frame: np.eye(4)}, np.eye(4)
+        while frame in edges and len(path) < 64:
+            frame, T_parent_child = edges[frame]
+            T = T_parent_child @ T
+            path[frame] = T
+        return path
+
+    source_path, target_path = to_root(source), to_root(target)
+    common = next((f for f in source_path if f in target_path), None)
+    if common is None:
+        return None
+    return np.linalg.inv(target_path[common]) @ source_path[common]
+
+
+# --- processing -----------------------------------------------------------------------------
+
+
+@dataclass
+class ProcessReport:
+    processed: int = 0
+    failed: int = 0
+    failures: list[str] = field(default_factory=list)
+    paired: int = 0
+    rejected_offset: int = 0
+    no_image: int = 0
+    stamps: list[int] = field(default_factory=list)
+
+
+def _topic(namespace: str, relative: str) -> str:
+    return "/" + "/".join(p for p in (namespace.strip("/"), relative) if p)
+
+
+def process(
+    input_bag: str | Path,
+    output_bag: str | Path,
+    config: dict,
+    topics: dict[str, str] = DEFAULT_TOPICS,
+    namespace: str = "",
+    kitti_dir: str | Path | None = None,
+    storage: str = "mcap",
+    copy_input: bool = True,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> ProcessReport:
+    """Read ``input_bag``, write ``output_bag`` with the depth outputs added."""
+    pipeline = pipeline_from_parameters(config)
+    T_fixed = extrinsics_from_parameters(config)
+    report = ProcessReport()
+    pairer: StampPairer = StampPairer(float(config["max_time_offset"]))
+    with BagReader(input_bag) as reader:
+        reader.require({
+            topics["image"]: "sensor_msgs/msg/Image",
+            topics["camera_info"]: "sensor_msgs/msg/CameraInfo",
+            topics["points"]: "sensor_msgs/msg/PointCloud2",
+        })
+        definitions = connection_definitions(reader)
+        counts = reader.message_counts
+        total = sum(counts.values()) if copy_input else sum(counts[t] for t in topics.values())
+        edges = static_edges(reader) if T_fixed is None else {}
+
+        def extrinsics(cloud, image) -> np.ndarray:
+            if T_fixed is not None:
+                return T_fixed
+            source, target = cloud.header.frame_id, image.header.frame_id
+            if source == target or not source:
+                return np.eye(4)
+            T = static_transform(edges, source, target)
+            if T is None:
+                raise CalibrationError(
+                    f"{input_bag}: the cloud is in frame '{source}', the image in '{target}', "
+                    "and /tf_static does not connect them: pass --calibration-dir or "
+                    "-p extrinsics:=[...]"
+                )
+            return T
+
+        png_staging: Path | None = None
+        if kitti_dir:
+            kitti_dir = Path(kitti_dir)
+            if kitti_dir.exists() and not overwrite:
+                raise BagError(f"output folder {kitti_dir} exists already (use --overwrite)")
+            kitti_dir.parent.mkdir(parents=True, exist_ok=True)
+            png_staging = Path(
+                tempfile.mkdtemp(prefix=f".{kitti_dir.name}.partial-", dir=kitti_dir.parent)
+            )
+        try:
+            with BagWriter(output_bag, storage=storage, overwrite=overwrite) as writer:
+                wanted = None if copy_input else set(topics.values())
+                if copy_input:
+                    for topic, (msgtype, msgdef, digest) in definitions.items():
+                        qos = reader.qos(topic)
+                        writer.add_topic(topic, msgtype, qos[0] if qos else None, msgdef, digest)
+                camera_info = None
+                bar = _progress(total, progress)
+                stamps_lines: list[str] = []
+
+                def handle(pairs, timestamp: int) -> None:
+                    for pair in pairs:
+                        try:
+                            if camera_info is None:
+                                raise InputError(
+                                    f"no camera_info on {topics['camera_info']} before this pair"
+                                )
+                            camera = camera_info_to_camera(camera_info)
+                            rgb = image_to_rgb(pair.image)
+                            points = pointcloud2_to_array(pair.cloud)
+                            if len(points) == 0:
+                                raise InputError(f"empty point cloud on {topics['points']}")
+                            T = extrinsics(pair.cloud, pair.image)
+                            result = pipeline.run(rgb, points, camera, T)
+                        except (InputError, MessageError, CalibrationError) as exc:
+                            report.failed += 1
+                            if len(report.failures) < 20:
+                                report.failures.append(str(exc))
+                            continue
+                        outputs = output_messages(
+                            pair.image.header, camera, rgb, result, pipeline, config
+                        )
+                        for relative, msg in outputs.items():
+                            topic = _topic(namespace, relative)
+                            writer.add_topic(topic, OUTPUT_TYPES[relative])
+                            writer.write(topic, timestamp, from_ros(msg))
+                        stamp = stamp_to_nanoseconds(pair.image.header.stamp)
+                        report.stamps.append(stamp)
+                        if png_staging is not None:
+                            name = f"{report.processed:010d}.png"
+                            write_kitti_depth(png_staging / name, result.dense)
+                            stamps_lines.append(f"{name} {stamp / 1e9:.9f}")
+                        report.processed += 1
+
+                last_timestamp = 0
+                for message in reader.messages(wanted):
+                    bar.update(1)
+                    last_timestamp = message.timestamp
+                    if copy_input:
+                        writer.write(message.topic, message.timestamp, message.data)
+                    if message.topic == topics["camera_info"]:
+                        camera_info = to_ros(message.data, message.msgtype)
+                    elif message.topic == topics["image"]:
+                        image = to_ros(message.data, message.msgtype)
+                        handle(pairer.add_image(stamp_to_seconds(image.header.stamp), image),
+                               message.timestamp)
+                    elif message.topic == topics["points"]:
+                        cloud = to_ros(message.data, message.msgtype)
+                        handle(pairer.add_cloud(stamp_to_seconds(cloud.header.stamp), cloud),
+                               message.timestamp)
+                handle(pairer.flush(), last_timestamp)
+                bar.close()
+                stats = pairer.stats
+                report.paired, report.rejected_offset = stats.paired, stats.rejected_offset
+                report.no_image = stats.no_image
+                if report.processed == 0:
+                    reasons = "; ".join(report.failures[:3]) or (
+                        f"{stats.rejected_offset} scans had no image within max_time_offset "
+                        f"{config['max_time_offset']} s, {stats.no_image} had no image at all"
+                    )
+                    raise BagError(
+                        f"{input_bag}: no frame could be processed from {topics['image']} + "
+                        f"{topics['points']}: {reasons}"
+                    )
+            if png_staging is not None:
+                (png_staging / "timestamps.txt").write_text("\n".join(stamps_lines) + "\n")
+                if kitti_dir.exists():
+                    shutil.rmtree(kitti_dir)
+                png_staging.rename(kitti_dir)
+                png_staging = None
+        finally:
+            if png_staging is not None:
+                shutil.rmtree(png_staging, ignore_errors=True)
+    return report
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _NoBar()
+    return tqdm(total=total, unit="msg", desc="process_bag", file=sys.stderr)
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """``name:=value`` (as in ``--ros-args -p``) -> (name, YAML-parsed value)."""
+    name, sep, value = text.partition(":=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected name:=value, got {text!r}")
+    return name, yaml.safe_load(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="process_bag",
+        description="Run the depth completion node's pipeline over a bag, without DDS, and write "
+        "a new bag with dense depth, camera info and point clouds added.",
+    )
+    parser.add_argument("input", help="input bag folder")
+    parser.add_argument("output", help="output bag folder to create")
+    parser.add_argument("--params-file", help="node parameter YAML (e.g. config/kitti.yaml)")
+    parser.add_argument(
+        "-p", "--param", action="append", type=parse_override, default=[],
+        metavar="NAME:=VALUE", help="override a node parameter (repeatable)",
+    )
+    parser.add_argument("--calibration-dir", help="shortcut for -p calibration_dir:=DIR")
+    parser.add_argument("--image-topic", default=DEFAULT_TOPICS["image"])
+    parser.add_argument("--camera-info-topic", default=DEFAULT_TOPICS["camera_info"])
+    parser.add_argument("--points-topic", default=DEFAULT_TOPICS["points"])
+    parser.add_argument(
+        "--namespace", default="", help="prefix of the output topics (default: /depth/image ...)"
+    )
+    parser.add_argument("--kitti-depth-dir", help="also write KITTI uint16 depth PNGs here")
+    parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
+    parser.add_argument(
+        "--outputs-only", action="store_true", help="do not copy the input topics"
+    )
+    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    overrides = dict(args.param)
+    if args.calibration_dir:
+        overrides["calibration_dir"] = args.calibration_dir
+    topics = {
+        "image": args.image_topic,
+        "camera_info": args.camera_info_topic,
+        "points": args.points_topic,
+    }
+    try:
+        config = load_parameters(args.params_file, overrides)
+        report = process(
+            args.input, args.output, config, topics, args.namespace, args.kitti_depth_dir,
+            args.storage, not args.outputs_only, args.overwrite, not args.no_progress,
+        )
+    except (BagError, ParameterError, CalibrationError) as exc:
+        print(f"process_bag: error: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"wrote {args.output}: {report.processed} frames with depth "
+        f"({report.failed} failed, {report.rejected_offset} scans without an image in time)"
+    )
+    for failure in report.failures[:5]:
+        print(f"  skipped: {failure}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
