@@ -210,8 +210,12 @@ def pointcloud2_to_array(msg: PointCloud2, with_intensity: bool = False) -> np.n
         out[:, column] = records[name]
     if with_intensity and len(wanted) == 3:
         out[:, 3] = 0.0
-    finite = np.isfinite(out[:, :3]).all(axis=1)
-    return out if finite.all() else out[finite]
+    if np.isfinite(out[:, :3]).all():  # the common case, checked without a per-row reduction
+        return out
+    # a row is finite iff x*0 + y*0 + z*0 is (0 for finite values, NaN for NaN or inf)
+    with np.errstate(invalid="ignore"):
+        finite = np.isfinite(out[:, :3] @ np.zeros(3, np.float32))
+    return out[finite]
 
 
 def xyz_array_to_pointcloud2(
