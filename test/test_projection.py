@@ -154,3 +154,39 @@ def test_backproject_inverts_projection(kitti_calibration) -> None:
 def test_empty_scan_gives_empty_map() -> None:
     sparse = project_points(np.zeros((0, 4), np.float32), np.eye(4), P, W, H)
     assert sparse.shape == (H, W) and not sparse.any()
+
+
+def _remove_occluded_by_definition(sparse: np.ndarray, config: ProjectionConfig) -> np.ndarray:
+    """The filter written out pixel by pixel: per side, the nearest point in a 3-pixel band."""
+    reach, out = config.occlusion_window, sparse.copy()
+    height, width = sparse.shape
+    far = np.where(sparse > 0, sparse, np.inf)
+    for y, x in zip(*np.nonzero(sparse > 0), strict=True):
+        rows = slice(max(y - 1, 0), y + 2)
+        cols = slice(max(x - 1, 0), x + 2)
+        bands = {
+            "left": far[rows, max(x - reach, 0) : x],
+            "right": far[rows, x + 1 : x + reach + 1],
+            "up": far[max(y - reach, 0) : y, cols],
+            "down": far[y + 1 : y + reach + 1, cols],
+        }
+        limit = {
+            side: (band.min() if band.size else np.inf) * (1 + config.occlusion_relative)
+            + config.occlusion_absolute
+            for side, band in bands.items()
+        }
+        d = sparse[y, x]
+        if (d > limit["left"] and d > limit["right"]) or (d > limit["up"] and d > limit["down"]):
+            out[y, x] = 0.0
+    return out
+
+
+@pytest.mark.parametrize("window", [1, 3, 12])
+def test_occlusion_filter_matches_its_definition(window: int) -> None:
+    rng = np.random.default_rng(window)
+    sparse = rng.uniform(1.0, 60.0, (40, 70)).astype(np.float32)
+    sparse[rng.random(sparse.shape) < 0.8] = 0.0
+    config = ProjectionConfig(occlusion_window=window)
+    expected = _remove_occluded_by_definition(sparse, config)
+    assert (expected != sparse).any()  # the example does exercise the filter
+    np.testing.assert_array_equal(remove_occluded(sparse, config), expected)
