@@ -1,0 +1,260 @@
+"""The two non-standard ops of BP-Net, in plain PyTorch (CPU and CUDA, no compiled extension).
+
+* :func:`dynamic_filter`: a per-pixel K x K filter on one channel (CSPN++-style propagation).
+* :func:`nearest_valid_pixels`: for every pixel, its k nearest valid (sparse) pixels, exactly.
+
+The authors ship both as CUDA kernels; the neighbour search there is brute force (every pixel
+against every valid pixel), which is O(H*W*M) and takes tens of seconds on a CPU at 352 x 1216.
+Here the search is separable and exact:
+
+1. column pass: for every pixel (y, c), the k nearest valid pixels *in column c* (a prefix sum
+   gives each pixel's rank among the valid ones of its column, so this is O(H*W*k));
+2. row pass: the k nearest in the plane are among those column lists (a point of column c that
+   is not among the k nearest of its column to row y has k closer points in that same column),
+   so each pixel merges the lists of the columns within a window of +-w. A lower bound on every
+   column outside the window (block minima of the column distances) proves the answer exact; the
+   few pixels it cannot prove (far from any data, e.g. the sky above a LiDAR's top beam) repeat
+   with wider windows, the last of which covers the whole row.
+
+Distances are integers (int32) so comparisons are exact; ties between equally distant pixels
+are broken arbitrarily, as in any k-nearest-neighbour search.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["dynamic_filter", "nearest_valid_pixels", "DYNAMIC_KERNEL_SIZES", "MAX_SIDE"]
+
+#: kernel sizes BP-Net's refinement uses
+DYNAMIC_KERNEL_SIZES = (3, 5, 7)
+#: largest image side the integer distance arithmetic supports (squares stay below 2**31)
+MAX_SIDE = 16383
+
+_FAR = 1 << 15  # "no point" vertical distance in a column (larger than any real one)
+_INF = (1 << 31) - 1  # "no candidate" squared distance
+_BLOCK = 32  # columns per block for the lower bound on columns outside the window
+_WINDOWS = (3, 12, 48, 192)  # half-widths of the row-pass windows, then the whole row
+
+
+def dynamic_filter(x: Tensor, weights: Tensor, kernel_size: int) -> Tensor:
+    """Filter one channel with a different K x K kernel at every pixel (zero padding).
+
+    out[b, 0, y, x] = sum_{i, j} x[b, 0, y + i - r, x + j - r] * weights[b, i * K + j, y, x],
+    r = K // 2: kernel taps in row-major order, the centre tap at index K*K // 2.
+
+    Args:
+        x: B x 1 x H x W.
+        weights: B x K*K x H x W.
+        kernel_size: K, odd.
+    Returns:
+        B x 1 x H x W.
+    """
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"dynamic_filter: kernel_size must be odd and >= 1, got {kernel_size}")
+    if x.dim() != 4 or x.shape[1] != 1:
+        raise ValueError(
+            f"dynamic_filter: x must be B x 1 x H x W (one channel), got {tuple(x.shape)}"
+        )
+    b, _, h, w = x.shape
+    taps = kernel_size * kernel_size
+    if tuple(weights.shape) != (b, taps, h, w):
+        raise ValueError(
+            f"dynamic_filter: weights must be {(b, taps, h, w)} for a {kernel_size}x"
+            f"{kernel_size} kernel on x of shape {tuple(x.shape)}, got {tuple(weights.shape)}"
+        )
+    patches = F.unfold(x, kernel_size, padding=kernel_size // 2)  # B x K*K x H*W
+    out = (patches * weights.reshape(b, taps, h * w)).sum(dim=1, keepdim=True)
+    return out.view(b, 1, h, w)
+
+
+def nearest_valid_pixels(valid: Tensor, k: int = 4) -> tuple[Tensor, Tensor]:
+    """For every pixel, its ``k`` nearest valid pixels (Euclidean, in pixels), nearest first.
+
+    Args:
+        valid: B x H x W or B x 1 x H x W bool mask of valid (sparse) pixels.
+        k: how many neighbours (BP-Net uses 4).
+    Returns:
+        offsets: B x 2 x k x H*W float32, neighbour minus pixel: channel 0 = x (column),
+            channel 1 = y (row).
+        indices: B x k x H*W int64, flat index y * W + x of each neighbour.
+
+    Images with fewer than ``k`` valid pixels repeat their farthest found neighbour in the
+    missing slots; an image with none gets each pixel itself (offset 0) in every slot, so
+    callers that gather with ``indices`` always get an in-range index.
+    """
+    if valid.dim() == 4 and valid.shape[1] == 1:
+        valid = valid[:, 0]
+    if valid.dim() != 3:
+        raise ValueError(
+            f"nearest_valid_pixels: valid must be B x H x W or B x 1 x H x W, got "
+            f"{tuple(valid.shape)}"
+        )
+    if valid.dtype != torch.bool:
+        raise ValueError(
+            f"nearest_valid_pixels: valid must be a bool mask (e.g. sparse > 1e-3), got "
+            f"{valid.dtype}"
+        )
+    if k < 1:
+        raise ValueError(f"nearest_valid_pixels: k must be >= 1, got {k}")
+    bsz, h, w = valid.shape
+    if max(h, w) > MAX_SIDE:
+        raise ValueError(
+            f"nearest_valid_pixels: image sides must be <= {MAX_SIDE}, got {h} x {w}; "
+            "downscale the sparse map first"
+        )
+    col_dy, col_row = _column_neighbours(valid, k)
+    d2, col, row = _row_pass(col_dy, col_row, k)
+    return _finish(d2, col, row, bsz, h, w, k)
+
+
+def _column_neighbours(valid: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Per pixel, the k nearest valid pixels of its own column: |dy| (``_FAR`` if none), row.
+
+    Both returned B x W x H x k (column-major, so one column's rows are contiguous).
+    """
+    bsz, h, w = valid.shape
+    dev = valid.device
+    vt = valid.transpose(1, 2).reshape(-1)  # (b, c, y) flattened: column-major per image
+    n = vt.numel()
+    csum = torch.cumsum(vt, 0, dtype=torch.int64)
+    total = csum[-1:]  # kept as a tensor: no host sync
+    below = csum - vt.long()  # how many valid pixels come before (b, c, y) in this order
+    keys = torch.nonzero(vt).squeeze(1)  # flat positions of valid pixels, ascending
+    # a sentinel at the end keeps gathers in range when there are no valid pixels at all
+    keys = torch.cat([keys, keys.new_full((1,), n + h)])
+    key_col = keys // h  # b * W + c
+    key_row = (keys % h).to(torch.int32)
+    q = torch.arange(n, device=dev)
+    q_col = q // h
+    q_row = (q % h).to(torch.int32)
+    # candidates: k valid pixels before and k at/after in column-major order
+    steps = torch.arange(-k, k, device=dev)
+    cand = below[:, None] + steps  # n x 2k
+    inside = (cand >= 0) & (cand < total)
+    cand = cand.clamp(min=0).minimum(total)
+    same_col = inside & (key_col[cand] == q_col[:, None])
+    rows = key_row[cand]
+    dy = torch.where(same_col, (rows - q_row[:, None]).abs(), _FAR)
+    best, arg = torch.topk(dy, k, dim=1, largest=False, sorted=True)
+    best_row = torch.gather(rows, 1, arg)
+    return best.view(bsz, w, h, k), best_row.view(bsz, w, h, k)
+
+
+def _block_minima(col_dy: Tensor) -> Tensor:
+    """B x nblocks x H: the smallest nearest-in-column |dy| over each block of columns."""
+    bsz, w, h, _ = col_dy.shape
+    nearest = col_dy[..., 0]  # B x W x H
+    pad = (-w) % _BLOCK
+    if pad:
+        nearest = F.pad(nearest, (0, 0, 0, pad), value=_FAR)
+    return nearest.view(bsz, -1, _BLOCK, h).amin(dim=2)
+
+
+def _row_pass(col_dy: Tensor, col_row: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Merge the column lists over widening windows until every pixel's answer is proven.
+
+    Returns squared distances, columns and rows of the k nearest, each B*H*W x k, pixels in
+    (b, y, x) order.
+    """
+    bsz, w, h, _ = col_dy.shape
+    dev = col_dy.device
+    n = bsz * h * w
+    flat_dy = col_dy.reshape(-1, k)
+    flat_row = col_row.reshape(-1, k)
+    bmin = _block_minima(col_dy)
+    bmin_sq = torch.where(bmin >= _FAR, _INF, bmin * bmin)  # B x nb x H, int32
+    nb = bmin.shape[1]
+    block_lo = torch.arange(nb, device=dev, dtype=torch.int32) * _BLOCK
+    block_hi = block_lo + (_BLOCK - 1)
+
+    out_d2 = torch.empty(n, k, dtype=torch.int32, device=dev)
+    out_col = torch.empty(n, k, dtype=torch.int32, device=dev)
+    out_row = torch.empty(n, k, dtype=torch.int32, device=dev)
+    todo = None  # None = every pixel
+    for half in (*_WINDOWS, w):
+        half = min(half, w)
+        if todo is None:
+            pix = torch.arange(n, device=dev)
+        else:
+            pix = todo
+        b = pix // (h * w)
+        y = (pix // w % h).to(torch.int32)
+        x = (pix % w).to(torch.int32)
+        offs = torch.arange(-half, half + 1, device=dev, dtype=torch.int32)
+        cols = x[:, None] + offs  # m x (2 half + 1)
+        in_img = (cols >= 0) & (cols < w)
+        gidx = (b[:, None] * w + cols.clamp(0, w - 1).long()) * h + y[:, None].long()
+        dy = flat_dy[gidx]  # m x (2 half + 1) x k
+        d2 = torch.where(
+            in_img[..., None] & (dy < _FAR), (offs * offs)[None, :, None] + dy * dy, _INF
+        )
+        d2 = d2.flatten(1)
+        best, arg = torch.topk(d2, k, dim=1, largest=False, sorted=True)
+        win = arg // k
+        best_col = torch.gather(cols, 1, win)
+        best_row = flat_row[gidx.gather(1, win), arg % k]
+        if half >= w:
+            proven = None
+        else:
+            proven = _outside_bound(x, half, block_lo, block_hi, bmin_sq, b, y) >= best[:, -1]
+        if todo is None:
+            out_d2, out_col, out_row = best, best_col, best_row
+        else:
+            out_d2[pix], out_col[pix], out_row[pix] = best, best_col, best_row
+        if proven is None:
+            break
+        todo = pix[~proven]
+        if todo.numel() == 0:  # one host sync per pass: the loop must know when to stop
+            break
+    return out_d2, out_col, out_row
+
+
+def _outside_bound(
+    x: Tensor,
+    half: int,
+    block_lo: Tensor,
+    block_hi: Tensor,
+    bmin_sq: Tensor,
+    b: Tensor,
+    y: Tensor,
+) -> Tensor:
+    """Lower bound on the squared distance from (x, y) to any valid pixel outside the window.
+
+    A column c outside [x - half, x + half] is at least max(half + 1, gap to c's block) away
+    horizontally, and its nearest point in row y's neighbourhood is at least the block's minimum
+    |dy| away vertically. Blocks wholly inside the window are skipped.
+    """
+    xb = x[:, None]
+    gap = torch.maximum(block_lo[None] - xb, xb - block_hi[None]).clamp(min=0)
+    gap = gap.clamp(min=half + 1)
+    inside = (block_lo[None] >= xb - half) & (block_hi[None] <= xb + half)
+    vert = bmin_sq[b, :, y.long()]  # m x nb
+    bound = torch.where(inside | (vert >= _INF), _INF, gap * gap + vert)
+    return bound.amin(dim=1)
+
+
+def _finish(
+    d2: Tensor, col: Tensor, row: Tensor, bsz: int, h: int, w: int, k: int
+) -> tuple[Tensor, Tensor]:
+    """Fill missing slots (fewer than k valid pixels) and shape the outputs for BP-Net."""
+    n = bsz * h * w
+    dev = d2.device
+    pix = torch.arange(n, device=dev)
+    self_x = (pix % w).to(torch.int32)
+    self_y = (pix // w % h).to(torch.int32)
+    missing = d2 >= _INF
+    # slot 0 missing means no valid pixel at all: point at the pixel itself
+    col = col.clone()
+    row = row.clone()
+    col[:, 0] = torch.where(missing[:, 0], self_x, col[:, 0])
+    row[:, 0] = torch.where(missing[:, 0], self_y, row[:, 0])
+    for j in range(1, k):  # k is tiny: repeat the previous (farthest found) neighbour
+        col[:, j] = torch.where(missing[:, j], col[:, j - 1], col[:, j])
+        row[:, j] = torch.where(missing[:, j], row[:, j - 1], row[:, j])
+    offsets = torch.stack([col - self_x[:, None], row - self_y[:, None]], dim=0)  # 2 x n x k
+    offsets = offsets.view(2, bsz, h * w, k).permute(1, 0, 3, 2).float().contiguous()
+    indices = (row.long() * w + col.long()).view(bsz, h * w, k).transpose(1, 2).contiguous()
+    return offsets, indices
