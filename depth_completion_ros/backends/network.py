@@ -74,8 +74,8 @@ class FrameGeometry:
 def plan_geometry(height: int, width: int, spec: InputSpec) -> FrameGeometry:
     """The crop/resize/pad plan of ``spec`` for one input size.
 
-    Each dimension is cropped only when the (resized) image is at least as large as the crop;
-    a smaller dimension is kept whole and padded (e.g. 480 x 640 under KITTI settings).
+    The crop applies only when the (resized) image is at least as large as it in both
+    dimensions; otherwise the whole image is padded (e.g. 480 x 640 under KITTI settings).
     """
     rh, rw = height, width
     if spec.resize_height and spec.resize_height != height:
@@ -83,14 +83,10 @@ def plan_geometry(height: int, width: int, spec: InputSpec) -> FrameGeometry:
         rw = max(1, round(width * spec.resize_height / height))
     ch, cw = rh, rw
     y0 = x0 = 0
-    if spec.crop is not None:
-        crop_h, crop_w = spec.crop
-        if rh >= crop_h:
-            ch = crop_h
-            y0 = rh - crop_h if spec.crop_anchor == "bottom" else (rh - crop_h) // 2
-        if rw >= crop_w:
-            cw = crop_w
-            x0 = (rw - crop_w) // 2
+    if spec.crop is not None and rh >= spec.crop[0] and rw >= spec.crop[1]:
+        ch, cw = spec.crop
+        y0 = rh - ch if spec.crop_anchor == "bottom" else (rh - ch) // 2
+        x0 = (rw - cw) // 2
     m = max(1, spec.size_multiple)
     nh, nw = math.ceil(ch / m) * m, math.ceil(cw / m) * m
     top, left = (nh - ch) // 2, (nw - cw) // 2

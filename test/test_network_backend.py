@@ -1,0 +1,206 @@
+"""NetworkBackend on real frames: geometry, intrinsics, refusals. Random weights saved by the
+tests (plumbing, not accuracy); selfdc_r18 keeps them fast on a CPU."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from depth_completion_ros.backends.base import BackendError
+from depth_completion_ros.backends.network import (
+    NetworkBackend,
+    adjust_intrinsics,
+    fold_batchnorm,
+    plan_geometry,
+    resize_sparse,
+)
+from depth_completion_ros.networks.nlspn import selfdc_r18
+from depth_completion_ros.networks.registry import get_model_spec
+
+
+def _kitti_K(calib_dir: Path) -> np.ndarray:
+    for line in (calib_dir / "calib_cam_to_cam.txt").read_text().splitlines():
+        if line.startswith("P_rect_02:"):
+            return np.array(line.split()[1:], dtype=np.float64).reshape(3, 4)[:, :3]
+    raise AssertionError("P_rect_02 missing")
+
+
+@pytest.fixture(scope="module")
+def kitti_frame(kitti_image_path, kitti_velodyne_raw_path, kitti_calib_dir):
+    rgb = np.ascontiguousarray(cv2.imread(str(kitti_image_path))[:, :, ::-1])
+    sparse = cv2.imread(str(kitti_velodyne_raw_path), cv2.IMREAD_UNCHANGED).astype(np.float32)
+    return rgb, sparse / 256.0, _kitti_K(kitti_calib_dir)
+
+
+@pytest.fixture(scope="module")
+def nyu_frame(nyu_frames):
+    rgb = np.ascontiguousarray(cv2.imread(str(nyu_frames / "b" / "rgb.png"))[:, :, ::-1])
+    dense = cv2.imread(str(nyu_frames / "b" / "depth.png"), cv2.IMREAD_UNCHANGED) / 1000.0
+    rng = np.random.default_rng(0)
+    idx = rng.choice(np.flatnonzero(dense > 0), 500, replace=False)  # NYU protocol: 500 samples
+    sparse = np.zeros(dense.shape, np.float32)
+    sparse.flat[idx] = dense.flat[idx]
+    return rgb, sparse, np.load(nyu_frames / "b" / "intrinsics.npy").astype(np.float64)
+
+
+@pytest.fixture(scope="module")
+def r18_weights(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "selfdc_r18_random.safetensors"
+    save_file(selfdc_r18().state_dict(), str(path))
+    return path
+
+
+def test_refuses_to_start_without_checkpoint():
+    with pytest.raises(BackendError, match="needs a checkpoint.*random weights"):
+        NetworkBackend(model="selfdc_r18", checkpoint="", device="cpu")
+    with pytest.raises(BackendError, match="unknown model 'nlspn'.*bpnet, selfdc, selfdc_r18"):
+        NetworkBackend(model="nlspn", checkpoint="x.pth")
+    with pytest.raises(BackendError, match="unknown dataset"):
+        NetworkBackend(model="selfdc_r18", allow_random_weights=True, dataset="cityscapes")
+    with pytest.raises(BackendError, match="unknown precision"):
+        NetworkBackend(model="selfdc_r18", allow_random_weights=True, precision="int8")
+
+
+def test_wrong_checkpoint_is_a_backend_error(tmp_path, r18_weights):
+    with pytest.raises(BackendError, match="not found"):
+        NetworkBackend(model="selfdc_r18", checkpoint=tmp_path / "nope.pth", device="cpu")
+    with pytest.raises(BackendError, match="looks like 'selfdc_r18'"):
+        NetworkBackend(model="selfdc", checkpoint=r18_weights, device="cpu")
+
+
+def test_kitti_frame_full_pipeline(kitti_frame, r18_weights):
+    rgb, sparse, K = kitti_frame
+    assert rgb.shape == (375, 1242, 3)
+    backend = NetworkBackend(model="selfdc_r18", checkpoint=r18_weights, device="cpu")
+    assert "selfdc_r18" in backend.describe() and "cpu" in backend.describe()
+    g = backend.plan(375, 1242)
+    assert (g.y0, g.x0, g.ch, g.cw) == (23, 13, 352, 1216)  # bottom rows, centred columns
+    out = backend.complete(rgb, sparse, K)
+    assert out.shape == sparse.shape and out.dtype == np.float32
+    assert np.isfinite(out).all()
+    inside = np.zeros(out.shape, bool)
+    inside[23:, 13:1229] = True
+    assert (out[~inside] == 0).all()
+    assert (out[inside] > 0).mean() > 0.5
+    # The same weights through the model directly give the same answer (no hidden state).
+    again = backend.complete(rgb, sparse, K)
+    np.testing.assert_allclose(again, out, rtol=1e-5, atol=1e-4)
+
+
+def test_nyu_frame_resize_crop_pad(nyu_frame, r18_weights):
+    rgb, sparse, K = nyu_frame
+    backend = NetworkBackend(
+        model="selfdc_r18", checkpoint=r18_weights, device="cpu", dataset="nyu"
+    )
+    g = backend.plan(480, 640)
+    assert (g.rh, g.rw, g.ch, g.cw) == (240, 320, 228, 304)
+    assert g.net_size == (256, 320)  # padded to multiples of 32
+    out = backend.complete(rgb, sparse, K)
+    assert out.shape == (480, 640) and np.isfinite(out).all()
+    # 228 x 304 of the 240 x 320 image is rows 12..468, columns 16..624 of the input.
+    assert (out[:11] == 0).all() and (out[470:] == 0).all()
+    assert (out[:, :15] == 0).all() and (out[:, 626:] == 0).all()
+    assert (out[14:466, 18:622] > 0).mean() > 0.5
+
+
+def test_kitti_settings_pad_small_images(nyu_frame, r18_weights):
+    """An image smaller than the KITTI crop is padded to multiples of 32, not cropped."""
+    rgb, sparse, K = nyu_frame
+    rgb, sparse = rgb[:470, :630], sparse[:470, :630]
+    backend = NetworkBackend(model="selfdc_r18", checkpoint=r18_weights, device="cpu")
+    g = backend.plan(470, 630)
+    assert (g.ch, g.cw) == (470, 630) and g.net_size == (480, 640)
+    assert (g.top, g.left) == (5, 5)
+    image, dep, k_net, _ = backend.prepare(rgb, sparse, K)
+    assert image.shape == (1, 3, 480, 640) and dep.shape == (1, 1, 480, 640)
+    assert k_net[0, 0, 2].item() == pytest.approx(K[0, 2] + 5)
+    assert (dep[0, 0, :5] == 0).all() and (
+        dep[0, 0, 5:475, 5:635] == torch.from_numpy(sparse)
+    ).all()
+    out = backend.complete(rgb, sparse, K)
+    assert out.shape == (470, 630) and np.isfinite(out).all() and (out > 0).mean() > 0.5
+
+
+def test_intrinsics_follow_resize_crop_and_pad():
+    """A 3D point projects to the same place through the geometry as through the new K."""
+    K = np.array([[518.9, 0, 325.6], [0, 519.5, 253.7], [0, 0, 1.0]])
+    spec = get_model_spec("bpnet").input_spec("nyu")
+    g = plan_geometry(480, 640, spec)
+    K2 = adjust_intrinsics(K, g)
+    rng = np.random.default_rng(1)
+    pts = np.column_stack([rng.uniform(-1, 1, 20), rng.uniform(-1, 1, 20), rng.uniform(1, 5, 20)])
+    uv = (K @ pts.T).T
+    uv = uv[:, :2] / uv[:, 2:]
+    # Input pixel -> resized pixel (centres scale) -> crop -> pad.
+    u2 = (uv[:, 0] + 0.5) * g.sx - 0.5 - g.x0 + g.left
+    v2 = (uv[:, 1] + 0.5) * g.sy - 0.5 - g.y0 + g.top
+    uv_net = (K2 @ pts.T).T
+    np.testing.assert_allclose(uv_net[:, 0] / uv_net[:, 2], u2, atol=1e-9)
+    np.testing.assert_allclose(uv_net[:, 1] / uv_net[:, 2], v2, atol=1e-9)
+
+
+def test_resize_sparse_keeps_real_measurements():
+    sparse = torch.zeros(8, 8)
+    sparse[0, 0], sparse[1, 1], sparse[5, 6] = 4.0, 3.0, 7.0  # first two share a target pixel
+    small = resize_sparse(sparse, 4, 4)
+    assert small[0, 0] == 3.0  # nearest return wins
+    assert small[2, 3] == 7.0
+    assert (small > 0).sum() == 2
+
+
+def test_batchnorm_folding_keeps_outputs():
+    torch.manual_seed(2)
+    net = selfdc_r18().eval()
+    with torch.no_grad():  # non-trivial BN statistics
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+    rgb, dep = torch.randn(1, 3, 64, 96), (torch.rand(1, 1, 64, 96) < 0.1).float() * 20
+    with torch.inference_mode():
+        want = net(rgb, dep)
+        assert fold_batchnorm(net) > 20
+        got = net(rgb, dep)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
+
+
+def test_bad_inputs_are_explained(kitti_frame, r18_weights):
+    rgb, sparse, K = kitti_frame
+    backend = NetworkBackend(model="selfdc_r18", checkpoint=r18_weights, device="cpu")
+    with pytest.raises(BackendError, match="rgb must be uint8"):
+        backend.complete(rgb.astype(np.float32) / 255, sparse, K)
+    with pytest.raises(BackendError, match="sparse depth must be H x W"):
+        backend.complete(rgb, sparse[:-1], K)
+    with pytest.raises(BackendError, match="K must be"):
+        backend.complete(rgb, sparse, np.zeros((3, 3)))
+
+
+def test_precision_and_device_fallbacks(kitti_frame, r18_weights, caplog):
+    rgb, sparse, K = kitti_frame
+    crop = (slice(200, 264), slice(300, 396))  # 64 x 96: small and fast
+    rgb, sparse = np.ascontiguousarray(rgb[crop]), np.ascontiguousarray(sparse[crop])
+    with caplog.at_level(logging.WARNING):
+        half = NetworkBackend(
+            model="selfdc_r18", checkpoint=r18_weights, device="cpu", precision="fp16"
+        )
+    assert half.precision == "fp32" and "fp16" in caplog.text
+    bf16 = NetworkBackend(
+        model="selfdc_r18", checkpoint=r18_weights, device="cpu", precision="bf16"
+    )
+    fp32 = NetworkBackend(model="selfdc_r18", checkpoint=r18_weights, device="cpu")
+    a, b = bf16.complete(rgb, sparse, K), fp32.complete(rgb, sparse, K)
+    assert np.isfinite(a).all() and a.shape == b.shape == (64, 96)
+    assert np.median(np.abs(a - b) / np.maximum(b, 1e-3)) < 0.1  # bf16 is close, not equal
+    if not torch.cuda.is_available():
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            cpu = NetworkBackend(model="selfdc_r18", checkpoint=r18_weights, device="cuda")
+        assert cpu.device.type == "cpu" and "CUDA is not available" in caplog.text

@@ -1,0 +1,178 @@
+"""SelfDC/NLSPN network: released key layout, deformable sampling, propagation semantics."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from depth_completion_ros.networks.deformable import (
+    deform_sample,
+    modulated_deform_conv3x3,
+    sampling_grid,
+)
+from depth_completion_ros.networks.nlspn import NLSPNPropagation, SelfDCNet, selfdc, selfdc_r18
+
+REFERENCE_TSV = (
+    Path(__file__).resolve().parents[1].parent
+    / "shared"
+    / "reference"
+    / "nlspn_resnet34_state_dict.tsv"
+)
+
+
+def _reference_layout() -> dict[str, tuple[int, ...]]:
+    if not REFERENCE_TSV.exists():
+        pytest.skip(f"reference key list not found at {REFERENCE_TSV}")
+    layout = {}
+    for line in REFERENCE_TSV.read_text().splitlines()[1:]:
+        key, shape, _dtype = line.split("\t")
+        layout[key] = () if shape == "scalar" else tuple(int(s) for s in shape.split("x"))
+    return layout
+
+
+def test_selfdc_state_dict_matches_nlspn_release():
+    ref = _reference_layout()
+    with torch.device("meta"):
+        net = selfdc()
+    sd = net.state_dict()
+    assert len(ref) == 274
+    assert list(sd) == list(ref)  # same keys, same order
+    assert {k: tuple(v.shape) for k, v in sd.items()} == ref
+    assert sum(p.numel() for p in net.parameters()) == 26_231_790
+
+
+def test_segmentation_head_only_when_asked():
+    with torch.device("meta"):
+        plain = selfdc()
+        seg = selfdc(seg_classes=7)
+    assert not any(k.startswith("seg_") for k in plain.state_dict())
+    seg_keys = [k for k in seg.state_dict() if k.startswith("seg_")]
+    assert "seg_dec0.weight" in seg_keys
+    assert seg.state_dict()["seg_dec0.weight"].shape == (7, 128, 3, 3)
+    # The depth part is unchanged, so released weights still load into a training model.
+    depth_part = {k: v.shape for k, v in seg.state_dict().items() if not k.startswith("seg_")}
+    assert depth_part == {k: v.shape for k, v in plain.state_dict().items()}
+
+
+@pytest.mark.parametrize("ctor", [selfdc, selfdc_r18])
+def test_forward_any_size_with_aux(ctor):
+    torch.manual_seed(0)
+    net = ctor(seg_classes=4).eval()
+    rgb = torch.randn(1, 3, 50, 70)  # not a multiple of anything: decoder crops must cope
+    dep = (torch.rand(1, 1, 50, 70) < 0.1).float() * 10
+    with torch.inference_mode():
+        depth, aux = net(rgb, dep, return_aux=True)
+        plain = net(rgb, dep)
+    assert depth.shape == (1, 1, 50, 70)
+    assert torch.isfinite(depth).all() and (depth >= 0).all()
+    assert torch.equal(depth, plain)
+    assert aux["seg"].shape == (1, 4, 50, 70)
+    assert aux["pred_init"].shape == aux["confidence"].shape == (1, 1, 50, 70)
+    assert aux["offset"].shape == (1, 18, 50, 70) and aux["aff"].shape == (1, 9, 50, 70)
+    # Affinities of each pixel sum to one (the reference pixel takes 1 - sum of neighbours).
+    assert torch.allclose(aux["aff"].sum(1), torch.ones(1, 50, 70), atol=1e-5)
+
+
+def _bilinear_zero(img: torch.Tensor, y: float, x: float) -> torch.Tensor:
+    """Direct DCNv2 bilinear read of one point of a C x H x W map, zero outside."""
+    h, w = img.shape[1:]
+    y0, x0 = math.floor(y), math.floor(x)
+    out = torch.zeros(img.shape[0], dtype=torch.float64)
+    for yy, xx in ((y0, x0), (y0, x0 + 1), (y0 + 1, x0), (y0 + 1, x0 + 1)):
+        if 0 <= yy < h and 0 <= xx < w:
+            wgt = (1 - abs(y - yy)) * (1 - abs(x - xx))
+            out += wgt * img[:, yy, xx].double()
+    return out
+
+
+def test_deformable_matches_direct_computation():
+    torch.manual_seed(1)
+    b, c, h, w = 2, 3, 6, 7
+    feat = torch.randn(b, c, h, w)
+    offset = torch.randn(b, 18, h, w) * 1.5  # some samples land outside the image
+    mask = torch.rand(b, 9, h, w)
+    got = modulated_deform_conv3x3(feat, offset, mask)
+    want = torch.zeros(b, c, h, w, dtype=torch.float64)
+    for n in range(b):
+        for py in range(h):
+            for px in range(w):
+                for k in range(9):
+                    ky, kx = k // 3 - 1, k % 3 - 1
+                    y = py + ky + offset[n, 2 * k, py, px].item()
+                    x = px + kx + offset[n, 2 * k + 1, py, px].item()
+                    want[n, :, py, px] += mask[n, k, py, px].item() * _bilinear_zero(feat[n], y, x)
+    assert torch.allclose(got.double(), want, atol=1e-5)
+
+
+def test_zero_offsets_equal_a_plain_convolution():
+    torch.manual_seed(2)
+    feat = torch.randn(1, 1, 9, 11)
+    weights = torch.rand(9)
+    mask = weights.view(1, 9, 1, 1).expand(1, 9, 9, 11)
+    got = modulated_deform_conv3x3(feat, torch.zeros(1, 18, 9, 11), mask)
+    want = F.conv2d(feat, weights.view(1, 1, 3, 3), padding=1)
+    assert torch.allclose(got, want, atol=1e-6)
+    samples = deform_sample(feat, sampling_grid(torch.zeros(1, 18, 9, 11), 3, dilation=0))
+    assert torch.allclose(samples, feat.unsqueeze(2).expand_as(samples))  # dilation 0: own pixel
+
+
+@pytest.mark.parametrize("legacy, dilation", [(False, 1), (True, 2)])
+def test_propagation_step_is_a_weighted_neighbour_average(legacy, dilation):
+    """With constant raw affinities the step is a fixed 3x3 filter; the released ('legacy')
+    layer reads its zero-offset neighbours two pixels away."""
+    prop = NLSPNPropagation(prop_time=1, conf_prop=False, preserve_input=False, legacy=legacy)
+    a = 0.25
+    with torch.no_grad():
+        prop.conv_offset_aff.bias[16:] = math.atanh(a)  # raw affinity channels
+    torch.manual_seed(3)
+    depth = torch.rand(1, 1, 12, 13) * 10
+    guide = torch.zeros(1, 8, 12, 13)
+    out, _, aff = prop(depth, guide, None, None)
+    each = a / 4.0  # tanh(raw) / (gamma * 8); sum |aff| = 0.5 < 1, so no renormalisation
+    kernel = torch.full((3, 3), each)
+    kernel[1, 1] = 1 - 8 * each
+    want = F.conv2d(depth, kernel.view(1, 1, 3, 3), padding=dilation, dilation=dilation)
+    assert torch.allclose(out, want, atol=1e-5)
+
+
+def test_preserve_input_and_confidence():
+    torch.manual_seed(4)
+    prop = NLSPNPropagation(prop_time=3, legacy=False)
+    with torch.no_grad():
+        prop.conv_offset_aff.weight.normal_(0, 0.05)  # small offsets, mixed affinities
+    depth = torch.rand(1, 1, 16, 16)
+    guide = torch.randn(1, 8, 16, 16)
+    out_zero, _, aff = prop(depth, guide, torch.zeros(1, 1, 16, 16), None)
+    # Zero confidence everywhere: neighbours get no weight and the map is unchanged.
+    assert torch.allclose(out_zero, depth, atol=1e-5)
+    assert torch.allclose(aff[:, 4], torch.ones(1, 16, 16))
+    fixed = torch.zeros(1, 1, 16, 16)
+    fixed[0, 0, 8, 8] = 50.0
+    ones = torch.ones(1, 1, 16, 16)
+    free, _, _ = prop(depth, guide, ones, None)
+    kept, _, _ = prop(depth, guide, ones, fixed)
+    gain = (kept - free)[0, 0]
+    # The measured 50 m is written back before every step and spreads around its pixel,
+    # but 3 steps cannot carry it to the far corner.
+    assert gain[7:10, 7:10].sum() > 10
+    assert gain[:3, :3].abs().max() < 1e-6
+
+
+def test_propagation_stays_float32_under_bf16_autocast():
+    torch.manual_seed(5)
+    net = selfdc_r18().eval()
+    rgb, dep = torch.randn(1, 3, 32, 64), (torch.rand(1, 1, 32, 64) < 0.2).float() * 5
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(rgb, dep)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+def test_bad_constructor_arguments():
+    with pytest.raises(ValueError, match="seg_classes"):
+        SelfDCNet(18, seg_classes=1)
+    with pytest.raises(ValueError, match="ResNet depth"):
+        SelfDCNet(50)
