@@ -45,11 +45,18 @@ class Graph:
 
 
 @contextmanager
-def node_graph(parameters: dict, domain_id: int, tmp_path: Path, reliable_inputs: bool = True):
+def node_graph(
+    parameters: dict,
+    domain_id: int,
+    tmp_path: Path,
+    reliable_inputs: bool = True,
+    transport: str = "builtin",
+    extra_args: list[str] | None = None,
+):
     """Start the node with ``parameters``; yield a connected :class:`Graph`; stop everything."""
-    use_ros_environment(domain_id)
+    use_ros_environment(domain_id, transport=transport)
     log_path = tmp_path / "node.log"
-    process = start_node_process(parameters, domain_id, log_path)
+    process = start_node_process(parameters, domain_id, log_path, extra_args, transport)
     context = rclpy.Context()
     rclpy.init(context=context)
     player = FramePlayer(reliable_inputs=reliable_inputs, context=context)

@@ -31,21 +31,36 @@ from depth_completion_ros.messages import (
 )
 
 
-def ros_environment(domain_id: int | None = None, base: dict | None = None) -> dict[str, str]:
-    """Environment for one process of the graph (publisher and subscriber alike)."""
+def ros_environment(
+    domain_id: int | None = None, base: dict | None = None, transport: str = "builtin"
+) -> dict[str, str]:
+    """Environment for one process of the graph (publisher and subscriber alike).
+
+    ``transport``: "builtin" sets FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA; "profile" uses the
+    shipped XML profile (config/fastdds_large_data.xml, a 16 MB shared-memory segment).
+    """
     env = dict(os.environ if base is None else base)
     env.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
-    env.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
-    env.setdefault("RCUTILS_LOGGING_BUFFERED_STREAM", "0")
+    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")  # demo/tests stay on this host
+    if transport == "profile":
+        from depth_completion_ros.resources import package_file
+
+        env.pop("FASTDDS_BUILTIN_TRANSPORTS", None)
+        env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(package_file("config/fastdds_large_data.xml"))
+    else:
+        env.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
     env["PYTHONUNBUFFERED"] = "1"
     if domain_id is not None:
         env["ROS_DOMAIN_ID"] = str(domain_id)
     return env
 
 
-def use_ros_environment(domain_id: int | None = None) -> None:
+def use_ros_environment(domain_id: int | None = None, transport: str = "builtin") -> None:
     """Apply :func:`ros_environment` to this process (before ``rclpy.init``)."""
-    os.environ.update(ros_environment(domain_id))
+    env = ros_environment(domain_id, transport=transport)
+    for key in set(os.environ) - set(env):
+        del os.environ[key]
+    os.environ.update(env)
 
 
 def start_node_process(
@@ -53,6 +68,7 @@ def start_node_process(
     domain_id: int,
     log_path: str | Path,
     extra_args: list[str] | None = None,
+    transport: str = "builtin",
 ) -> subprocess.Popen:
     """Start ``depth_completion_node`` in its own process with a generated parameter file."""
     params_file = Path(tempfile.mkstemp(prefix="depth_completion_", suffix=".yaml")[1])
@@ -68,7 +84,10 @@ def start_node_process(
     ]
     log = open(log_path, "w")  # noqa: SIM115 - owned by the process' lifetime
     return subprocess.Popen(
-        command, env=ros_environment(domain_id), stdout=log, stderr=subprocess.STDOUT
+        command,
+        env=ros_environment(domain_id, transport=transport),
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
 
 
