@@ -22,9 +22,17 @@ are broken arbitrarily, as in any k-nearest-neighbour search.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+try:  # optional: the fastest exact search on a CPU
+    from scipy.spatial import cKDTree
+
+    _HAVE_SCIPY = True
+except ImportError:  # pragma: no cover - scipy is a declared dependency
+    _HAVE_SCIPY = False
 
 __all__ = ["dynamic_filter", "nearest_valid_pixels", "DYNAMIC_KERNEL_SIZES", "MAX_SIDE"]
 
@@ -70,12 +78,15 @@ def dynamic_filter(x: Tensor, weights: Tensor, kernel_size: int) -> Tensor:
     return out.view(b, 1, h, w)
 
 
-def nearest_valid_pixels(valid: Tensor, k: int = 4) -> tuple[Tensor, Tensor]:
+def nearest_valid_pixels(valid: Tensor, k: int = 4, method: str = "auto") -> tuple[Tensor, Tensor]:
     """For every pixel, its ``k`` nearest valid pixels (Euclidean, in pixels), nearest first.
 
     Args:
         valid: B x H x W or B x 1 x H x W bool mask of valid (sparse) pixels.
         k: how many neighbours (BP-Net uses 4).
+        method: "torch" (the separable search, any device, no host copy), "kdtree" (scipy's
+            cKDTree, CPU tensors only: faster on a CPU) or "auto" (kdtree for CPU tensors when
+            scipy is installed, torch otherwise). All are exact.
     Returns:
         offsets: B x 2 x k x H*W float32, neighbour minus pixel: channel 0 = x (column),
             channel 1 = y (row).
@@ -104,6 +115,19 @@ def nearest_valid_pixels(valid: Tensor, k: int = 4) -> tuple[Tensor, Tensor]:
         raise ValueError(
             f"nearest_valid_pixels: image sides must be <= {MAX_SIDE}, got {h} x {w}; "
             "downscale the sparse map first"
+        )
+    if method == "auto":
+        method = "kdtree" if valid.device.type == "cpu" and _HAVE_SCIPY else "torch"
+    if method == "kdtree":
+        if valid.device.type != "cpu":
+            raise ValueError(
+                "nearest_valid_pixels: method='kdtree' needs a CPU tensor; use method='torch' "
+                f"on {valid.device}"
+            )
+        return _kdtree_search(valid, k)
+    if method != "torch":
+        raise ValueError(
+            f"nearest_valid_pixels: method must be 'auto', 'torch' or 'kdtree', got {method!r}"
         )
     col_dy, col_row = _column_neighbours(valid, k)
     d2, col, row = _row_pass(col_dy, col_row, k)
@@ -236,6 +260,31 @@ def _outside_bound(
     return bound.amin(dim=1)
 
 
+def _kdtree_search(valid: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """CPU path: one cKDTree per image over the valid pixels, queried at every pixel."""
+    bsz, h, w = valid.shape
+    n = h * w
+    d2 = np.full((bsz * n, k), _INF, dtype=np.int64)
+    col = np.zeros((bsz * n, k), dtype=np.int64)
+    row = np.zeros((bsz * n, k), dtype=np.int64)
+    yy, xx = np.divmod(np.arange(n), w)
+    grid = np.stack([xx, yy], axis=1).astype(np.float64)
+    masks = valid.numpy()
+    for b in range(bsz):
+        pts = np.flatnonzero(masks[b])
+        found = min(k, pts.size)
+        if found == 0:
+            continue
+        px, py = pts % w, pts // w
+        tree = cKDTree(np.stack([px, py], axis=1).astype(np.float64))
+        _, arg = tree.query(grid, k=list(range(1, found + 1)), workers=-1)
+        sl = slice(b * n, (b + 1) * n)
+        col[sl, :found] = px[arg]
+        row[sl, :found] = py[arg]
+        d2[sl, :found] = (px[arg] - xx[:, None]) ** 2 + (py[arg] - yy[:, None]) ** 2
+    return _finish(torch.from_numpy(d2), torch.from_numpy(col), torch.from_numpy(row), bsz, h, w, k)
+
+
 def _finish(
     d2: Tensor, col: Tensor, row: Tensor, bsz: int, h: int, w: int, k: int
 ) -> tuple[Tensor, Tensor]:
@@ -243,8 +292,8 @@ def _finish(
     n = bsz * h * w
     dev = d2.device
     pix = torch.arange(n, device=dev)
-    self_x = (pix % w).to(torch.int32)
-    self_y = (pix // w % h).to(torch.int32)
+    self_x = (pix % w).to(col.dtype)
+    self_y = (pix // w % h).to(col.dtype)
     missing = d2 >= _INF
     # slot 0 missing means no valid pixel at all: point at the pixel itself
     col = col.clone()

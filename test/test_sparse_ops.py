@@ -1,0 +1,184 @@
+"""BP-Net's two non-standard ops against their definitions (direct loops, brute force)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from depth_completion_ros.networks.sparse_ops import dynamic_filter, nearest_valid_pixels
+
+METHODS = ("torch", "kdtree")
+
+
+def _loop_filter(x: np.ndarray, w: np.ndarray, k: int) -> np.ndarray:
+    """The definition: out[y, x] = sum_ij x[y+i-r, x+j-r] * w[i*k+j, y, x], zero outside."""
+    b, _, h, wd = x.shape
+    r = k // 2
+    out = np.zeros((b, 1, h, wd))
+    for bi in range(b):
+        for y in range(h):
+            for xx in range(wd):
+                acc = 0.0
+                for i in range(k):
+                    for j in range(k):
+                        yy, xj = y + i - r, xx + j - r
+                        if 0 <= yy < h and 0 <= xj < wd:
+                            acc += x[bi, 0, yy, xj] * w[bi, i * k + j, y, xx]
+                out[bi, 0, y, xx] = acc
+    return out
+
+
+@pytest.mark.parametrize("k", [3, 5, 7])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_dynamic_filter_equals_direct_loop(k: int, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 1, 6, 9, generator=g, dtype=torch.float64)
+    w = torch.randn(2, k * k, 6, 9, generator=g, dtype=torch.float64)
+    got = dynamic_filter(x, w, k).numpy()
+    np.testing.assert_allclose(got, _loop_filter(x.numpy(), w.numpy(), k), rtol=0, atol=1e-12)
+
+
+def test_dynamic_filter_identity_kernel_and_errors() -> None:
+    x = torch.randn(1, 1, 5, 7)
+    w = torch.zeros(1, 25, 5, 7)
+    w[:, 12] = 1.0  # the centre tap of a 5x5 kernel
+    assert torch.equal(dynamic_filter(x, w, 5), x)
+    with pytest.raises(ValueError, match="weights must be"):
+        dynamic_filter(x, torch.zeros(1, 9, 5, 7), 5)
+    with pytest.raises(ValueError, match="odd"):
+        dynamic_filter(x, torch.zeros(1, 16, 5, 7), 4)
+    with pytest.raises(ValueError, match="one channel"):
+        dynamic_filter(torch.zeros(1, 2, 5, 7), w, 5)
+
+
+def _brute_force_d2(mask: np.ndarray, k: int) -> np.ndarray:
+    """Sorted squared distances to the k nearest valid pixels, every pixel (H*W x k)."""
+    h, w = mask.shape
+    py, px = np.nonzero(mask)
+    yy, xx = np.divmod(np.arange(h * w), w)
+    d2 = (yy[:, None] - py[None]) ** 2 + (xx[:, None] - px[None]) ** 2
+    return np.sort(d2, axis=1)[:, :k]
+
+
+def _check_against_brute_force(valid: torch.Tensor, k: int, method: str) -> None:
+    offsets, indices = nearest_valid_pixels(valid, k, method=method)
+    b, h, w = valid.shape
+    assert offsets.shape == (b, 2, k, h * w) and offsets.dtype == torch.float32
+    assert indices.shape == (b, k, h * w) and indices.dtype == torch.int64
+    pix = torch.arange(h * w)
+    for bi in range(b):
+        mask = valid[bi].numpy()
+        # offsets and indices name the same pixels, and those pixels are valid
+        nx = pix % w + offsets[bi, 0].long()
+        ny = pix // w + offsets[bi, 1].long()
+        assert torch.equal(ny * w + nx, indices[bi])
+        assert mask.reshape(-1)[indices[bi].numpy()].all()
+        got = (offsets[bi] ** 2).sum(0).T.numpy().astype(np.int64)  # H*W x k, nearest first
+        assert (np.diff(got, axis=1) >= 0).all()
+        np.testing.assert_array_equal(got, _brute_force_d2(mask, k))
+        # k distinct neighbours when there are at least k valid pixels
+        idx = np.sort(indices[bi].numpy(), axis=0)
+        assert (np.diff(idx, axis=0) > 0).all()
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("density", [0.01, 0.05, 0.3])
+def test_nearest_valid_pixels_random_masks(method: str, seed: int, density: float) -> None:
+    g = torch.Generator().manual_seed(seed)
+    valid = torch.rand(2, 23, 41, generator=g) < density
+    valid[:, 0, 0] = True  # at least k valid pixels in every image
+    valid[:, -1, -1] = True
+    valid[:, 11, 20] = True
+    valid[:, 5, 33] = True
+    _check_against_brute_force(valid, 4, method)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_nearest_valid_pixels_ties_on_a_lattice(method: str) -> None:
+    """A regular lattice makes most distances tie: the distances must still be exact."""
+    valid = torch.zeros(1, 30, 37, dtype=torch.bool)
+    valid[:, 2::5, 3::4] = True
+    _check_against_brute_force(valid, 4, method)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_nearest_valid_pixels_far_from_data(method: str) -> None:
+    """Data only in a wavy band at the bottom of a wide image (like the sky above a LiDAR):
+    the torch search must widen its window up to the whole row."""
+    g = torch.Generator().manual_seed(7)
+    h, w = 40, 420
+    valid = torch.zeros(1, h, w, dtype=torch.bool)
+    top = (30 + 8 * torch.sin(torch.arange(w) / 40.0)).long()
+    for x in range(0, w, 3):
+        rows = torch.arange(int(top[x]), h, 4)
+        valid[0, rows, x] = torch.rand(rows.numel(), generator=g) < 0.7
+    valid[0, 0, 400] = True  # one lone point far from the band
+    _check_against_brute_force(valid, 4, method)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_nearest_valid_pixels_long_strip(method: str) -> None:
+    """Points only at one end of a 900-pixel strip: the far end's neighbours are 800+ columns
+    away, beyond every window, so the torch search must fall back to whole rows."""
+    valid = torch.zeros(1, 6, 900, dtype=torch.bool)
+    valid[0, [0, 5, 2, 3, 1], [0, 1, 40, 41, 90]] = True
+    _check_against_brute_force(valid, 4, method)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_nearest_valid_pixels_fewer_than_k(method: str) -> None:
+    """Fewer than k valid pixels: the farthest one found repeats; none: the pixel itself."""
+    valid = torch.zeros(3, 6, 8, dtype=torch.bool)
+    valid[0, 1, 2] = True
+    valid[1, 4, 6] = True
+    valid[1, 0, 0] = True
+    # image 2 has no valid pixel at all
+    offsets, indices = nearest_valid_pixels(valid, 4, method=method)
+    assert (indices[0] == 1 * 8 + 2).all()
+    d2 = (offsets[1] ** 2).sum(0)  # k x N
+    assert set(indices[1].unique().tolist()) == {0, 4 * 8 + 6}
+    assert torch.equal(indices[1][2], indices[1][1]) and torch.equal(indices[1][3], indices[1][1])
+    assert (d2[0] <= d2[1]).all()
+    assert torch.equal(indices[2], torch.arange(48).expand(4, 48))
+    assert (offsets[2] == 0).all()
+
+
+def test_nearest_valid_pixels_methods_agree_on_kitti(kitti_velodyne_raw_path: Path) -> None:
+    """Real LiDAR map (KITTI crop, 4 % filled): torch and kdtree find the same distances."""
+    depth = cv2.imread(str(kitti_velodyne_raw_path), cv2.IMREAD_UNCHANGED)
+    h, w = depth.shape
+    crop = depth[h - 128 :, (w - 512) // 2 : (w - 512) // 2 + 512]  # bottom-centre patch
+    valid = torch.from_numpy(crop > 0)[None]
+    assert 1000 < int(valid.sum()) < 10000
+    o_torch, i_torch = nearest_valid_pixels(valid, method="torch")
+    o_tree, _ = nearest_valid_pixels(valid, method="kdtree")
+    assert torch.equal((o_torch**2).sum(1), (o_tree**2).sum(1))
+    assert valid.view(-1)[i_torch.view(-1)].all()
+
+
+def test_nearest_valid_pixels_bad_input() -> None:
+    with pytest.raises(ValueError, match="bool mask"):
+        nearest_valid_pixels(torch.zeros(1, 4, 4))
+    with pytest.raises(ValueError, match="B x H x W"):
+        nearest_valid_pixels(torch.zeros(4, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="method"):
+        nearest_valid_pixels(torch.zeros(1, 4, 4, dtype=torch.bool), method="grid")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_sparse_ops_on_cuda_match_cpu() -> None:
+    g = torch.Generator().manual_seed(3)
+    valid = torch.rand(2, 64, 96, generator=g) < 0.05
+    o_cpu, _ = nearest_valid_pixels(valid, method="torch")
+    o_gpu, i_gpu = nearest_valid_pixels(valid.cuda())
+    assert torch.equal((o_cpu**2).sum(1), (o_gpu.cpu() ** 2).sum(1))
+    x = torch.randn(2, 1, 64, 96, generator=g)
+    wt = torch.randn(2, 49, 64, 96, generator=g)
+    torch.testing.assert_close(
+        dynamic_filter(x.cuda(), wt.cuda(), 7).cpu(), dynamic_filter(x, wt, 7)
+    )
