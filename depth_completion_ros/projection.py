@@ -25,6 +25,9 @@ class ProjectionConfig:
     occlusion_absolute: float = 0.3  # metres
 
 
+_NO_POINT = np.float32(1e9)  # "infinitely far": what an empty pixel counts as in the filter
+
+
 def project_points(
     points: np.ndarray,
     T_cam_lidar: np.ndarray,
@@ -33,70 +36,97 @@ def project_points(
     height: int,
     config: ProjectionConfig = ProjectionConfig(),
 ) -> np.ndarray:
-    """Project N x 3 (or N x >=3) LiDAR points into an H x W float32 sparse depth map (0 = none)."""
-    xyz = np.asarray(points)[:, :3]
-    if xyz.dtype != np.float32:
-        xyz = xyz.astype(np.float32)
-    M = (np.asarray(P, np.float64) @ np.asarray(T_cam_lidar, np.float64)).astype(np.float32)
-    # einsum, not ``@``: BLAS threads contend with open3d/torch pools on small machines (15x slower)
-    uvw = np.einsum("nk,jk->nj", xyz, M[:, :3])
-    uvw += M[:, 3]
-    w = uvw[:, 2]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        keep = (w > config.min_depth) & (w < config.max_depth)  # False for NaN
-        w = w[keep]
-        u = np.floor(uvw[keep, 0] / w + 0.5)
-        v = np.floor(uvw[keep, 1] / w + 0.5)
-    inside = (u >= 0) & (u < width) & (v >= 0) & (v < height)
-    flat = v[inside].astype(np.int64) * width + u[inside].astype(np.int64)
-    depth = w[inside]
+    """Project N x 3 (or N x >=3) LiDAR points into an H x W float32 sparse depth map (0 = none).
 
-    sparse = np.zeros(height * width, dtype=np.float32)
-    if depth.size:
-        order = np.argsort(depth, kind="stable")  # nearest first
-        pixels, first = np.unique(flat[order], return_index=True)  # first = nearest per pixel
-        sparse[pixels] = depth[order][first]
+    Elementwise float32 arithmetic, no BLAS call: a 3x3 product through a threaded BLAS costs
+    little on an idle machine but tens of milliseconds when its threads compete for busy cores.
+    Depth is computed for every point first, pixel coordinates only for the points in range.
+    """
+    points = np.asarray(points)
+    M = (np.asarray(P, np.float64) @ np.asarray(T_cam_lidar, np.float64)).astype(np.float32)
+    x, y, z = (points[:, i].astype(np.float32, copy=False) for i in range(3))
+    w = x * M[2, 0]
+    w += y * M[2, 1]
+    w += z * M[2, 2]
+    w += M[2, 3]
+    with np.errstate(invalid="ignore"):
+        keep = np.flatnonzero((w > config.min_depth) & (w < config.max_depth))  # NaN: False
+    x, y, z, w = x[keep], y[keep], z[keep], w[keep]
+    u = x * M[0, 0]
+    u += y * M[0, 1]
+    u += z * M[0, 2]
+    u += M[0, 3]
+    u /= w
+    u += 0.5  # pixel = floor(u + 0.5): the nearest pixel centre
+    v = x * M[1, 0]
+    v += y * M[1, 1]
+    v += z * M[1, 2]
+    v += M[1, 3]
+    v /= w
+    v += 0.5
+    inside = (u >= 0) & (u < width) & (v >= 0) & (v < height)
+    # non-negative here, so truncation is floor
+    flat = v[inside].astype(np.intp) * width + u[inside].astype(np.intp)
+
+    sparse = np.full(height * width, np.inf, dtype=np.float32)
+    np.minimum.at(sparse, flat, w[inside])  # the nearest point wins its pixel
+    sparse[sparse == np.inf] = 0.0
     sparse = sparse.reshape(height, width)
     if config.occlusion_window > 0:
         sparse = remove_occluded(sparse, config)
     return sparse
 
 
-def _directional_min(depth: np.ndarray, reach: int, direction: str) -> np.ndarray:
-    """Per pixel, the nearest depth within ``reach`` pixels on one side (a 3-pixel-wide band)."""
-    kernel = np.ones((3, reach + 1), np.uint8)
-    if direction in ("left", "up"):
-        kernel[:, -1] = 0  # exclude the pixel itself; the kernel ends just before it
-        anchor = (reach, 1)
-    else:
-        kernel[:, 0] = 0
-        anchor = (0, 1)
-    if direction in ("up", "down"):
-        kernel = np.ascontiguousarray(kernel.T)
-        anchor = (anchor[1], anchor[0])
-    return cv2.erode(depth, kernel, anchor=anchor, borderType=cv2.BORDER_CONSTANT, borderValue=1e9)
-
-
-def remove_occluded(sparse: np.ndarray, config: ProjectionConfig = ProjectionConfig()) -> np.ndarray:
+def remove_occluded(
+    sparse: np.ndarray, config: ProjectionConfig = ProjectionConfig()
+) -> np.ndarray:
     """Drop points the camera cannot see: those with clearly nearer points on both sides.
 
     A point seen "through" a nearer object lands inside that object's silhouette in the image, so
     it has nearer returns to its left and right (or above and below). A one-sided test would also
     remove the ground, whose depth falls steadily towards the bottom of the image.
+
+    "Left" is the nearest return in the 3-row band ``x - window .. x - 1`` (likewise right, up and
+    down with 3-column bands); a point is dropped when it is deeper than
+    ``nearest * (1 + occlusion_relative) + occlusion_absolute`` on both sides of either axis.
     """
+    sparse = np.asarray(sparse, dtype=np.float32)
     valid = sparse > 0
-    if not valid.any():
-        return sparse.copy()
-    far = np.where(valid, sparse, np.float32(1e9)).astype(np.float32)  # no point: "infinitely far"
-    reach = int(config.occlusion_window)
-
-    def nearer(direction: str) -> np.ndarray:
-        nearest = _directional_min(far, reach, direction)
-        return sparse > nearest * (1.0 + config.occlusion_relative) + config.occlusion_absolute
-
-    occluded = valid & ((nearer("left") & nearer("right")) | (nearer("up") & nearer("down")))
+    rows_with_points = np.flatnonzero(valid.any(axis=1))
     out = sparse.copy()
-    out[occluded] = 0.0
+    reach = int(config.occlusion_window)
+    if rows_with_points.size == 0 or reach <= 0:
+        return out
+    # Only the rows with points matter (the sky above the scan has none). They are copied into a
+    # frame `reach` pixels wide of "no point", so every window below stays inside the array.
+    top, bottom = int(rows_with_points[0]), int(rows_with_points[-1]) + 1
+    band, valid = sparse[top:bottom], valid[top:bottom]
+    height, width = band.shape
+    step = width + 2 * reach  # row length of the padded array
+    far = np.full((height + 2 * reach, step), _NO_POINT, dtype=np.float32)
+    np.copyto(far[reach : reach + height, reach : reach + width], band, where=valid)
+    ys, xs = np.nonzero(valid)
+    depth = band[ys, xs]
+    index = (ys + reach) * step + (xs + reach)  # the points, as flat indices of the padded array
+
+    def erode(image: np.ndarray, kernel_width: int, kernel_height: int) -> np.ndarray:
+        """Minimum over the kernel_width x kernel_height window ending at each pixel."""
+        kernel = np.ones((kernel_height, kernel_width), np.uint8)
+        anchor = (kernel_width - 1, kernel_height - 1)
+        return cv2.erode(image, kernel, anchor=anchor)
+
+    def nearer(near: np.ndarray) -> np.ndarray:
+        return depth > near * (1.0 + config.occlusion_relative) + config.occlusion_absolute
+
+    # Rows y-1..y+1 (a centred 3-tall window), then the `reach` columns ending at each column:
+    # read one column left of a point it covers x-reach..x-1; `reach` right, x+1..x+reach.
+    rows3 = cv2.erode(far, np.ones((3, 1), np.uint8))
+    horizontal = erode(rows3, reach, 1).ravel()
+    occluded = nearer(horizontal[index - 1]) & nearer(horizontal[index + reach])
+    cols3 = cv2.erode(far, np.ones((1, 3), np.uint8))
+    vertical = erode(cols3, 1, reach).ravel()
+    occluded |= nearer(vertical[index - step]) & nearer(vertical[index + reach * step])
+    out[ys[occluded] + top, xs[occluded]] = 0.0
     return out
 
 
