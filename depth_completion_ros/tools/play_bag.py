@@ -150,7 +150,7 @@ def _wait_for_subscribers(node, publishers: dict, timeout: float, log) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if all(p.get_subscription_count() > 0 for p in publishers.values()):
-            time.sleep(0.2)  # matching is not symmetric: let the readers see the writers too
+            time.sleep(1.0)  # matching is not symmetric: let the readers see the writers too
             return
         time.sleep(0.05)
     lonely = [t for t, p in publishers.items() if p.get_subscription_count() == 0]
