@@ -10,11 +10,12 @@ Here the search is separable and exact:
 1. column pass: for every pixel (y, c), the k nearest valid pixels *in column c* (a prefix sum
    gives each pixel's rank among the valid ones of its column, so this is O(H*W*k));
 2. row pass: the k nearest in the plane are among those column lists (a point of column c that
-   is not among the k nearest of its column to row y has k closer points in that same column),
-   so each pixel merges the lists of the columns within a window of +-w. A lower bound on every
-   column outside the window (block minima of the column distances) proves the answer exact; the
-   few pixels it cannot prove (far from any data, e.g. the sky above a LiDAR's top beam) repeat
-   with wider windows, the last of which covers the whole row.
+   is not among the k nearest of its column to row y has k closer points in that same column).
+   Within a window of +-w columns only the k columns whose nearest point is closest can hold
+   the answer, so each pixel scores each window column once and merges just k lists. A lower
+   bound on every column outside the window (block minima of the column distances) proves the
+   answer exact; the pixels it cannot prove (far from any data, e.g. the sky above a LiDAR's
+   top beam) repeat with wider windows, the last of which covers the whole row.
 
 Distances are integers (int32) so comparisons are exact; ties between equally distant pixels
 are broken arbitrarily, as in any k-nearest-neighbour search.
@@ -42,9 +43,10 @@ DYNAMIC_KERNEL_SIZES = (3, 5, 7)
 MAX_SIDE = 16383
 
 _FAR = 1 << 15  # "no point" vertical distance in a column (larger than any real one)
-_INF = (1 << 31) - 1  # "no candidate" squared distance
+_NONE = 1 << 30  # squared distances from here up mean "no point" (real ones stay below 2**29;
+# a square below 2**28 added to it stays inside int32)
 _BLOCK = 32  # columns per block for the lower bound on columns outside the window
-_WINDOWS = (3, 12, 48, 192)  # half-widths of the row-pass windows, then the whole row
+_WINDOWS = (7, 31, 127, 511)  # half-widths of the row-pass windows, then the whole row
 
 
 def dynamic_filter(x: Tensor, weights: Tensor, kernel_size: int) -> Tensor:
@@ -167,71 +169,75 @@ def _column_neighbours(valid: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return best.view(bsz, w, h, k), best_row.view(bsz, w, h, k)
 
 
-def _block_minima(col_dy: Tensor) -> Tensor:
-    """B x nblocks x H: the smallest nearest-in-column |dy| over each block of columns."""
-    bsz, w, h, _ = col_dy.shape
-    nearest = col_dy[..., 0]  # B x W x H
+def _block_minima(near_sq: Tensor) -> Tensor:
+    """B x nblocks x H: the smallest nearest-in-column dy^2 over each block of columns."""
+    bsz, w, h = near_sq.shape
     pad = (-w) % _BLOCK
     if pad:
-        nearest = F.pad(nearest, (0, 0, 0, pad), value=_FAR)
-    return nearest.view(bsz, -1, _BLOCK, h).amin(dim=2)
+        near_sq = F.pad(near_sq, (0, 0, 0, pad), value=_NONE)
+    return near_sq.view(bsz, -1, _BLOCK, h).amin(dim=2)
 
 
 def _row_pass(col_dy: Tensor, col_row: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     """Merge the column lists over widening windows until every pixel's answer is proven.
 
-    Returns squared distances, columns and rows of the k nearest, each B*H*W x k, pixels in
-    (b, y, x) order.
+    In a window, only the k columns whose nearest point is closest can hold the k nearest
+    points (any other column's points are no closer than the k-th of those columns' nearest
+    points), so each pixel scores every window column once and merges just k lists.
+
+    Returns squared distances (>= ``_NONE``: no neighbour), columns and rows of the k nearest,
+    each B*H*W x k, pixels in (b, y, x) order.
     """
     bsz, w, h, _ = col_dy.shape
     dev = col_dy.device
     n = bsz * h * w
-    flat_dy = col_dy.reshape(-1, k)
+    dysq = torch.where(col_dy >= _FAR, _NONE, col_dy * col_dy)  # B x W x H x k
+    near_sq = dysq[..., 0].contiguous()  # B x W x H: the nearest point of each column
+    flat_near = near_sq.view(-1)
+    flat_dysq = dysq.view(-1, k)
     flat_row = col_row.reshape(-1, k)
-    bmin = _block_minima(col_dy)
-    bmin_sq = torch.where(bmin >= _FAR, _INF, bmin * bmin)  # B x nb x H, int32
-    nb = bmin.shape[1]
+    bmin_sq = _block_minima(near_sq)  # B x nb x H
+    nb = bmin_sq.shape[1]
     block_lo = torch.arange(nb, device=dev, dtype=torch.int32) * _BLOCK
     block_hi = block_lo + (_BLOCK - 1)
 
-    out_d2 = torch.empty(n, k, dtype=torch.int32, device=dev)
-    out_col = torch.empty(n, k, dtype=torch.int32, device=dev)
-    out_row = torch.empty(n, k, dtype=torch.int32, device=dev)
-    todo = None  # None = every pixel
+    out_d2 = out_col = out_row = None
+    pix = torch.arange(n, device=dev)
     for half in (*_WINDOWS, w):
         half = min(half, w)
-        if todo is None:
-            pix = torch.arange(n, device=dev)
-        else:
-            pix = todo
         b = pix // (h * w)
-        y = (pix // w % h).to(torch.int32)
+        y = pix // w % h
         x = (pix % w).to(torch.int32)
         offs = torch.arange(-half, half + 1, device=dev, dtype=torch.int32)
         cols = x[:, None] + offs  # m x (2 half + 1)
         in_img = (cols >= 0) & (cols < w)
-        gidx = (b[:, None] * w + cols.clamp(0, w - 1).long()) * h + y[:, None].long()
-        dy = flat_dy[gidx]  # m x (2 half + 1) x k
-        d2 = torch.where(
-            in_img[..., None] & (dy < _FAR), (offs * offs)[None, :, None] + dy * dy, _INF
-        )
-        d2 = d2.flatten(1)
+        gidx = (b * (w * h) + y)[:, None] + cols.clamp(0, w - 1).long() * h
+        d0 = torch.where(in_img, (offs * offs) + flat_near[gidx], _NONE)
+        pick = torch.topk(d0, min(k, d0.shape[1]), dim=1, largest=False, sorted=False)[1]
+        pick_g = gidx.gather(1, pick)
+        pick_off = offs[pick]
+        d2 = (pick_off * pick_off)[..., None] + flat_dysq[pick_g]  # m x k x k
+        d2 = torch.where(in_img.gather(1, pick)[..., None], d2, _NONE).flatten(1)
         best, arg = torch.topk(d2, k, dim=1, largest=False, sorted=True)
-        win = arg // k
-        best_col = torch.gather(cols, 1, win)
-        best_row = flat_row[gidx.gather(1, win), arg % k]
-        if half >= w:
-            proven = None
-        else:
-            proven = _outside_bound(x, half, block_lo, block_hi, bmin_sq, b, y) >= best[:, -1]
-        if todo is None:
+        which = arg // k
+        best_col = x[:, None] + pick_off.gather(1, which)
+        best_row = flat_row[pick_g.gather(1, which), arg % k]
+        if out_d2 is None:
             out_d2, out_col, out_row = best, best_col, best_row
         else:
             out_d2[pix], out_col[pix], out_row[pix] = best, best_col, best_row
-        if proven is None:
+        if half >= w:
             break
-        todo = pix[~proven]
-        if todo.numel() == 0:  # one host sync per pass: the loop must know when to stop
+        # proven: the k-th distance is within the window's half-width, or no column outside
+        # the window can beat it; the rest go round again with a wider window
+        kth = best[:, -1].clamp(max=_NONE)
+        open_ = kth > (half + 1) ** 2
+        pix, x, b, y, kth = pix[open_], x[open_], b[open_], y[open_], kth[open_]
+        if pix.numel() == 0:  # one host sync per pass: the loop must know when to stop
+            break
+        bound = _outside_bound(x, half, block_lo, block_hi, bmin_sq, b, y)
+        pix = pix[bound < kth]
+        if pix.numel() == 0:
             break
     return out_d2, out_col, out_row
 
@@ -245,26 +251,25 @@ def _outside_bound(
     b: Tensor,
     y: Tensor,
 ) -> Tensor:
-    """Lower bound on the squared distance from (x, y) to any valid pixel outside the window.
+    """Lower bound on the squared distance from (x, y) to any valid pixel outside the window
+    (capped at ``_NONE``, which means none).
 
     A column c outside [x - half, x + half] is at least max(half + 1, gap to c's block) away
-    horizontally, and its nearest point in row y's neighbourhood is at least the block's minimum
-    |dy| away vertically. Blocks wholly inside the window are skipped.
+    horizontally, and its points are at least the block's smallest nearest-in-column |dy| away
+    vertically. Blocks wholly inside the window are skipped.
     """
     xb = x[:, None]
-    gap = torch.maximum(block_lo[None] - xb, xb - block_hi[None]).clamp(min=0)
-    gap = gap.clamp(min=half + 1)
+    gap = torch.maximum(block_lo[None] - xb, xb - block_hi[None]).clamp(min=half + 1)
     inside = (block_lo[None] >= xb - half) & (block_hi[None] <= xb + half)
-    vert = bmin_sq[b, :, y.long()]  # m x nb
-    bound = torch.where(inside | (vert >= _INF), _INF, gap * gap + vert)
-    return bound.amin(dim=1)
+    bound = torch.where(inside, _NONE, gap * gap + bmin_sq[b, :, y])  # m x nb
+    return bound.amin(dim=1).clamp(max=_NONE)
 
 
 def _kdtree_search(valid: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """CPU path: one cKDTree per image over the valid pixels, queried at every pixel."""
     bsz, h, w = valid.shape
     n = h * w
-    d2 = np.full((bsz * n, k), _INF, dtype=np.int64)
+    d2 = np.full((bsz * n, k), _NONE, dtype=np.int64)
     col = np.zeros((bsz * n, k), dtype=np.int64)
     row = np.zeros((bsz * n, k), dtype=np.int64)
     yy, xx = np.divmod(np.arange(n), w)
@@ -294,7 +299,7 @@ def _finish(
     pix = torch.arange(n, device=dev)
     self_x = (pix % w).to(col.dtype)
     self_y = (pix // w % h).to(col.dtype)
-    missing = d2 >= _INF
+    missing = d2 >= _NONE
     # slot 0 missing means no valid pixel at all: point at the pixel itself
     col = col.clone()
     row = row.clone()
