@@ -9,9 +9,25 @@ import numpy as np
 import pytest
 import torch
 
+from depth_completion_ros.networks import sparse_ops
 from depth_completion_ros.networks.sparse_ops import dynamic_filter, nearest_valid_pixels
 
-METHODS = ("torch", "kdtree")
+METHODS = ("separable", "brute_force", "kdtree")
+
+
+def _search(valid: torch.Tensor, k: int, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """nearest_valid_pixels through one of its three paths (torch picks brute force itself
+    for small images; the tests force each torch path in turn)."""
+    if method == "kdtree":
+        return nearest_valid_pixels(valid, k, method="kdtree")
+    if method == "brute_force" and valid[0].numel() > 6000:
+        pytest.skip("brute force on this image would need over 100 MB")
+    saved = sparse_ops._BRUTE_FORCE_MAX
+    sparse_ops._BRUTE_FORCE_MAX = 0 if method == "separable" else 1 << 40
+    try:
+        return nearest_valid_pixels(valid, k, method="torch")
+    finally:
+        sparse_ops._BRUTE_FORCE_MAX = saved
 
 
 def _loop_filter(x: np.ndarray, w: np.ndarray, k: int) -> np.ndarray:
@@ -65,7 +81,7 @@ def _brute_force_d2(mask: np.ndarray, k: int) -> np.ndarray:
 
 
 def _check_against_brute_force(valid: torch.Tensor, k: int, method: str) -> None:
-    offsets, indices = nearest_valid_pixels(valid, k, method=method)
+    offsets, indices = _search(valid, k, method)
     b, h, w = valid.shape
     assert offsets.shape == (b, 2, k, h * w) and offsets.dtype == torch.float32
     assert indices.shape == (b, k, h * w) and indices.dtype == torch.int64
@@ -138,7 +154,7 @@ def test_nearest_valid_pixels_fewer_than_k(method: str) -> None:
     valid[1, 4, 6] = True
     valid[1, 0, 0] = True
     # image 2 has no valid pixel at all
-    offsets, indices = nearest_valid_pixels(valid, 4, method=method)
+    offsets, indices = _search(valid, 4, method)
     assert (indices[0] == 1 * 8 + 2).all()
     d2 = (offsets[1] ** 2).sum(0)  # k x N
     assert set(indices[1].unique().tolist()) == {0, 4 * 8 + 6}
@@ -155,7 +171,7 @@ def test_nearest_valid_pixels_methods_agree_on_kitti(kitti_velodyne_raw_path: Pa
     crop = depth[h - 128 :, (w - 512) // 2 : (w - 512) // 2 + 512]  # bottom-centre patch
     valid = torch.from_numpy(crop > 0)[None]
     assert 1000 < int(valid.sum()) < 10000
-    o_torch, i_torch = nearest_valid_pixels(valid, method="torch")
+    o_torch, i_torch = _search(valid, 4, "separable")
     o_tree, _ = nearest_valid_pixels(valid, method="kdtree")
     assert torch.equal((o_torch**2).sum(1), (o_tree**2).sum(1))
     assert valid.view(-1)[i_torch.view(-1)].all()
@@ -174,8 +190,12 @@ def test_nearest_valid_pixels_bad_input() -> None:
 def test_sparse_ops_on_cuda_match_cpu() -> None:
     g = torch.Generator().manual_seed(3)
     valid = torch.rand(2, 64, 96, generator=g) < 0.05
-    o_cpu, _ = nearest_valid_pixels(valid, method="torch")
-    o_gpu, i_gpu = nearest_valid_pixels(valid.cuda())
+    o_cpu, _ = nearest_valid_pixels(valid, method="kdtree")
+    o_gpu, i_gpu = nearest_valid_pixels(valid.cuda())  # separable path
+    assert torch.equal((o_cpu**2).sum(1), (o_gpu.cpu() ** 2).sum(1))
+    small = valid[:, :24, :32]
+    o_cpu, _ = nearest_valid_pixels(small, method="kdtree")
+    o_gpu, _ = nearest_valid_pixels(small.cuda())  # brute-force path
     assert torch.equal((o_cpu**2).sum(1), (o_gpu.cpu() ** 2).sum(1))
     x = torch.randn(2, 1, 64, 96, generator=g)
     wt = torch.randn(2, 49, 64, 96, generator=g)

@@ -46,6 +46,7 @@ _FAR = 1 << 15  # "no point" vertical distance in a column (larger than any real
 _NONE = 1 << 30  # squared distances from here up mean "no point" (real ones stay below 2**29;
 # a square below 2**28 added to it stays inside int32)
 _BLOCK = 32  # columns per block for the lower bound on columns outside the window
+_BRUTE_FORCE_MAX = 1 << 25  # B * (H*W)^2 up to which every pixel pair is scored directly
 _WINDOWS = (7, 31, 127, 511)  # half-widths of the row-pass windows, then the whole row
 
 
@@ -131,9 +132,30 @@ def nearest_valid_pixels(valid: Tensor, k: int = 4, method: str = "auto") -> tup
         raise ValueError(
             f"nearest_valid_pixels: method must be 'auto', 'torch' or 'kdtree', got {method!r}"
         )
+    if bsz * (h * w) ** 2 <= _BRUTE_FORCE_MAX:
+        return _brute_force(valid, k)  # small images (BP-Net's coarse levels): no host sync
     col_dy, col_row = _column_neighbours(valid, k)
     d2, col, row = _row_pass(col_dy, col_row, k)
     return _finish(d2, col, row, bsz, h, w, k)
+
+
+def _brute_force(valid: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Every pixel against every pixel: a few large kernels and no data-dependent shapes, which
+    beats the separable search on small images (and needs no host round trip on a GPU)."""
+    bsz, h, w = valid.shape
+    n = h * w
+    dev = valid.device
+    pix = torch.arange(n, device=dev, dtype=torch.int32)
+    py, px = pix // w, pix % w
+    d2 = (py[:, None] - py[None]) ** 2 + (px[:, None] - px[None]) ** 2  # n x n
+    d2 = torch.where(valid.reshape(bsz, 1, n), d2, _NONE)  # B x n x n
+    kk = min(k, n)
+    best, arg = torch.topk(d2, kk, dim=2, largest=False, sorted=True)
+    best, arg = best.view(-1, kk), arg.view(-1, kk).to(torch.int32)
+    if kk < k:  # fewer pixels than neighbours asked for: the missing slots are filled later
+        best = F.pad(best, (0, k - kk), value=_NONE)
+        arg = F.pad(arg, (0, k - kk))
+    return _finish(best, arg % w, arg // w, bsz, h, w, k)
 
 
 def _column_neighbours(valid: Tensor, k: int) -> tuple[Tensor, Tensor]:
