@@ -82,6 +82,12 @@ def test_kitti_frame_full_pipeline(kitti_frame, r18_weights):
     assert "selfdc_r18" in backend.describe() and "cpu" in backend.describe()
     g = backend.plan(375, 1242)
     assert (g.y0, g.x0, g.ch, g.cw) == (23, 13, 352, 1216)  # bottom rows, centred columns
+    image, dep, _, _ = backend.prepare(rgb, sparse, K)
+    # ImageNet statistics on 0-1 values, first pixel of the crop = input pixel (23, 13).
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    want = (rgb[23, 13] / 255.0 - mean) / std
+    np.testing.assert_allclose(image[0, :, 0, 0].numpy(), want, rtol=1e-4, atol=1e-5)
+    assert dep[0, 0].numpy() == pytest.approx(sparse[23:, 13:1229])
     out = backend.complete(rgb, sparse, K)
     assert out.shape == sparse.shape and out.dtype == np.float32
     assert np.isfinite(out).all()
@@ -204,3 +210,20 @@ def test_precision_and_device_fallbacks(kitti_frame, r18_weights, caplog):
         with caplog.at_level(logging.WARNING):
             cpu = NetworkBackend(model="selfdc_r18", checkpoint=r18_weights, device="cuda")
         assert cpu.device.type == "cpu" and "CUDA is not available" in caplog.text
+
+
+def test_bpnet_inputs_follow_its_nyu_settings(nyu_frame):
+    """BP-Net plumbing without its (slow) forward: ImageNet statistics, metres x 10, K, 256x320."""
+    rgb, sparse, K = nyu_frame
+    backend = NetworkBackend(model="bpnet", device="cpu", dataset="nyu", allow_random_weights=True)
+    assert backend.folded == 0  # BP-Net reads some conv weights directly: never folded
+    image, dep, k_net, g = backend.prepare(rgb, sparse, K)
+    assert image.shape == (1, 3, 256, 320) and dep.shape == (1, 1, 256, 320)
+    assert k_net.shape == (1, 3, 3)
+    np.testing.assert_allclose(k_net[0].numpy(), adjust_intrinsics(K, g), rtol=1e-6)
+    assert dep.max().item() == pytest.approx(10 * sparse.max(), rel=1e-6)  # metres x 10
+    # A mid-grey pixel normalises to (0.5 - mean) / std on 0-1 values.
+    grey = np.full((480, 640, 3), 128, np.uint8)
+    image, _, _, _ = backend.prepare(grey, sparse, K)
+    want = (128 / 255 - 0.485) / 0.229
+    assert image[0, 0, 128, 160].item() == pytest.approx(want, rel=1e-4)

@@ -313,11 +313,13 @@ class SelfDCNet(nn.Module):
     def forward(
         self, rgb: torch.Tensor, dep: torch.Tensor, *, return_aux: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]:
-        fe1 = torch.cat((self.conv1_rgb(rgb), self.conv1_dep(dep)), dim=1)
+        fe_rgb, fe_dep = self.conv1_rgb(rgb), self.conv1_dep(dep)
         if self.encoder_stride != 1:
             # Light variant: the encoder starts at 1/2 (max-pool keeps sparse returns), the
             # heads end at 1/2 and are upsampled; only stems and propagation see full size.
-            fe1 = F.max_pool2d(fe1, 2, ceil_mode=True)
+            fe_rgb = F.max_pool2d(fe_rgb, 2, ceil_mode=True)
+            fe_dep = F.max_pool2d(fe_dep, 2, ceil_mode=True)
+        fe1 = torch.cat((fe_rgb, fe_dep), dim=1)
         fe2 = self.conv2(fe1)
         fe3 = self.conv3(fe2)
         fe4 = self.conv4(fe3)

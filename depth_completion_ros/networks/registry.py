@@ -28,17 +28,18 @@ DATASETS = ("kitti", "nyu")
 class InputSpec:
     """What one set of weights expects from its input (one per model and dataset).
 
-    mean/std apply to RGB values divided by ``pixel_range`` (255: the statistics are on 0-255
-    values; 1: on 0-1). ``depth_scale`` is network units per metre (sparse input is multiplied,
-    output divided). Geometry, in order: optional resize so the image height becomes
-    ``resize_height``; crop to ``crop`` (h, w) anchored at the bottom ('bottom': KITTI's
-    352 x 1216 depth-completion crop, columns centred) or the centre, when the image is at
+    ``input_range`` is the range the mean/std are expressed in: 255.0 for 0-255 values, 1.0
+    for 0-1 values (uint8 RGB is scaled by input_range / 255 before normalising).
+    ``depth_scale`` is network units per metre (sparse input is multiplied, output divided).
+    Geometry, in order: optional resize so the image height becomes ``resize_height``; crop
+    to ``crop`` (h, w) anchored at the bottom ('bottom': KITTI's 352 x 1216 depth-completion
+    crop, columns centred) or the centre, when the image is at
     least that big; pad (centred) up to multiples of ``size_multiple``.
     """
 
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    pixel_range: float
+    input_range: float
     depth_scale: float
     crop: tuple[int, int] | None
     crop_anchor: str
@@ -60,6 +61,9 @@ class ModelSpec:
     description: str
     #: released weight files known to fit, for messages
     released: tuple[str, ...] = ()
+    #: BN may be folded into the preceding conv at inference (only where every conv+BN pair
+    #: runs in order; BP-Net reads one conv's weight directly, so folding would break it)
+    foldable_batchnorm: bool = True
 
     def factory(self) -> Callable[..., nn.Module]:
         module, _, attr = self.constructor.partition(":")
@@ -106,6 +110,7 @@ MODELS: dict[str, ModelSpec] = {
         needs_intrinsics=True,
         description="BP-Net (DMD3C): bilateral propagation, 89.9 M parameters",
         released=("dmd3c_distillation_depth_anything_v2.pth", "BP_KITTI"),
+        foldable_batchnorm=False,
     ),
     "selfdc": ModelSpec(
         name="selfdc",
