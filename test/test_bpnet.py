@@ -219,3 +219,19 @@ def test_cspn_with_fresh_kernels_and_no_sparse_depth_keeps_its_input() -> None:
     with torch.no_grad():
         moved = cspn(feat, depth, torch.full_like(depth, 50.0))
     assert (moved >= depth - 1e-4).all() and float((moved - depth).mean()) > 1.0
+
+
+def test_every_parameter_is_used_in_training() -> None:
+    """Train-mode forward/backward on a tiny batch: every released tensor takes part (a layer
+    wired wrongly or skipped would get no gradient), and BN statistics update."""
+    torch.manual_seed(4)
+    model = BPNet(base_channels=4, drop_path=0.0).train()  # narrow: wiring is what counts
+    I = torch.randn(2, 3, 32, 64)  # noqa: E741
+    S = torch.rand(2, 1, 32, 64) * 40 * (torch.rand(2, 1, 32, 64) < 0.1)
+    K = torch.tensor([[40.0, 0, 32], [0, 40, 16], [0, 0, 1]]).expand(2, 3, 3)
+    outputs = model(I, S, K)
+    loss = sum((out - 10.0).abs().mean() for out in outputs)
+    loss.backward()
+    unused = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
+    assert unused == []
+    assert int(model.pred0.cspn.convct[0].conv.bn.num_batches_tracked) == 1
