@@ -46,7 +46,7 @@ _FAR = 1 << 15  # "no point" vertical distance in a column (larger than any real
 _NONE = 1 << 30  # squared distances from here up mean "no point" (real ones stay below 2**29;
 # a square below 2**28 added to it stays inside int32)
 _BLOCK = 32  # columns per block for the lower bound on columns outside the window
-_BRUTE_FORCE_MAX = 1 << 25  # B * (H*W)^2 up to which every pixel pair is scored directly
+_BRUTE_FORCE_MAX = 1 << 26  # B * (H*W)^2 up to which every pixel pair is scored directly
 _WINDOWS = (7, 31, 127, 511)  # half-widths of the row-pass windows, then the whole row
 
 
@@ -170,9 +170,9 @@ def _column_neighbours(valid: Tensor, k: int) -> tuple[Tensor, Tensor]:
     csum = torch.cumsum(vt, 0, dtype=torch.int64)
     total = csum[-1:]  # kept as a tensor: no host sync
     below = csum - vt.long()  # how many valid pixels come before (b, c, y) in this order
-    keys = torch.nonzero(vt).squeeze(1)  # flat positions of valid pixels, ascending
-    # a sentinel at the end keeps gathers in range when there are no valid pixels at all
-    keys = torch.cat([keys, keys.new_full((1,), n + h)])
+    # flat positions of the valid pixels, ascending, padded with a sentinel that lies in no
+    # column (fixed size: no host round trip on a GPU; keeps gathers in range when empty)
+    keys = torch.nonzero_static(vt, size=n + 1, fill_value=n + h).squeeze(1)
     key_col = keys // h  # b * W + c
     key_row = (keys % h).to(torch.int32)
     q = torch.arange(n, device=dev)
