@@ -235,3 +235,36 @@ def test_every_parameter_is_used_in_training() -> None:
     unused = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
     assert unused == []
     assert int(model.pred0.cspn.convct[0].conv.bn.num_batches_tracked) == 1
+
+
+def test_reduced_precision_keeps_depth_in_float32() -> None:
+    """Under bf16 autocast the convolutions run in bf16 but depths stay float32 (bf16 would
+    round 80 m to the nearest 0.5 m): the pooled sparse depth of a block holding one point
+    is that point's depth to float32 precision."""
+    torch.manual_seed(5)
+    model = BPNet(base_channels=4).eval()
+    I = torch.randn(1, 3, 32, 64)  # noqa: E741
+    S = torch.zeros(1, 1, 32, 64)
+    S[0, 0, 3, 5] = 80.123  # alone in its 32 x 32 block at level 5
+    S[0, 0, 20:, 40::3] = 40.0
+    K = torch.tensor([[[40.0, 0, 32], [0, 40, 16], [0, 0, 1]]])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs = model(I, S, K)
+        x = I
+        for stage in (
+            model.conv_img,
+            model.layer1_img,
+            model.layer2_img,
+            model.layer3_img,
+            model.layer4_img,
+            model.layer5_img,
+        ):
+            x = stage(x)
+        assert x.dtype == torch.bfloat16  # the encoder really ran in reduced precision
+        pooled = model.pred5.wpool(S, x)
+    assert len(outputs) == 6
+    assert all(out.dtype == torch.float32 and torch.isfinite(out).all() for out in outputs)
+    assert pooled.dtype == torch.float32
+    # (the release's mean is sum(w d) / (sum(w) + 1e-6 * 32 * 32): a 0.1 % pull towards 0)
+    want = torch.tensor(80.123 / (1.0 + 1e-6 * 32 * 32))
+    torch.testing.assert_close(pooled[0, 0, 0, 0], want, rtol=1e-6, atol=0)

@@ -178,7 +178,7 @@ class UpCat(nn.Module):
         self.conv = ConvBNAct(2 * cout, cout)
 
     def forward(self, image_feat: Tensor, feat: Tensor, depth: Tensor) -> Tensor:
-        up = self.upf(torch.cat([feat, depth], dim=1))
+        up = self.upf(torch.cat([feat, depth.to(feat.dtype)], dim=1))
         return self.conv(torch.cat([up, image_feat], dim=1))
 
 
@@ -211,16 +211,19 @@ class WeightedPool(nn.Module):
 
     def forward(self, sparse: Tensor, feat: Tensor) -> Tensor:
         logits = self.permute(feat)
-        valid = sparse > VALID_DEPTH
         s = self.size
-        with torch.no_grad():  # the block maximum only keeps exp() in range
-            peak = F.max_pool2d(logits.masked_fill(~valid, float("-inf")), s, stride=s)
-            peak = torch.nan_to_num(peak, neginf=0.0)
-            peak = F.interpolate(peak, scale_factor=s, mode="nearest")
-        weight = torch.exp(torch.where(valid, logits - peak, 0.0)) * valid
-        num = F.avg_pool2d(sparse * weight, s, stride=s)
-        den = F.avg_pool2d(weight, s, stride=s)
-        return num / (den + 1e-6)
+        # depth in float32 whatever the features' precision (bf16 would round 80 m to 0.25 m)
+        with torch.autocast(device_type=sparse.device.type, enabled=False):
+            logits, sparse = logits.float(), sparse.float()
+            valid = sparse > VALID_DEPTH
+            with torch.no_grad():  # the block maximum only keeps exp() in range
+                peak = F.max_pool2d(logits.masked_fill(~valid, float("-inf")), s, stride=s)
+                peak = torch.nan_to_num(peak, neginf=0.0)
+                peak = F.interpolate(peak, scale_factor=s, mode="nearest")
+            weight = torch.exp(torch.where(valid, logits - peak, 0.0)) * valid
+            num = F.avg_pool2d(sparse * weight, s, stride=s)
+            den = F.avg_pool2d(weight, s, stride=s)
+            return num / (den + 1e-6)
 
 
 class Coef(nn.Module):
@@ -258,7 +261,8 @@ class BilateralPropagation(nn.Module):
 
     def forward(self, feat: Tensor, points: Tensor, offsets: Tensor, indices: Tensor) -> Tensor:
         """feat: BxCxHxW; points: Bx3xHxW (xyz of the valid pixels); offsets: Bx2xkxHW;
-        indices: BxkxHW. Returns Bx1xHxW."""
+        indices: BxkxHW. Returns Bx1xHxW in float32: the MLP may run in reduced precision,
+        the depth arithmetic does not."""
         bsz, c, h, w = feat.shape
         k = indices.shape[1]
         first = self.convXF[0].conv
@@ -267,19 +271,20 @@ class BilateralPropagation(nn.Module):
         # tensor is ever built.
         w_self, w_nb, w_pt, w_off = first.conv.weight.split([c, c, 3, 2], dim=1)
         own = F.conv2d(feat, w_self).view(bsz, c, 1, h * w)
-        src = (F.conv2d(feat, w_nb) + F.conv2d(points, w_pt)).view(bsz, c, h * w)
+        src = F.conv2d(feat, w_nb) + F.conv2d(points.to(w_pt.dtype), w_pt)
+        src = src.view(bsz, c, h * w)
         gathered = torch.gather(
             src.unsqueeze(2).expand(bsz, c, k, h * w),
             3,
             indices.view(bsz, 1, k, h * w).expand(bsz, c, k, h * w),
         )
-        x = own + gathered + F.conv2d(offsets.to(feat.dtype), w_off)
+        x = own + gathered + F.conv2d(offsets.to(w_off.dtype), w_off)
         x = first.act(first.bn(x))
         x = self.convXF[1](x)
         x = F.gelu(x + self.convXL(x))
-        a, b, logit = self.coef(x)
+        a, b, logit = (_at_least_fp32(t) for t in self.coef(x))
         z = torch.gather(
-            points[:, 2:3].reshape(bsz, 1, 1, h * w).expand(bsz, 1, k, h * w),
+            _at_least_fp32(points[:, 2:3]).reshape(bsz, 1, 1, h * w).expand(bsz, 1, k, h * w),
             3,
             indices.view(bsz, 1, k, h * w),
         )
@@ -382,6 +387,11 @@ class CSPNRefine(nn.Module):
             return (mix * stack).sum(dim=1, keepdim=True)
 
 
+def _at_least_fp32(t: Tensor) -> Tensor:
+    """float16 / bfloat16 -> float32; float32 and float64 unchanged."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def _backproject(depth: Tensor, K: Tensor) -> Tensor:
     """B x 1 x H x W depth -> B x 3 x H x W camera points (x right, y down, z forward)."""
     _, _, h, w = depth.shape
@@ -432,10 +442,11 @@ class Level(nn.Module):
             sp32 = sp.float()
             offsets, indices = nearest_valid_pixels(sp32.detach() > VALID_DEPTH, NUM_NEIGHBOURS)
             points = _backproject(sp32, k_level.float())
-        depth = self.prop(feat, points.to(feat.dtype), offsets, indices)
+        depth = self.prop(feat, points, offsets, indices)  # float32
         # MF: fuse features with the 3-D points of that depth, add a residual
-        feat = self.fuse(torch.cat([feat, _backproject(depth, k_level.to(depth.dtype))], dim=1))
-        depth = depth + self.conv(feat)
+        xyz = _backproject(depth, k_level.to(depth.dtype)).to(feat.dtype)
+        feat = self.fuse(torch.cat([feat, xyz], dim=1))
+        depth = depth + _at_least_fp32(self.conv(feat))
         # Post: CSPN++ refinement with the level's sparse depth
         depth = self.cspn(feat, depth, sp)
         return feat, depth
