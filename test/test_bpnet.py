@@ -268,3 +268,15 @@ def test_reduced_precision_keeps_depth_in_float32() -> None:
     # (the release's mean is sum(w d) / (sum(w) + 1e-6 * 32 * 32): a 0.1 % pull towards 0)
     want = torch.tensor(80.123 / (1.0 + 1e-6 * 32 * 32))
     torch.testing.assert_close(pooled[0, 0, 0, 0], want, rtol=1e-6, atol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_forward_on_cuda_matches_cpu(net: BPNet, kitti_inputs, outputs) -> None:
+    import copy
+
+    gpu = copy.deepcopy(net).cuda()
+    with torch.no_grad():
+        got = gpu(*(t.cuda() for t in kitti_inputs))
+    for a, b in zip(outputs, got, strict=True):
+        scale = float(a.abs().max())
+        assert float((a - b.cpu()).abs().max()) <= 1e-2 * scale + 1e-3  # TF32 convolutions
