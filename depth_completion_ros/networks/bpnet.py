@@ -566,9 +566,12 @@ def _check_inputs(I: Tensor, S: Tensor, K: Tensor) -> None:  # noqa: N803, E741
     check_input_size(I.shape[2], I.shape[3])
 
 
-def checkpoint_filter_fn(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+def checkpoint_filter_fn(
+    state_dict: dict[str, Tensor], model: nn.Module | None = None
+) -> dict[str, Tensor]:
     """Released checkpoint -> this model's state_dict: unwrap ``{'net': ...}`` and strip the
-    ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes."""
+    ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes. The release's names need
+    no renaming (``model`` is accepted for the timm-style signature and not needed)."""
     if "net" in state_dict and isinstance(state_dict["net"], dict):
         state_dict = state_dict["net"]
     out = {}
