@@ -115,10 +115,11 @@ class NLSPNPropagation(nn.Module):
     written back before each step when ``preserve_input`` is on.
 
     ``legacy``: the released KITTI/NYU weights were trained with code whose confidence lookup
-    added each neighbour's kernel position into the *shared* offset tensor, so the propagation
-    itself read neighbours at p + 2*p_k + o_k (the authors' evaluation uses ``--legacy`` to get
-    that behaviour back). On: reproduce it, needed for those weights. Off: the corrected layer,
-    propagation at p + p_k + o_k and confidence read at p + o_k, as in the later code.
+    added each neighbour's kernel position p_k into the *shared* offset tensor in place, so
+    the confidence was read at p + p_k + o_k but the propagation read neighbours at
+    p + 2*p_k + o_k (the authors evaluate them with ``--legacy`` to keep that behaviour).
+    On: reproduce it, needed for those weights. Off (our own trainings): both read at
+    p + p_k + o_k, the layer the paper describes.
     """
 
     def __init__(
@@ -156,8 +157,8 @@ class NLSPNPropagation(nn.Module):
 
     def offsets_affinities(
         self, guide: torch.Tensor, confidence: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Offsets (B x 18 x H x W, DCN layout, centre zero) and affinities (B x 9 x H x W)."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Offsets (B x 18 x H x W, DCN layout), affinities (B x 9 x H x W), sampling grid."""
         b, _, h, w = guide.shape
         o1, o2, aff = torch.chunk(self.conv_offset_aff(guide), 3, dim=1)
         off = torch.cat((o1, o2), dim=1).view(b, self.num, 2, h, w)
@@ -171,13 +172,18 @@ class NLSPNPropagation(nn.Module):
             pos = torch.stack((dy.reshape(-1), dx.reshape(-1)), dim=1).view(1, -1, 2, 1, 1)
             off = off + pos
         offset = off.reshape(b, 2 * (self.num + 1), h, w)
+        grid = sampling_grid(offset, self.kernel)
 
         aff = torch.tanh(aff) / (self.aff_scale_const + 1e-8)
         if self.conf_prop:
             if confidence is None:
                 raise ValueError("conf_prop is on: pass the confidence map")
-            # Each neighbour's confidence, read (1x1 deformable conv) at its offset position.
-            conf_grid = sampling_grid(offset.detach(), self.kernel, dilation=0)
+            # Each neighbour's confidence, read where that neighbour is sampled (legacy: at
+            # p + p_k + o_k, one kernel step nearer than its depth). Offsets get no gradient here.
+            if self.legacy:
+                conf_grid = sampling_grid(offset.detach(), self.kernel, dilation=0)
+            else:
+                conf_grid = grid.detach()
             conf = modulated_deform_sum_1x1(confidence, conf_grid, self.w_conf, self.b)
             conf = torch.cat((conf[:, : self.idx_ref], conf[:, self.idx_ref + 1 :]), dim=1)
             aff = aff * conf.to(aff.dtype)
@@ -185,7 +191,7 @@ class NLSPNPropagation(nn.Module):
         aff = aff / abs_sum
         aff_ref = 1.0 - aff.sum(dim=1, keepdim=True)
         aff = torch.cat((aff[:, : self.idx_ref], aff_ref, aff[:, self.idx_ref :]), dim=1)
-        return offset, aff
+        return offset, aff, grid
 
     def forward(
         self,
@@ -195,8 +201,7 @@ class NLSPNPropagation(nn.Module):
         fixed: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Propagate ``init`` (B x 1 x H x W); returns (depth, offsets, affinities)."""
-        offset, aff = self.offsets_affinities(guide, confidence)
-        grid = sampling_grid(offset, self.kernel)
+        offset, aff, grid = self.offsets_affinities(guide, confidence)
         weight = aff * self.w.reshape(1, -1, 1, 1)
         depth = init
         if self.preserve_input and fixed is not None:
