@@ -280,3 +280,20 @@ def test_forward_on_cuda_matches_cpu(net: BPNet, kitti_inputs, outputs) -> None:
     for a, b in zip(outputs, got, strict=True):
         scale = float(a.abs().max())
         assert float((a - b.cpu()).abs().max()) <= 1e-2 * scale + 1e-3  # TF32 convolutions
+
+
+def test_channels_last_gives_the_same_depth() -> None:
+    """The inference wrapper runs channels_last: same outputs as contiguous NCHW (float64, so
+    that only a layout bug, not summation order, could make them differ)."""
+    torch.manual_seed(6)
+    model = BPNet(base_channels=4).eval().double()
+    I = torch.randn(1, 3, 32, 64, dtype=torch.float64)  # noqa: E741
+    S = torch.rand(1, 1, 32, 64, dtype=torch.float64) * 40 * (torch.rand(1, 1, 32, 64) < 0.1)
+    K = torch.tensor([[[40.0, 0, 32], [0, 40, 16], [0, 0, 1]]], dtype=torch.float64)
+    with torch.no_grad():
+        want = model(I, S, K)
+        model = model.to(memory_format=torch.channels_last)
+        cl = torch.channels_last
+        got = model(I.to(memory_format=cl), S.to(memory_format=cl), K)
+    for a, b in zip(want, got, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)

@@ -214,7 +214,7 @@ class WeightedPool(nn.Module):
         s = self.size
         # depth in float32 whatever the features' precision (bf16 would round 80 m to 0.25 m)
         with torch.autocast(device_type=sparse.device.type, enabled=False):
-            logits, sparse = logits.float(), sparse.float()
+            logits, sparse = _at_least_fp32(logits), _at_least_fp32(sparse)
             valid = sparse > VALID_DEPTH
             with torch.no_grad():  # the block maximum only keeps exp() in range
                 peak = F.max_pool2d(logits.masked_fill(~valid, float("-inf")), s, stride=s)
@@ -279,6 +279,8 @@ class BilateralPropagation(nn.Module):
             indices.view(bsz, 1, k, h * w).expand(bsz, c, k, h * w),
         )
         x = own + gathered + F.conv2d(offsets.to(w_off.dtype), w_off)
+        if first.conv.bias is not None:  # only after BN folding; the release has none
+            x = x + first.conv.bias.view(1, c, 1, 1)
         x = first.act(first.bn(x))
         x = self.convXF[1](x)
         x = F.gelu(x + self.convXL(x))
@@ -366,9 +368,11 @@ class CSPNRefine(nn.Module):
         )
 
     def forward(self, feat: Tensor, depth: Tensor, sparse: Tensor) -> Tensor:
-        # float32 throughout: many small steps of propagation lose too much in half precision
+        # in the weights' precision (float32 under autocast): many small steps of propagation
+        # lose too much in half precision
+        dtype = self.weight3x3.conv[0].conv.conv.weight.dtype
         with torch.autocast(device_type=feat.device.type, enabled=False):
-            feat, depth, sparse = feat.float(), depth.float(), sparse.float()
+            feat, depth, sparse = feat.to(dtype), depth.to(dtype), sparse.to(dtype)
             kernels = (self.weight3x3(feat), self.weight5x5(feat), self.weight7x7(feat))
             masks = (self.convmask(feat) * (sparse > VALID_DEPTH)).split(1, dim=1)
             conf = self.convck(feat).split(1, dim=1)
@@ -439,9 +443,9 @@ class Level(nn.Module):
         # Pre: bilateral propagation from the nearest valid pixels (no gradient through the
         # neighbour choice, as in the paper)
         with torch.autocast(device_type=sp.device.type, enabled=False):
-            sp32 = sp.float()
+            sp32 = _at_least_fp32(sp)
             offsets, indices = nearest_valid_pixels(sp32.detach() > VALID_DEPTH, NUM_NEIGHBOURS)
-            points = _backproject(sp32, k_level.float())
+            points = _backproject(sp32, k_level.to(sp32.dtype))
         depth = self.prop(feat, points, offsets, indices)  # float32
         # MF: fuse features with the 3-D points of that depth, add a residual
         xyz = _backproject(depth, k_level.to(depth.dtype)).to(feat.dtype)
