@@ -95,8 +95,11 @@ def test_kitti_frame_full_pipeline(kitti_frame, r18_weights):
     inside[23:, 13:1229] = True
     assert (out[~inside] == 0).all()
     assert (out[inside] > 0).mean() > 0.5
-    # The same weights through the model directly give the same answer (no hidden state).
-    again = backend.complete(rgb, sparse, K)
+    # A second frame gives the same answer (no state kept between frames), also from a
+    # negative-stride view (an RGB view of a BGR image) and float64 depth with NaN holes.
+    bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+    holes = np.where(sparse > 0, sparse, np.nan).astype(np.float64)
+    again = backend.complete(bgr[:, :, ::-1], holes, K)
     np.testing.assert_allclose(again, out, rtol=1e-5, atol=1e-4)
 
 
@@ -227,3 +230,21 @@ def test_bpnet_inputs_follow_its_nyu_settings(nyu_frame):
     image, _, _, _ = backend.prepare(grey, sparse, K)
     want = (128 / 255 - 0.485) / 0.229
     assert image[0, 0, 128, 160].item() == pytest.approx(want, rel=1e-4)
+
+
+def test_registry_knows_every_backend_model():
+    from depth_completion_ros.backends import MODEL_NAMES
+    from depth_completion_ros.networks.registry import MODELS
+
+    assert set(MODEL_NAMES) - {"classical"} == set(MODELS)
+    for name, spec in MODELS.items():
+        for dataset in ("kitti", "nyu"):
+            s = spec.input_spec(dataset)
+            assert s.input_range in (1.0, 255.0) and s.depth_scale > 0, name
+    assert MODELS["bpnet"].input_spec("nyu").depth_scale == 10.0
+    assert MODELS["bpnet"].input_spec("kitti").input_range == 255.0
+    assert MODELS["selfdc"].input_spec("kitti").model_kwargs["legacy"] is True
+    with pytest.raises(KeyError, match="known models: bpnet, selfdc, selfdc_r18"):
+        get_model_spec("resnet")
+    with pytest.raises(KeyError, match="no settings for dataset 'vkitti'"):
+        MODELS["selfdc"].input_spec("vkitti")

@@ -341,7 +341,9 @@ class NetworkBackend(DepthCompletionBackend):
     def _upload(self, rgb: np.ndarray, sparse: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Frame to the device; on CUDA through pinned buffers reused frame after frame."""
         if self.device.type == "cpu":
-            return torch.from_numpy(np.ascontiguousarray(rgb)), torch.from_numpy(sparse)
+            # Views such as bgr[:, :, ::-1] have negative strides, which torch cannot wrap.
+            rgb, sparse = np.ascontiguousarray(rgb), np.ascontiguousarray(sparse)
+            return torch.from_numpy(rgb), torch.from_numpy(sparse)
         key = rgb.shape[:2]
         if key not in self._host:
             self._host[key] = (
