@@ -185,7 +185,8 @@ def test_neighbour_confidence_is_read_at_the_neighbour(legacy):
         prop.conv_offset_aff.bias[16:] = math.atanh(0.25)
     conf = torch.ones(1, 1, 10, 10)
     conf[0, 0, 5, 7] = 0.0
-    _, aff, _ = prop.offsets_affinities(torch.zeros(1, 8, 10, 10), conf)
+    with torch.no_grad():
+        _, aff, _ = prop.offsets_affinities(torch.zeros(1, 8, 10, 10), conf)
     right = 5  # kernel point (0, +1), row-major
     assert aff[0, right, 5, 6] == 0  # its right neighbour (5, 7) has no confidence
     assert aff[0, right, 5, 5] == pytest.approx(0.0625)
