@@ -248,3 +248,17 @@ def test_registry_knows_every_backend_model():
         get_model_spec("resnet")
     with pytest.raises(KeyError, match="no settings for dataset 'vkitti'"):
         MODELS["selfdc"].input_spec("vkitti")
+
+
+def test_release_args_that_disagree_are_reported(tmp_path, caplog):
+    """NLSPN's release records its training settings; ones the model does not share are named."""
+    import argparse
+
+    torch.manual_seed(0)
+    path = tmp_path / "r18_args.pth"
+    args = argparse.Namespace(prop_time=6, affinity="TGASS", conf_prop=True, lr=0.001)
+    torch.save({"net": selfdc_r18().state_dict(), "args": args}, path)
+    with caplog.at_level(logging.WARNING):
+        NetworkBackend(model="selfdc_r18", checkpoint=path, device="cpu")
+    assert "trained with prop_time=6 but the model uses 18" in caplog.text
+    assert "conf_prop" not in caplog.text

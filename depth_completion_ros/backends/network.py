@@ -166,6 +166,34 @@ def fold_batchnorm(model: nn.Module) -> int:
     return folded
 
 
+#: NLSPN training arguments (stored in its release under 'args') that change the network's
+#: behaviour without changing its weights' shapes, and where the model keeps them. Not
+#: 'preserve_input' and 'legacy': the authors switch those on at evaluation only, so the
+#: training args of the released weights say nothing about how to run them.
+_NLSPN_ARGS = {"prop_time": "prop_time", "conf_prop": "conf_prop"}
+
+
+def training_settings_mismatch(metadata: dict, net: nn.Module) -> list[str]:
+    """Settings recorded in a checkpoint's training args that the built model does not share.
+
+    The key check cannot see these (same shapes), yet e.g. 6 instead of 18 propagation steps
+    changes every output; the caller warns so the user can fix the registry settings.
+    """
+    args = metadata.get("args")
+    prop = getattr(net, "prop_layer", None)
+    if not isinstance(args, dict) or prop is None:
+        return []
+    problems = []
+    for arg, attr in _NLSPN_ARGS.items():
+        if arg in args and getattr(prop, attr) != args[arg]:
+            problems.append(
+                f"trained with {arg}={args[arg]!r} but the model uses {getattr(prop, attr)!r}"
+            )
+    if "affinity" in args and args["affinity"] != "TGASS":
+        problems.append(f"trained with affinity {args['affinity']!r}; only TGASS is implemented")
+    return problems
+
+
 def resolve_device(device: str) -> torch.device:
     """'auto' -> CUDA when present; 'cuda' without CUDA -> CPU with a warning."""
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
@@ -237,9 +265,11 @@ class NetworkBackend(DepthCompletionBackend):
         net = self._build()
         if self.checkpoint is not None:
             try:
-                load_checkpoint(net, self.checkpoint, model_name=model)
+                ckpt = load_checkpoint(net, self.checkpoint, model_name=model)
             except CheckpointError as e:
                 raise BackendError(str(e)) from e
+            for problem in training_settings_mismatch(ckpt.metadata, net):
+                log.warning("checkpoint %s: %s", self.checkpoint, problem)
         else:
             log.warning("model %s runs with RANDOM weights (allow_random_weights=True)", model)
         net.eval().requires_grad_(False)
