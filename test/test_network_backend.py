@@ -244,6 +244,11 @@ def test_registry_knows_every_backend_model():
     assert MODELS["bpnet"].input_spec("nyu").depth_scale == 10.0
     assert MODELS["bpnet"].input_spec("kitti").input_range == 255.0
     assert MODELS["selfdc"].input_spec("kitti").model_kwargs["legacy"] is True
+    grey = torch.full((1, 3, 2, 2), 128, dtype=torch.uint8)
+    kitti_bp = MODELS["bpnet"].input_spec("kitti").normalize(grey)
+    assert kitti_bp[0, 0, 0, 0].item() == pytest.approx((128 - 90.9950) / 79.2382)
+    nyu = MODELS["selfdc"].input_spec("nyu").normalize(grey)
+    assert nyu[0, 2, 0, 0].item() == pytest.approx((128 / 255 - 0.406) / 0.225)
     with pytest.raises(KeyError, match="known models: bpnet, selfdc, selfdc_r18"):
         get_model_spec("resnet")
     with pytest.raises(KeyError, match="no settings for dataset 'vkitti'"):

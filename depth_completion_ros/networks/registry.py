@@ -49,6 +49,16 @@ class InputSpec:
     #: constructor settings these weights were trained with
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
+    def normalize(self, rgb: torch.Tensor) -> torch.Tensor:
+        """B x 3 x H x W RGB with 0-255 values (uint8 or float) -> the network's image input.
+
+        For training and evaluation code; the backend folds the same arithmetic into one pass.
+        """
+        x = rgb.float() * (self.input_range / 255.0)
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        return (x - mean) / std
+
 
 @dataclass(frozen=True)
 class ModelSpec:
