@@ -80,6 +80,15 @@ def test_kitti_frame_full_pipeline(kitti_frame, r18_weights):
     assert rgb.shape == (375, 1242, 3)
     backend = NetworkBackend(model="selfdc_r18", checkpoint=r18_weights, device="cpu")
     assert "selfdc_r18" in backend.describe() and "cpu" in backend.describe()
+    # Built on the meta device and given the file's tensors: every weight real and equal.
+    from safetensors.torch import load_file
+
+    saved = load_file(str(r18_weights))
+    assert not any(p.is_meta for p in backend.net.parameters())
+    assert torch.equal(backend.net.conv1_rgb[0].weight, saved["conv1_rgb.0.weight"])
+    assert torch.equal(
+        backend.net.prop_layer.conv_offset_aff.weight, saved["prop_layer.conv_offset_aff.weight"]
+    )
     g = backend.plan(375, 1242)
     assert (g.y0, g.x0, g.ch, g.cw) == (23, 13, 352, 1216)  # bottom rows, centred columns
     image, dep, _, _ = backend.prepare(rgb, sparse, K)

@@ -299,12 +299,14 @@ def load_checkpoint(
     model_name: str = "model",
     use_ema: bool = True,
     strict: bool = True,
+    assign: bool = False,
 ) -> Checkpoint:
     """Read ``path``, adapt its keys with :func:`checkpoint_filter_fn` and load it into ``model``.
 
     With ``strict`` any missing, unexpected or wrong-shape key raises :class:`CheckpointError`
     naming the first ones and the model the file resembles; otherwise they are logged and the
-    matching part is loaded.
+    matching part is loaded. ``assign=True`` hands the file's tensors to the model instead of
+    copying them, for a model built on the meta device (no random init to throw away).
     """
     ckpt = read_checkpoint(path, use_ema=use_ema)
     state_dict = checkpoint_filter_fn(ckpt.state_dict, model)
@@ -316,7 +318,7 @@ def load_checkpoint(
         log.warning("%s\n  Loading the matching part only (strict=False).", message)
         bad = {k for k, _, _ in report.mismatched}
         state_dict = {k: v for k, v in state_dict.items() if k not in bad}
-    model.load_state_dict(state_dict, strict=strict)
+    model.load_state_dict(state_dict, strict=strict, assign=assign)
     ckpt.state_dict = state_dict
     log.info(
         "loaded %s weights from %s%s (%d tensors)",
