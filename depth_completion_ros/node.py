@@ -429,13 +429,8 @@ class DepthCompletionNode(Node):
                 period=self.config["no_pair_warning"],
             )
         if self._counts["processed"] or self.slot.dropped or stats.rejected_offset:
-            latency = np.array(self._latencies) * 1000.0 if self._latencies else np.zeros(1)
             self.get_logger().info(
-                f"pairs processed {self._counts['processed']}, dropped while busy "
-                f"{self.slot.dropped}, rejected by offset {stats.rejected_offset}, failed "
-                f"{self._counts['failed']}; latency p50 {np.percentile(latency, 50):.1f} ms, "
-                f"p95 {np.percentile(latency, 95):.1f} ms",
-                throttle_duration_sec=self.config["diagnostics_period"],
+                self.latency_summary(), throttle_duration_sec=self.config["diagnostics_period"]
             )
 
     def counters(self) -> dict[str, int]:
@@ -449,10 +444,21 @@ class DepthCompletionNode(Node):
             },
         )
 
+    def latency_summary(self) -> str:
+        """Totals and latency percentiles (scan+image received -> outputs published)."""
+        latency = np.array(self._latencies) * 1000.0 if self._latencies else np.zeros(1)
+        return (
+            f"pairs processed {self._counts['processed']}, dropped while busy "
+            f"{self.slot.dropped}, rejected by offset {self.pairer.stats.rejected_offset}, "
+            f"failed {self._counts['failed']}; latency p50 {np.percentile(latency, 50):.1f} ms, "
+            f"p95 {np.percentile(latency, 95):.1f} ms"
+        )
+
     def destroy_node(self) -> None:
         self._running = False
         self.slot.close()
         self._worker.join(timeout=5.0)
+        self.get_logger().info(f"stopping: {self.latency_summary()}")
         super().destroy_node()
 
 

@@ -34,7 +34,8 @@ def test_bad_inputs_are_reported_and_survived(drive, ros_domain_id, tmp_path):
         stamp[0] += 1.0
         return SensorFrame(stamp[0], base.rgb, base.points, camera)
 
-    with node_graph({"calibration_dir": str(drive.calibration_dir)}, ros_domain_id, tmp_path) as g:
+    parameters = {"calibration_dir": str(drive.calibration_dir), "input_reliability": "reliable"}
+    with node_graph(parameters, ros_domain_id, tmp_path) as g:
         player = g.player
 
         def publish(image=None, cloud=None, info=True, frame=None):

@@ -30,6 +30,8 @@ def test_twenty_real_frames_over_dds(kitti_sequence, ros_domain_id, tmp_path):
         "calibration_dir": str(drive.calibration_dir),
         "publish_sparse": True,
         "publish_colored": True,
+        # every frame must arrive: best effort may drop multi-megabyte messages under load
+        "input_reliability": "reliable",
     }
     with node_graph(parameters, ros_domain_id, tmp_path) as graph:
         result = graph.player.play(frames, graph.executor, wait_topics=tuple(OUTPUT_TOPICS))
@@ -69,10 +71,14 @@ def test_twenty_real_frames_over_dds(kitti_sequence, ros_domain_id, tmp_path):
 
 
 def test_best_effort_publishers_are_accepted(kitti_sequence, ros_domain_id, tmp_path):
-    """Sensor drivers publish best effort; the default QoS must take them (no silent mismatch)."""
+    """Sensor drivers publish best effort; the default QoS must take them (no silent mismatch).
+
+    A QoS mismatch delivers nothing; best effort may drop some multi-megabyte messages under
+    load, so this asserts that frames flow, not that every one does.
+    """
     drive, frames = kitti_sequence
     parameters = {"calibration_dir": str(drive.calibration_dir)}
     with node_graph(parameters, ros_domain_id, tmp_path, reliable_inputs=False) as graph:
         result = graph.player.play(frames[:5], graph.executor, timeout=10.0)
     received = [k for k, v in result.outputs.items() if "depth/image" in v]
-    assert len(received) >= 4, f"only {len(received)} of 5 frames came back over best effort"
+    assert len(received) >= 1, f"no frame came back over best effort; log:\n{graph.log()}"
