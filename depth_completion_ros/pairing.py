@@ -2,8 +2,10 @@
 
 Plain Python on stamps, so the node and the offline bag tool pair exactly the same way. A scan is
 paired once the best image for it is known: an image stamped at or after the scan has arrived
-(later images can only be farther), or a newer scan has arrived (the stream moved on). Pairs
-whose offset exceeds ``max_offset`` are rejected and counted, with the offset kept for the log.
+(images arrive in stamp order, so later ones can only be farther). Images are large and often
+arrive after the next scan, so a newer scan does not decide an older one; only a full buffer does
+(the camera stopped). Pairs whose offset exceeds ``max_offset`` are rejected and counted, with the
+offset kept for the log.
 """
 
 from __future__ import annotations
@@ -51,8 +53,9 @@ class StampPairer(Generic[ImageT, CloudT]):
             raise ValueError(f"max_offset must be positive, got {max_offset}")
         self.max_offset = float(max_offset)
         self.reset_jump = float(reset_jump)
+        self.buffer_size = int(buffer_size)
         self._images: deque[tuple[float, ImageT]] = deque(maxlen=buffer_size)
-        self._clouds: deque[tuple[float, CloudT]] = deque(maxlen=buffer_size)
+        self._clouds: deque[tuple[float, CloudT]] = deque()  # bounded in _decide
         self.stats = PairingStats()
 
     def clear(self) -> None:
@@ -71,7 +74,7 @@ class StampPairer(Generic[ImageT, CloudT]):
         return self._decide(final=False)
 
     def add_cloud(self, stamp: float, cloud: CloudT) -> list[Pair[ImageT, CloudT]]:
-        """Buffer a scan; earlier scans are decided now (the stream has moved on)."""
+        """Buffer a scan; return the pairs that became decidable."""
         self._check_time_jump(stamp, self._clouds)
         self._clouds.append((stamp, cloud))
         return self._decide(final=False)
@@ -89,9 +92,9 @@ class StampPairer(Generic[ImageT, CloudT]):
         pairs: list[Pair[ImageT, CloudT]] = []
         while self._clouds:
             cloud_stamp, cloud = self._clouds[0]
-            newer_cloud = len(self._clouds) > 1
+            overflow = len(self._clouds) > self.buffer_size
             image_after = any(stamp >= cloud_stamp for stamp, _ in self._images)
-            if not (final or newer_cloud or image_after):
+            if not (final or overflow or image_after):
                 break  # a closer image may still come
             self._clouds.popleft()
             nearest = self._nearest_image(cloud_stamp)

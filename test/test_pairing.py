@@ -29,14 +29,27 @@ def test_waits_for_a_later_image() -> None:
     assert pairs[0].image_stamp == 1.01 and pairs[0].cloud_stamp == 1.0
 
 
-def test_newer_scan_decides_the_older_one() -> None:
+def test_late_image_still_pairs_after_a_newer_scan() -> None:
+    """Regression: images (MBs) often arrive after the next scan; the scan must wait for them."""
     pairer: StampPairer[str, str] = StampPairer(max_offset=0.05)
-    pairer.add_image(0.98, "img")
+    pairer.add_image(0.9, "previous image")
     assert pairer.add_cloud(1.0, "a") == []
-    pairs = pairer.add_cloud(1.1, "b")
-    assert [(p.image, p.cloud) for p in pairs] == [("img", "a")]
-    assert [p.cloud for p in pairer.flush()] == []  # b is 0.12 s from img: rejected at the end
-    assert pairer.stats.rejected_offset == 1
+    assert pairer.add_cloud(1.1, "b") == []  # a's image is still in flight
+    pairs = pairer.add_image(1.0, "image a")
+    assert [(p.image, p.cloud) for p in pairs] == [("image a", "a")]
+    pairs = pairer.add_image(1.1, "image b")
+    assert [(p.image, p.cloud) for p in pairs] == [("image b", "b")]
+    assert pairer.stats.rejected_offset == 0
+
+
+def test_scans_without_images_are_bounded() -> None:
+    """When the camera stops, the oldest scans are decided (and rejected) once the buffer fills."""
+    pairer: StampPairer[str, int] = StampPairer(max_offset=0.05, buffer_size=3)
+    pairer.add_image(0.0, "last image")
+    for i in range(1, 10):
+        assert pairer.add_cloud(float(i), i) == []
+    assert len(pairer._clouds) == 3
+    assert pairer.stats.rejected_offset == 6
 
 
 def test_rejects_beyond_max_offset_and_records_it() -> None:

@@ -41,7 +41,8 @@ def ros_environment(
     """
     env = dict(os.environ if base is None else base)
     env.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
-    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")  # demo/tests stay on this host
+    # Not ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST: with it, best-effort multi-MB samples were
+    # never delivered over LARGE_DATA here (reliable ones were); see README "Large messages".
     if transport == "profile":
         from depth_completion_ros.resources import package_file
 
