@@ -62,13 +62,7 @@ def main() -> None:
         z = cam[:, 2]
         with np.errstate(divide="ignore", invalid="ignore"):
             u, v = cam[:, 0] / z, cam[:, 1] / z
-        ok = (
-            (z > 0)
-            & (u >= -0.5)
-            & (u < rig.width - 0.5)
-            & (v >= -0.5)
-            & (v < rig.height - 0.5)
-        )
+        ok = (z > 0) & (u >= -0.5) & (u < rig.width - 0.5) & (v >= -0.5) & (v < rig.height - 0.5)
         in_image.append(int(ok.sum()))
     print(
         json.dumps(
@@ -85,9 +79,7 @@ def main() -> None:
                 "frames": args.frames,
                 "points_per_frame_mean": int(counts.mean()),
                 "points_in_image_mean": int(np.mean(in_image)),
-                "gt_density": round(
-                    float(np.mean([(f.depth_gt > 0).mean() for f in frames])), 3
-                ),
+                "gt_density": round(float(np.mean([(f.depth_gt > 0).mean() for f in frames])), 3),
                 "cpus": os.cpu_count(),
                 "machine": platform.machine(),
             }

@@ -177,7 +177,8 @@ def qos_profile(durability: str = "volatile", depth: int = 10) -> Qos:
         depth=depth,
         reliability=QosReliability.RELIABLE,
         durability=(
-            QosDurability.TRANSIENT_LOCAL if durability == "transient_local"
+            QosDurability.TRANSIENT_LOCAL
+            if durability == "transient_local"
             else QosDurability.VOLATILE
         ),
         deadline=_UNSPECIFIED,
@@ -272,14 +273,14 @@ class BagReader:
                 )
 
     def messages(
-        self, topics: Iterable[str] | None = None, start: int | None = None,
+        self,
+        topics: Iterable[str] | None = None,
+        start: int | None = None,
         stop: int | None = None,
     ) -> Iterator[BagMessage]:
         """Messages in recording order, optionally only some topics and a time window (ns)."""
         wanted = set(topics) if topics is not None else None
-        connections = [
-            c for c in self._reader.connections if wanted is None or c.topic in wanted
-        ]
+        connections = [c for c in self._reader.connections if wanted is None or c.topic in wanted]
         if wanted is not None and not connections:
             return
         try:
@@ -300,9 +301,7 @@ class BagWriter:
     Use as a context manager; an exception inside the block discards the partial bag.
     """
 
-    def __init__(
-        self, path: str | Path, storage: str = "mcap", overwrite: bool = False
-    ) -> None:
+    def __init__(self, path: str | Path, storage: str = "mcap", overwrite: bool = False) -> None:
         if storage not in STORAGES:
             raise BagError(f"unknown storage {storage!r}; choose one of {', '.join(STORAGES)}")
         self.path = Path(path)
@@ -322,14 +321,19 @@ class BagWriter:
         )
         # the inner folder carries the final name, so storage file names match it
         self._writer = Writer(
-            self._staging / self.path.name, version=BAG_VERSION,
+            self._staging / self.path.name,
+            version=BAG_VERSION,
             storage_plugin=STORAGES[self.storage],
         )
         self._writer.open()
         return self
 
     def add_topic(
-        self, topic: str, msgtype: str, qos: Qos | None = None, msgdef: str | None = None,
+        self,
+        topic: str,
+        msgtype: str,
+        qos: Qos | None = None,
+        msgdef: str | None = None,
         digest: str | None = None,
     ) -> None:
         """Declare a topic (type definitions from the typestore unless given)."""
@@ -353,7 +357,9 @@ class BagWriter:
         self.counts[topic] += 1
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         staging, writer = self._staging, self._writer

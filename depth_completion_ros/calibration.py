@@ -76,7 +76,9 @@ def parse_kitti_calib_file(path: str | Path) -> dict[str, np.ndarray]:
         try:
             values[key.strip()] = np.array([float(v) for v in rest.split()], dtype=np.float64)
         except ValueError as exc:
-            raise CalibrationError(f"{path}:{number}: non-numeric value for {key!r}: {exc}") from exc
+            raise CalibrationError(
+                f"{path}:{number}: non-numeric value for {key!r}: {exc}"
+            ) from exc
     return values
 
 

@@ -77,8 +77,14 @@ def write_ply(path: str | Path, xyz: np.ndarray, rgb: np.ndarray | None = None) 
         fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
     record = np.empty(len(xyz), dtype=fields)
     record["x"], record["y"], record["z"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
-    lines = ["ply", "format binary_little_endian 1.0", f"element vertex {len(xyz)}",
-             "property float x", "property float y", "property float z"]
+    lines = [
+        "ply",
+        "format binary_little_endian 1.0",
+        f"element vertex {len(xyz)}",
+        "property float x",
+        "property float y",
+        "property float z",
+    ]
     if rgb is not None:
         rgb = np.asarray(rgb, dtype=np.uint8).reshape(-1, 3)
         record["red"], record["green"], record["blue"] = rgb[:, 0], rgb[:, 1], rgb[:, 2]

@@ -55,7 +55,9 @@ class PoseTrack:
 
 
 def icp_odometry(
-    scans: Sequence[np.ndarray], voxel: float = 0.3, max_distance: float = 1.0,
+    scans: Sequence[np.ndarray],
+    voxel: float = 0.3,
+    max_distance: float = 1.0,
     max_range: float = 60.0,
 ) -> list[np.ndarray]:
     """Consecutive LiDAR scans -> poses T_world_lidar (world = the first scan's frame).
@@ -143,7 +145,14 @@ def fuse(
             depth_image, intrinsic, extrinsic, 1.0, max_depth, trunc_voxels
         )
         grid.integrate(
-            blocks, depth_image, color, intrinsic, intrinsic, extrinsic, 1.0, max_depth,
+            blocks,
+            depth_image,
+            color,
+            intrinsic,
+            intrinsic,
+            extrinsic,
+            1.0,
+            max_depth,
             trunc_voxels,
         )
         count += 1

@@ -99,8 +99,13 @@ class KittiDrive:
         if root is not None:
             for split in ("train", "val"):
                 candidates.append(
-                    root / "data_depth_annotated" / split / self.drive_dir.name / "proj_depth"
-                    / "groundtruth" / name
+                    root
+                    / "data_depth_annotated"
+                    / split
+                    / self.drive_dir.name
+                    / "proj_depth"
+                    / "groundtruth"
+                    / name
                 )
         return next((p for p in candidates if p.is_file()), None)
 

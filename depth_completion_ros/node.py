@@ -28,37 +28,23 @@ from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
-from depth_completion_ros.backends import (
-    DATASETS,
-    DEVICES,
-    MODEL_NAMES,
-    PRECISIONS,
-    BackendError,
-    make_backend,
-)
-from depth_completion_ros.calibration import (
-    CalibrationError,
-    extrinsics_from_values,
-    load_kitti_calibration,
-)
+from depth_completion_ros.backends import DATASETS, DEVICES, MODEL_NAMES, PRECISIONS
+from depth_completion_ros.calibration import CalibrationError
 from depth_completion_ros.messages import (
     MessageError,
     camera_info_to_camera,
-    camera_to_camera_info,
     image_to_rgb,
-    numpy_to_image,
-    organised_xyzrgb_cloud,
     pointcloud2_to_array,
     stamp_to_seconds,
 )
+from depth_completion_ros.node_setup import (
+    ConfigurationError,
+    extrinsics_from_parameters,
+    output_messages,
+    pipeline_from_parameters,
+)
 from depth_completion_ros.pairing import LatestSlot, Pair, StampPairer
-from depth_completion_ros.pipeline import DepthPipeline, InputError
-from depth_completion_ros.projection import ProjectionConfig
-from depth_completion_ros.visualization import colorize_depth
-
-
-class ConfigurationError(ValueError):
-    """A parameter value is unusable; the message names the parameter."""
+from depth_completion_ros.pipeline import InputError
 
 
 @dataclass(frozen=True)
@@ -167,29 +153,9 @@ class DepthCompletionNode(Node):
         self.config = {p.name: self.get_parameter(p.name).value for p in PARAMETERS}
         self._validate_config()
 
-        self.fixed_extrinsics = self._load_extrinsics()
-        try:
-            backend = make_backend(
-                model=self.config["model"],
-                checkpoint=self.config["checkpoint"],
-                device=self.config["device"],
-                precision=self.config["precision"],
-                dataset=self.config["dataset"],
-                compile=self.config["compile"],
-                max_depth=self.config["max_depth"],
-            )
-        except BackendError as exc:
-            raise ConfigurationError(f"parameter 'model'/'checkpoint': {exc}") from exc
-        self.pipeline = DepthPipeline(
-            backend,
-            ProjectionConfig(
-                min_depth=max(self.config["min_depth"], 0.05),
-                max_depth=self.config["max_depth"],
-                occlusion_window=self.config["occlusion_window"],
-            ),
-            min_depth=self.config["min_depth"],
-            max_depth=self.config["max_depth"],
-        )
+        self.fixed_extrinsics, self._extrinsics_source = extrinsics_from_parameters(self.config)
+        self.pipeline = pipeline_from_parameters(self.config)
+        backend = self.pipeline.backend
 
         self.pairer: StampPairer[Image, PointCloud2] = StampPairer(self.config["max_time_offset"])
         self.slot: LatestSlot[Pair[Image, PointCloud2]] = LatestSlot()
@@ -220,23 +186,18 @@ class DepthCompletionNode(Node):
         self.create_subscription(
             PointCloud2, self.config["points_topic"], self._on_cloud, input_qos
         )
-        self.depth_pub = self.create_publisher(Image, "depth/image", output_qos)
-        self.info_pub = self.create_publisher(CameraInfo, "depth/camera_info", output_qos)
-        self.points_pub = (
-            self.create_publisher(PointCloud2, "depth/points", output_qos)
-            if self.config["publish_points"]
-            else None
-        )
-        self.sparse_pub = (
-            self.create_publisher(Image, "sparse_depth/image", output_qos)
-            if self.config["publish_sparse"]
-            else None
-        )
-        self.colored_pub = (
-            self.create_publisher(Image, "depth/colored", output_qos)
-            if self.config["publish_colored"]
-            else None
-        )
+        enabled = {
+            "depth/image": (Image, True),
+            "depth/camera_info": (CameraInfo, True),
+            "depth/points": (PointCloud2, self.config["publish_points"]),
+            "sparse_depth/image": (Image, self.config["publish_sparse"]),
+            "depth/colored": (Image, self.config["publish_colored"]),
+        }
+        self._publishers_by_topic = {
+            topic: self.create_publisher(kind, topic, output_qos)
+            for topic, (kind, on) in enabled.items()
+            if on
+        }
         self.create_timer(self.config["diagnostics_period"], self._report)
 
         self._running = True
@@ -263,27 +224,6 @@ class DepthCompletionNode(Node):
                 f"parameters 'min_depth' ({self.config['min_depth']}) must be smaller than "
                 f"'max_depth' ({self.config['max_depth']})"
             )
-
-    def _load_extrinsics(self) -> np.ndarray | None:
-        values = [float(v) for v in self.config["extrinsics"]]
-        if self.config["calibration_dir"]:
-            try:
-                calibration = load_kitti_calibration(
-                    self.config["calibration_dir"], self.config["camera_index"]
-                )
-            except CalibrationError as exc:
-                raise ConfigurationError(f"parameter 'calibration_dir': {exc}") from exc
-            self._extrinsics_source = f"KITTI files in {self.config['calibration_dir']}"
-            return calibration.T_cam_lidar
-        if values != [0.0] and values:
-            try:
-                T = extrinsics_from_values(values)
-            except CalibrationError as exc:
-                raise ConfigurationError(f"parameter 'extrinsics': {exc}") from exc
-            self._extrinsics_source = "the 'extrinsics' parameter"
-            return T
-        self._extrinsics_source = "none (the cloud must be in the camera's frame)"
-        return None
 
     def _topic(self, key: str) -> str:
         return self.resolve_topic_name(self.config[key])
@@ -385,18 +325,10 @@ class DepthCompletionNode(Node):
         self._latencies.append(time.monotonic() - pair.received)  # type: ignore[attr-defined]
 
     def _publish(self, image: Image, camera, rgb: np.ndarray, result) -> None:
-        header = image.header  # outputs carry the camera image's stamp and frame (REP 118)
-        self.depth_pub.publish(numpy_to_image(result.dense, "32FC1", header))
-        self.info_pub.publish(camera_to_camera_info(camera, header))
-        if self.points_pub is not None:
-            xyz = self.pipeline.points_xyz(result.dense, camera)
-            self.points_pub.publish(organised_xyzrgb_cloud(xyz, rgb, header))
-        if self.sparse_pub is not None:
-            sparse = np.where(result.sparse > 0, result.sparse, np.nan).astype(np.float32)
-            self.sparse_pub.publish(numpy_to_image(sparse, "32FC1", header))
-        if self.colored_pub is not None:
-            colored = colorize_depth(result.dense, self.config["max_depth"])
-            self.colored_pub.publish(numpy_to_image(colored, "rgb8", header))
+        # outputs carry the camera image's stamp and frame (REP 118)
+        outputs = output_messages(image.header, camera, rgb, result, self.pipeline, self.config)
+        for topic, msg in outputs.items():
+            self._publishers_by_topic[topic].publish(msg)
 
     # --- diagnostics ------------------------------------------------------------------------
 

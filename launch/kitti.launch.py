@@ -26,23 +26,40 @@ def generate_launch_description() -> LaunchDescription:
     rviz_config = os.path.join(share, "config", "depth_completion.rviz")
 
     arguments = [
-        DeclareLaunchArgument("calibration_dir", default_value="",
-                              description="KITTI date folder with calib_*.txt ('' = use TF-free "
-                                          "'extrinsics' from the params file)"),
-        DeclareLaunchArgument("model", default_value="classical",
-                              description="classical | bpnet | selfdc | selfdc_r18"),
-        DeclareLaunchArgument("checkpoint", default_value="",
-                              description="weights file for a network model"),
+        DeclareLaunchArgument(
+            "calibration_dir",
+            default_value="",
+            description="KITTI date folder with calib_*.txt ('' = use TF-free "
+            "'extrinsics' from the params file)",
+        ),
+        DeclareLaunchArgument(
+            "model",
+            default_value="classical",
+            description="classical | bpnet | selfdc | selfdc_r18",
+        ),
+        DeclareLaunchArgument(
+            "checkpoint", default_value="", description="weights file for a network model"
+        ),
         DeclareLaunchArgument("device", default_value="auto", description="auto | cpu | cuda"),
         DeclareLaunchArgument("precision", default_value="fp32", description="fp32 | fp16 | bf16"),
-        DeclareLaunchArgument("image", default_value="/kitti/camera_color_left/image_raw",
-                              description="camera image topic"),
-        DeclareLaunchArgument("camera_info", default_value="/kitti/camera_color_left/camera_info",
-                              description="camera info topic"),
-        DeclareLaunchArgument("points", default_value="/kitti/velo/pointcloud",
-                              description="LiDAR PointCloud2 topic"),
-        DeclareLaunchArgument("use_sim_time", default_value="false",
-                              description="true when replaying a bag with --clock"),
+        DeclareLaunchArgument(
+            "image",
+            default_value="/kitti/camera_color_left/image_raw",
+            description="camera image topic",
+        ),
+        DeclareLaunchArgument(
+            "camera_info",
+            default_value="/kitti/camera_color_left/camera_info",
+            description="camera info topic",
+        ),
+        DeclareLaunchArgument(
+            "points", default_value="/kitti/velo/pointcloud", description="LiDAR PointCloud2 topic"
+        ),
+        DeclareLaunchArgument(
+            "use_sim_time",
+            default_value="false",
+            description="true when replaying a bag with --clock",
+        ),
         DeclareLaunchArgument("rviz", default_value="false", description="start RViz"),
     ]
     node = Node(
@@ -58,7 +75,9 @@ def generate_launch_description() -> LaunchDescription:
                 "checkpoint": LaunchConfiguration("checkpoint"),
                 "device": LaunchConfiguration("device"),
                 "precision": LaunchConfiguration("precision"),
-                "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool),
+                "use_sim_time": ParameterValue(
+                    LaunchConfiguration("use_sim_time"), value_type=bool
+                ),
             },
         ],
         remappings=[

@@ -60,17 +60,13 @@ def kitti_drive_dir(kitti_calib_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def kitti_scan_path(kitti_drive_dir: Path) -> Path:
     """The frame's Velodyne scan (.bin, float32 x, y, z, reflectance)."""
-    return _require(
-        kitti_drive_dir / "velodyne_points" / "data" / f"{KITTI_DC_FRAME_ID:010d}.bin"
-    )
+    return _require(kitti_drive_dir / "velodyne_points" / "data" / f"{KITTI_DC_FRAME_ID:010d}.bin")
 
 
 @pytest.fixture(scope="session")
 def kitti_image_path(kitti_drive_dir: Path) -> Path:
     """The frame's left colour image (image_02)."""
-    return _require(
-        kitti_drive_dir / "image_02" / "data" / f"{KITTI_DC_FRAME_ID:010d}.png"
-    )
+    return _require(kitti_drive_dir / "image_02" / "data" / f"{KITTI_DC_FRAME_ID:010d}.png")
 
 
 def _dc_path(kitti_dc_frame: Path, release: str, kind: str) -> Path:

@@ -15,14 +15,20 @@ from depth_completion_ros.tools import export_rgbd, kitti_to_bag, process_bag
 def test_tum_and_droid_layouts(tmp_path: Path, kitti_drive_dir: Path, kitti_calib_dir: Path):
     raw, bag = tmp_path / "raw", tmp_path / "processed"
     assert kitti_to_bag.main([str(kitti_drive_dir), str(raw), "--cameras", "2"]) == 0
-    assert process_bag.main(
-        [str(raw), str(bag), "--calibration-dir", str(kitti_calib_dir), "--no-progress"]
-    ) == 0
+    assert (
+        process_bag.main(
+            [str(raw), str(bag), "--calibration-dir", str(kitti_calib_dir), "--no-progress"]
+        )
+        == 0
+    )
     with BagReader(bag) as reader:
         message = next(reader.messages(["/depth/image"]))
     dense = image_to_depth(to_ros(message.data, message.msgtype))
-    K = np.asarray(to_ros(next(BagReader(bag).messages(["/depth/camera_info"])).data,
-                          "sensor_msgs/msg/CameraInfo").k).reshape(3, 3)
+    K = np.asarray(
+        to_ros(
+            next(BagReader(bag).messages(["/depth/camera_info"])).data, "sensor_msgs/msg/CameraInfo"
+        ).k
+    ).reshape(3, 3)
 
     assert export_rgbd.main([str(bag), str(tmp_path / "tum"), "--depth-scale", "1000"]) == 0
     tum = tmp_path / "tum"
@@ -39,8 +45,9 @@ def test_tum_and_droid_layouts(tmp_path: Path, kitti_drive_dir: Path, kitti_cali
 
     assert export_rgbd.main([str(bag), str(tmp_path / "droid"), "--layout", "droid"]) == 0
     droid = tmp_path / "droid"
-    np.testing.assert_array_equal(np.load(droid / "depth" / "000000.npy"),
-                                  np.nan_to_num(dense, nan=0.0))
+    np.testing.assert_array_equal(
+        np.load(droid / "depth" / "000000.npy"), np.nan_to_num(dense, nan=0.0)
+    )
     assert (droid / "image" / "000000.png").is_file()
     assert np.loadtxt(droid / "calib.txt").shape == (4,)
 

@@ -15,9 +15,10 @@ from depth_completion_ros.tools import fuse_rgbd, kitti_to_bag, process_bag
 def _processed(tmp_path: Path, drive: Path, calib: Path) -> Path:
     raw, out = tmp_path / "raw", tmp_path / "processed"
     assert kitti_to_bag.main([str(drive), str(raw), "--cameras", "2"]) == 0
-    assert process_bag.main(
-        [str(raw), str(out), "--calibration-dir", str(calib), "--no-progress"]
-    ) == 0
+    assert (
+        process_bag.main([str(raw), str(out), "--calibration-dir", str(calib), "--no-progress"])
+        == 0
+    )
     return out
 
 
@@ -40,8 +41,9 @@ def test_icp_fusion_agrees_with_lidar(tmp_path: Path, kitti_raw_seq: Path, capsy
     assert not (tmp_path / "tf" / "mesh.ply").exists()
 
 
-def test_tf_poses_from_oxts(tmp_path: Path, kitti_drive_dir: Path, kitti_calib_dir: Path,
-                            capsys) -> None:
+def test_tf_poses_from_oxts(
+    tmp_path: Path, kitti_drive_dir: Path, kitti_calib_dir: Path, capsys
+) -> None:
     bag = _processed(tmp_path, kitti_drive_dir, kitti_calib_dir)
     capsys.readouterr()
     assert fuse_rgbd.main([str(bag), str(tmp_path / "map"), "--poses", "tf", "--evaluate"]) == 0

@@ -53,7 +53,9 @@ def _check_frames(bag: Path, drive: Path, frame_ids: list[int], cameras: list[in
         calibration = load_kitti_calibration(calib, index)
         P_rect = parse_kitti_calib_file(calib / "calib_cam_to_cam.txt")[f"P_rect_{index:02d}"]
         for frame_id, m, mi in zip(
-            frame_ids, messages[topic], messages[kitti_to_bag.camera_info_topic(index)],
+            frame_ids,
+            messages[topic],
+            messages[kitti_to_bag.camera_info_topic(index)],
             strict=True,
         ):
             image = to_ros(m.data, m.msgtype)
@@ -79,9 +81,7 @@ def _check_frames(bag: Path, drive: Path, frame_ids: list[int], cameras: list[in
             statics,
             ["velodyne", kitti_to_bag.camera_frame(index), kitti_to_bag.optical_frame(index)],
         )
-        np.testing.assert_allclose(
-            np.linalg.inv(T_velo_opt), calibration.T_cam_lidar, atol=1e-9
-        )
+        np.testing.assert_allclose(np.linalg.inv(T_velo_opt), calibration.T_cam_lidar, atol=1e-9)
         # REP 103: the camera body's x axis looks forward like the LiDAR's x axis
         T_velo_body = _chain(statics, ["velodyne", kitti_to_bag.camera_frame(index)])
         assert T_velo_body[0, 0] > 0.99
@@ -102,8 +102,9 @@ def _check_metadata(bag: Path, storage: str, topics: dict[str, str]) -> None:
     files = meta["relative_file_paths"]
     assert files == [f"{bag.name}.{'mcap' if storage == 'mcap' else 'db3'}"]
     assert (bag / files[0]).is_file()
-    recorded = {t["topic_metadata"]["name"]: t["topic_metadata"] for t in
-                meta["topics_with_message_count"]}
+    recorded = {
+        t["topic_metadata"]["name"]: t["topic_metadata"] for t in meta["topics_with_message_count"]
+    }
     assert {name: t["type"] for name, t in recorded.items()} == topics
     for t in recorded.values():
         assert t["serialization_format"] == "cdr"
@@ -116,12 +117,16 @@ def _check_metadata(bag: Path, storage: str, topics: dict[str, str]) -> None:
 def test_sequence_to_mcap(tmp_path: Path) -> None:
     bag = tmp_path / "seq"
     assert kitti_to_bag.main([str(SEQ), str(bag), "--cameras", "2"]) == 0
-    _check_metadata(bag, "mcap", {
-        "/tf_static": "tf2_msgs/msg/TFMessage",
-        "/kitti/camera_color_left/image_raw": "sensor_msgs/msg/Image",
-        "/kitti/camera_color_left/camera_info": "sensor_msgs/msg/CameraInfo",
-        "/kitti/velo/pointcloud": "sensor_msgs/msg/PointCloud2",
-    })
+    _check_metadata(
+        bag,
+        "mcap",
+        {
+            "/tf_static": "tf2_msgs/msg/TFMessage",
+            "/kitti/camera_color_left/image_raw": "sensor_msgs/msg/Image",
+            "/kitti/camera_color_left/camera_info": "sensor_msgs/msg/CameraInfo",
+            "/kitti/velo/pointcloud": "sensor_msgs/msg/PointCloud2",
+        },
+    )
     _check_frames(bag, SEQ, list(range(20)), [2])
     # a second run refuses to overwrite, and leaves no partial folder behind
     assert kitti_to_bag.main([str(SEQ), str(bag), "--cameras", "2"]) == 1
@@ -131,15 +136,19 @@ def test_sequence_to_mcap(tmp_path: Path) -> None:
 def test_dc_frame_with_oxts_to_sqlite(tmp_path: Path) -> None:
     bag = tmp_path / "dc"
     assert kitti_to_bag.main([str(DC), str(bag), "--storage", "sqlite3"]) == 0
-    _check_metadata(bag, "sqlite3", {
-        "/tf_static": "tf2_msgs/msg/TFMessage",
-        "/tf": "tf2_msgs/msg/TFMessage",
-        "/kitti/camera_color_left/image_raw": "sensor_msgs/msg/Image",
-        "/kitti/camera_color_left/camera_info": "sensor_msgs/msg/CameraInfo",
-        "/kitti/camera_color_right/image_raw": "sensor_msgs/msg/Image",
-        "/kitti/camera_color_right/camera_info": "sensor_msgs/msg/CameraInfo",
-        "/kitti/velo/pointcloud": "sensor_msgs/msg/PointCloud2",
-    })
+    _check_metadata(
+        bag,
+        "sqlite3",
+        {
+            "/tf_static": "tf2_msgs/msg/TFMessage",
+            "/tf": "tf2_msgs/msg/TFMessage",
+            "/kitti/camera_color_left/image_raw": "sensor_msgs/msg/Image",
+            "/kitti/camera_color_left/camera_info": "sensor_msgs/msg/CameraInfo",
+            "/kitti/camera_color_right/image_raw": "sensor_msgs/msg/Image",
+            "/kitti/camera_color_right/camera_info": "sensor_msgs/msg/CameraInfo",
+            "/kitti/velo/pointcloud": "sensor_msgs/msg/PointCloud2",
+        },
+    )
     _check_frames(bag, DC, [5], [2, 3])
     messages = _read_all(bag)
     # base_link -> velodyne is the inverse of calib_imu_to_velo's velodyne <- imu transform
@@ -171,8 +180,15 @@ def test_bad_inputs(tmp_path: Path) -> None:
         (DC / "velodyne_points/data/0000000005.bin").read_bytes()
     )
     result = subprocess.run(
-        [sys.executable, "-m", "depth_completion_ros.tools.kitti_to_bag", str(drive),
-         str(tmp_path / "out")], capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "depth_completion_ros.tools.kitti_to_bag",
+            str(drive),
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 1
     assert "calib_cam_to_cam.txt" in result.stderr

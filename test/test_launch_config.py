@@ -69,7 +69,12 @@ def test_node_runs_with_params_file_and_xml_profile(
     extra = ["--params-file", str(REPO / "config" / "kitti.yaml")]
     # the generated parameter file comes first; kitti.yaml overrides all but calibration_dir,
     # which it leaves empty, so give that one explicitly last
-    extra += ["-p", f"calibration_dir:={drive.calibration_dir}", "-p", "input_reliability:=reliable"]
+    extra += [
+        "-p",
+        f"calibration_dir:={drive.calibration_dir}",
+        "-p",
+        "input_reliability:=reliable",
+    ]
     with node_graph({}, ros_domain_id, tmp_path, transport="profile", extra_args=extra) as graph:
         result = graph.player.play(
             frames, graph.executor, wait_topics=("depth/image", "depth/colored"), timeout=15.0

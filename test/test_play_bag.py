@@ -35,7 +35,10 @@ def bag(tmp_path_factory) -> Path:
 def _play(bag: Path, domain: int, *args: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "depth_completion_ros.tools.play_bag", str(bag), *args],
-        env=ros_environment(domain), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=ros_environment(domain),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -63,9 +66,23 @@ def test_play_offset_topics_remap_clock(bag: Path, ros_domain_id: int) -> None:
     node.create_subscription(CameraInfo, INFO, got["info"].append, qos)
     node.create_subscription(Clock, "/clock", got["clock"].append, qos)
     process = _play(
-        bag, ros_domain_id, "--rate", "1", "--start-offset", "1.45", "--topics", IMAGE, INFO, POINTS,
-        "/tf_static", "--remap", f"{IMAGE}:=/camera/image", "--clock", "50",
-        "--wait-for-subscribers", "20",
+        bag,
+        ros_domain_id,
+        "--rate",
+        "1",
+        "--start-offset",
+        "1.45",
+        "--topics",
+        IMAGE,
+        INFO,
+        POINTS,
+        "/tf_static",
+        "--remap",
+        f"{IMAGE}:=/camera/image",
+        "--clock",
+        "50",
+        "--wait-for-subscribers",
+        "20",
     )
     try:
         deadline = time.monotonic() + 60

@@ -61,8 +61,12 @@ def test_node_over_dds_equals_offline(
     bag: Path, kitti_raw_seq: Path, ros_domain_id: int, tmp_path: Path
 ) -> None:
     parameters = {
-        **TOPICS, "calibration_dir": str(kitti_raw_seq), "camera_index": 2,
-        "publish_points": True, "publish_sparse": False, "publish_colored": False,
+        **TOPICS,
+        "calibration_dir": str(kitti_raw_seq),
+        "camera_index": 2,
+        "publish_points": True,
+        "publish_sparse": False,
+        "publish_colored": False,
         "model": "classical",
         # reliable inputs: on a loaded 2-core machine best-effort multi-MB samples get dropped,
         # and this test is about identity, not about loss
@@ -102,10 +106,22 @@ def test_node_over_dds_equals_offline(
             executor.spin_once(timeout_sec=0.1)
         # frames 14..19 at 2.5 Hz: the node finishes each frame before the next arrives
         player = subprocess.Popen(
-            [sys.executable, "-m", "depth_completion_ros.tools.play_bag", str(bag),
-             "--rate", "0.25", "--start-offset", "1.35", "--wait-for-subscribers", "30"],
-            env=ros_environment(ros_domain_id), stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True,
+            [
+                sys.executable,
+                "-m",
+                "depth_completion_ros.tools.play_bag",
+                str(bag),
+                "--rate",
+                "0.25",
+                "--start-offset",
+                "1.35",
+                "--wait-for-subscribers",
+                "30",
+            ],
+            env=ros_environment(ros_domain_id),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         deadline = time.monotonic() + 90
         while player.poll() is None and time.monotonic() < deadline:
@@ -128,17 +144,27 @@ def test_node_over_dds_equals_offline(
         assert _fields(points[stamp], PointCloud2) == _fields(offline_points[stamp], PointCloud2)
     # and the depth is real: most of the lower image is filled with plausible metres
     sample = image_to_depth(to_ros(next(iter(depth.values())), "sensor_msgs/msg/Image"))
-    lower = sample[sample.shape[0] // 2:]
+    lower = sample[sample.shape[0] // 2 :]
     assert np.isfinite(lower).mean() > 0.8
     assert 1.0 < np.nanmedian(lower) < 60.0
 
 
 def test_kitti_png_folder_and_bad_inputs(bag: Path, kitti_raw_seq: Path, tmp_path: Path) -> None:
     out, pngs = tmp_path / "out", tmp_path / "pngs"
-    code = process_bag.main([
-        str(bag), str(out), "--calibration-dir", str(kitti_raw_seq), "--kitti-depth-dir",
-        str(pngs), "--outputs-only", "--no-progress", "-p", "publish_points:=false",
-    ])
+    code = process_bag.main(
+        [
+            str(bag),
+            str(out),
+            "--calibration-dir",
+            str(kitti_raw_seq),
+            "--kitti-depth-dir",
+            str(pngs),
+            "--outputs-only",
+            "--no-progress",
+            "-p",
+            "publish_points:=false",
+        ]
+    )
     assert code == 0
     with BagReader(out) as reader:
         assert set(reader.topics) == {"/depth/image", "/depth/camera_info"}
@@ -152,10 +178,19 @@ def test_kitti_png_folder_and_bad_inputs(bag: Path, kitti_raw_seq: Path, tmp_pat
 
     # topics that do not match: exit 1, the message names the topic, nothing left behind
     result = subprocess.run(
-        [sys.executable, "-m", "depth_completion_ros.tools.process_bag", str(bag),
-         str(tmp_path / "bad"), "--image-topic", "/camera/image", "--kitti-depth-dir",
-         str(tmp_path / "badpngs")],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "depth_completion_ros.tools.process_bag",
+            str(bag),
+            str(tmp_path / "bad"),
+            "--image-topic",
+            "/camera/image",
+            "--kitti-depth-dir",
+            str(tmp_path / "badpngs"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 1
     assert "/camera/image" in result.stderr and "/kitti/velo/pointcloud" in result.stderr
@@ -172,9 +207,16 @@ def test_kitti_png_folder_and_bad_inputs(bag: Path, kitti_raw_seq: Path, tmp_pat
     data = (bag / "seq.mcap").read_bytes()
     (broken / "seq.mcap").write_bytes(data[: len(data) * 2 // 3])
     result = subprocess.run(
-        [sys.executable, "-m", "depth_completion_ros.tools.process_bag", str(broken),
-         str(tmp_path / "from_broken"), "--no-progress"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "depth_completion_ros.tools.process_bag",
+            str(broken),
+            str(tmp_path / "from_broken"),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 1
     assert str(broken) in result.stderr

@@ -41,9 +41,7 @@ def _plane(size: float = 500.0) -> o3d.geometry.TriangleMesh:
     )
 
 
-def _pose(
-    x: float = 0.0, y: float = 0.0, z: float = 0.0, yaw_deg: float = 0.0
-) -> np.ndarray:
+def _pose(x: float = 0.0, y: float = 0.0, z: float = 0.0, yaw_deg: float = 0.0) -> np.ndarray:
     c, s = np.cos(np.deg2rad(yaw_deg)), np.sin(np.deg2rad(yaw_deg))
     pose = np.eye(4)
     pose[:3, :3] = [[c, -s, 0], [s, c, 0], [0, 0, 1]]
@@ -76,23 +74,13 @@ def test_ray_directions_are_unit_and_span_the_beam_pattern() -> None:
     assert elev.max() == pytest.approx(2.0, abs=1e-3)
     assert elev.min() == pytest.approx(-24.9, abs=1e-3)
     grid = dirs.reshape(model.n_beams, model.n_columns, 3)
-    np.testing.assert_allclose(
-        grid[:, :, 2], grid[:, :1, 2].repeat(model.n_columns, 1), atol=1e-6
-    )
+    np.testing.assert_allclose(grid[:, :, 2], grid[:, :1, 2].repeat(model.n_columns, 1), atol=1e-6)
 
     vlp = LidarModel.vlp16()
-    assert (
-        vlp.n_beams == 16
-        and vlp.elevations_deg[0] == 15.0
-        and vlp.elevations_deg[-1] == -15.0
-    )
+    assert vlp.n_beams == 16 and vlp.elevations_deg[0] == 15.0 and vlp.elevations_deg[-1] == -15.0
 
-    sector = LidarModel.uniform(
-        8, 5.0, -5.0, azimuth_fov_deg=90.0, azimuth_resolution_deg=1.0
-    )
-    az = np.rad2deg(
-        np.arctan2(ray_directions(sector)[:, 1], ray_directions(sector)[:, 0])
-    )
+    sector = LidarModel.uniform(8, 5.0, -5.0, azimuth_fov_deg=90.0, azimuth_resolution_deg=1.0)
+    az = np.rad2deg(np.arctan2(ray_directions(sector)[:, 1], ray_directions(sector)[:, 0]))
     assert sector.n_columns == 90 and np.abs(az).max() < 45.0 and az[0] > az[1]
 
 
@@ -117,8 +105,7 @@ def test_range_limits_are_respected_and_inputs_interchangeable() -> None:
     legacy = _plane()
     tensor_mesh = o3d.t.geometry.TriangleMesh.from_legacy(legacy)
     scans = [
-        cast(m, model, _pose(z=1.5))
-        for m in (legacy, tensor_mesh, make_raycasting_scene(legacy))
+        cast(m, model, _pose(z=1.5)) for m in (legacy, tensor_mesh, make_raycasting_scene(legacy))
     ]
     ranges = scans[0].ranges
     assert ranges.min() >= 3.0 and ranges.max() <= 20.0
@@ -145,9 +132,7 @@ def test_range_noise_is_seeded() -> None:
 def test_stage1_pose_scans_a_mesh_in_camera_coordinates() -> None:
     """A wall 10 m ahead along the optical z axis, scanned by a level LiDAR at the camera."""
     wall = _plane(100.0)
-    wall.rotate(
-        o3d.geometry.get_rotation_matrix_from_xyz((np.pi / 2, 0, 0)), center=(0, 0, 0)
-    )
+    wall.rotate(o3d.geometry.get_rotation_matrix_from_xyz((np.pi / 2, 0, 0)), center=(0, 0, 0))
     wall.translate((0, 0, 10.0))
     scan = cast(wall, LidarModel.vlp16(), lidar_pose_in_optical_frame())
     np.testing.assert_allclose(scan.xyz[:, 0], 10.0, atol=1e-4)  # LiDAR x = forward
@@ -244,9 +229,7 @@ def test_written_kitti_layout_reads_back(frames, tmp_path: Path) -> None:
         ours = _parse_calib(tmp_path / "2011_09_26" / name)
         kitti = _parse_calib(KITTI_RAW / name)
         assert list(ours) == list(kitti), name  # same keys, same order
-        assert re.fullmatch(
-            r"\d{2}-[A-Z][a-z]{2}-\d{4} \d{2}:\d{2}:\d{2}", ours["calib_time"]
-        )
+        assert re.fullmatch(r"\d{2}-[A-Z][a-z]{2}-\d{4} \d{2}:\d{2}:\d{2}", ours["calib_time"])
         for key, value in ours.items():
             if key != "calib_time":
                 assert len(value.split()) == len(kitti[key].split()), key
@@ -260,25 +243,17 @@ def test_written_kitti_layout_reads_back(frames, tmp_path: Path) -> None:
     r_rect = np.eye(4)
     r_rect[:3, :3] = _floats(cam["R_rect_00"], (3, 3))
     kitti_chain = _floats(cam["P_rect_02"], (3, 4)) @ r_rect @ tr
-    np.testing.assert_allclose(
-        kitti_chain, frames[0].P @ frames[0].T_velo_to_cam, atol=1e-3
-    )
+    np.testing.assert_allclose(kitti_chain, frames[0].P @ frames[0].T_velo_to_cam, atol=1e-3)
     assert _floats(cam["S_rect_02"], (2,)).tolist() == [1242, 375]
-    calib = load_kitti_calibration(
-        tmp_path / "2011_09_26", camera_index=2
-    )  # the node's reader
+    calib = load_kitti_calibration(tmp_path / "2011_09_26", camera_index=2)  # the node's reader
     np.testing.assert_allclose(calib.T_cam_lidar, frames[0].T_velo_to_cam, atol=1e-5)
     np.testing.assert_allclose(calib.camera.P, frames[0].P, atol=1e-3)
 
     for i, f in enumerate(frames):
         name = f"{i:010d}"
-        points = np.fromfile(
-            drive / "velodyne_points" / "data" / f"{name}.bin", dtype=np.float32
-        )
+        points = np.fromfile(drive / "velodyne_points" / "data" / f"{name}.bin", dtype=np.float32)
         np.testing.assert_array_equal(points.reshape(-1, 4), f.points)
-        bgr = cv2.imread(
-            str(drive / "image_02" / "data" / f"{name}.png"), cv2.IMREAD_UNCHANGED
-        )
+        bgr = cv2.imread(str(drive / "image_02" / "data" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
         np.testing.assert_array_equal(bgr[..., ::-1], f.rgb)
         gt_path = drive / "proj_depth" / "groundtruth" / "image_02" / f"{name}.png"
         gt = cv2.imread(str(gt_path), cv2.IMREAD_UNCHANGED)
@@ -289,9 +264,6 @@ def test_written_kitti_layout_reads_back(frames, tmp_path: Path) -> None:
     for sub in ("image_02", "velodyne_points"):
         lines = (drive / sub / "timestamps.txt").read_text().splitlines()
         assert len(lines) == len(frames)
-        assert all(
-            re.fullmatch(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{9}", x)
-            for x in lines
-        )
+        assert all(re.fullmatch(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{9}", x) for x in lines)
         assert lines[0] == "2011-09-26 13:00:00.000000000"
         assert lines[1] == "2011-09-26 13:00:00.100000000"

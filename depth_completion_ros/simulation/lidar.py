@@ -88,14 +88,10 @@ class LidarModel:
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
-        elev = tuple(
-            float(e) for e in np.asarray(self.elevations_deg, dtype=np.float64).ravel()
-        )
+        elev = tuple(float(e) for e in np.asarray(self.elevations_deg, dtype=np.float64).ravel())
         object.__setattr__(self, "elevations_deg", elev)
         if not elev:
-            raise ValueError(
-                "LidarModel needs at least one beam elevation angle (degrees)."
-            )
+            raise ValueError("LidarModel needs at least one beam elevation angle (degrees).")
         if not all(-90.0 <= e <= 90.0 for e in elev):
             raise ValueError(
                 f"LidarModel elevations must lie in [-90, 90] degrees, got "
@@ -107,23 +103,17 @@ class LidarModel:
                 f"than azimuth_fov_deg={self.azimuth_fov_deg}."
             )
         if not 0.0 < self.azimuth_fov_deg <= 360.0:
-            raise ValueError(
-                f"azimuth_fov_deg={self.azimuth_fov_deg} must be in (0, 360]."
-            )
+            raise ValueError(f"azimuth_fov_deg={self.azimuth_fov_deg} must be in (0, 360].")
         if not 0.0 <= self.min_range < self.max_range:
             raise ValueError(
                 f"Need 0 <= min_range < max_range, got min_range={self.min_range}, "
                 f"max_range={self.max_range} (metres)."
             )
         if self.range_noise_std < 0.0:
-            raise ValueError(
-                f"range_noise_std={self.range_noise_std} must be >= 0 (metres)."
-            )
+            raise ValueError(f"range_noise_std={self.range_noise_std} must be >= 0 (metres).")
 
     @classmethod
-    def from_elevations(
-        cls, elevations_deg: Sequence[float] | np.ndarray, **kwargs
-    ) -> LidarModel:
+    def from_elevations(cls, elevations_deg: Sequence[float] | np.ndarray, **kwargs) -> LidarModel:
         """Any sensor, or a random beam pattern (stage 1), from its beam elevation angles."""
         return cls(
             elevations_deg=tuple(np.asarray(elevations_deg, dtype=float).ravel()),
@@ -131,9 +121,7 @@ class LidarModel:
         )
 
     @classmethod
-    def uniform(
-        cls, n_beams: int, upper_deg: float, lower_deg: float, **kwargs
-    ) -> LidarModel:
+    def uniform(cls, n_beams: int, upper_deg: float, lower_deg: float, **kwargs) -> LidarModel:
         """Evenly spaced beams from ``upper_deg`` down to ``lower_deg``."""
         if n_beams < 1:
             raise ValueError(f"n_beams={n_beams} must be >= 1.")
@@ -191,9 +179,7 @@ def _ray_directions_cached(model: LidarModel) -> np.ndarray:
     elev = np.deg2rad(np.asarray(model.elevations_deg, dtype=np.float64))[:, None]
     azim = np.deg2rad(model.azimuths_deg())[None, :]
     dirs = np.stack(
-        np.broadcast_arrays(
-            np.cos(elev) * np.cos(azim), np.cos(elev) * np.sin(azim), np.sin(elev)
-        ),
+        np.broadcast_arrays(np.cos(elev) * np.cos(azim), np.cos(elev) * np.sin(azim), np.sin(elev)),
         axis=-1,
     ).reshape(-1, 3)
     dirs = dirs.astype(np.float32)
@@ -277,14 +263,10 @@ def _check_pose(pose: np.ndarray | None) -> np.ndarray:
         return np.eye(4)
     pose = np.asarray(pose, dtype=np.float64)
     if pose.shape != (4, 4):
-        raise ValueError(
-            f"pose must be a 4x4 LiDAR-to-scene transform, got shape {pose.shape}."
-        )
+        raise ValueError(f"pose must be a 4x4 LiDAR-to-scene transform, got shape {pose.shape}.")
     rot = pose[:3, :3]
     if not np.allclose(rot @ rot.T, np.eye(3), atol=1e-5) or np.linalg.det(rot) < 0:
-        raise ValueError(
-            "pose[:3, :3] must be a proper rotation (orthonormal, det +1)."
-        )
+        raise ValueError("pose[:3, :3] must be a proper rotation (orthonormal, det +1).")
     return pose
 
 

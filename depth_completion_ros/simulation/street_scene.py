@@ -78,13 +78,9 @@ class CameraRig:
 
     def __post_init__(self) -> None:
         if self.width < 1 or self.height < 1:
-            raise ValueError(
-                f"Image size must be positive, got {self.width}x{self.height}."
-            )
+            raise ValueError(f"Image size must be positive, got {self.width}x{self.height}.")
         if self.fx <= 0 or self.fy <= 0:
-            raise ValueError(
-                f"Focal lengths must be > 0, got fx={self.fx}, fy={self.fy}."
-            )
+            raise ValueError(f"Focal lengths must be > 0, got fx={self.fx}, fy={self.fy}.")
 
     @classmethod
     def kitti(cls, width: int = 1242, height: int = 375, **kwargs) -> CameraRig:
@@ -102,9 +98,7 @@ class CameraRig:
 
     @property
     def K(self) -> np.ndarray:
-        return np.array(
-            [[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]]
-        )
+        return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
 
     @property
     def P(self) -> np.ndarray:
@@ -168,9 +162,7 @@ class _MeshBuilder:
         self.label: list[np.ndarray] = []
         self._n_vertices = 0
 
-    def _add(
-        self, verts: np.ndarray, tris: np.ndarray, albedo, material: int, label: int
-    ) -> None:
+    def _add(self, verts: np.ndarray, tris: np.ndarray, albedo, material: int, label: int) -> None:
         self.vertices.append(verts)
         self.triangles.append(tris + self._n_vertices)
         self._n_vertices += len(verts)
@@ -203,9 +195,7 @@ class _MeshBuilder:
         label,
     ):
         """Horizontal rectangle facing up."""
-        verts = np.array(
-            [[x0, y0, z], [x1, y0, z], [x1, y1, z], [x0, y1, z]], dtype=float
-        )
+        verts = np.array([[x0, y0, z], [x1, y0, z], [x1, y1, z], [x0, y1, z]], dtype=float)
         self._add(verts, np.array([[0, 1, 2], [0, 2, 3]]), albedo, material, label)
 
 
@@ -236,9 +226,7 @@ class StreetScene:
         mesh.compute_vertex_normals()
         return mesh
 
-    def surface_albedo(
-        self, points: np.ndarray, primitive_ids: np.ndarray
-    ) -> np.ndarray:
+    def surface_albedo(self, points: np.ndarray, primitive_ids: np.ndarray) -> np.ndarray:
         """Textured albedo (N, 3) float32 at world ``points`` lying on triangles ``primitive_ids``.
 
         Textures are procedural in world coordinates, so camera and LiDAR agree on them and they
@@ -247,9 +235,7 @@ class StreetScene:
         albedo = self.albedo[primitive_ids].copy()
         material = self.material[primitive_ids]
         x, y, z = (points[:, k].astype(np.float64) for k in range(3))
-        grain = 0.9 + 0.2 * _hash_noise(
-            np.floor(x * 6), np.floor(y * 6), np.floor(z * 6)
-        )
+        grain = 0.9 + 0.2 * _hash_noise(np.floor(x * 6), np.floor(y * 6), np.floor(z * 6))
         albedo *= grain[:, None].astype(np.float32)
 
         road = material == _ROAD
@@ -262,9 +248,7 @@ class StreetScene:
         if paving.any():
             grout = (np.mod(x[paving], 0.6) < 0.03) | (np.mod(y[paving], 0.6) < 0.03)
             checker = (np.floor(x[paving] / 0.6) + np.floor(y[paving] / 0.6)) % 2 == 0
-            scale = np.where(grout, 0.55, np.where(checker, 0.9, 1.05)).astype(
-                np.float32
-            )
+            scale = np.where(grout, 0.55, np.where(checker, 0.9, 1.05)).astype(np.float32)
             albedo[paving] *= scale[:, None]
         facade = material == _FACADE
         if facade.any():
@@ -322,9 +306,7 @@ def make_street(seed: int = 0, length: float = 200.0) -> StreetScene:
     only beyond ``length - 140`` m so the ego never drives into one.
     """
     if length < 60.0:
-        raise ValueError(
-            f"length={length} m is too short; use >= 60 m (cars sit up to 60 m)."
-        )
+        raise ValueError(f"length={length} m is too short; use >= 60 m (cars sit up to 60 m).")
     rng = np.random.default_rng(seed)
     b = _MeshBuilder()
     x0, x1 = -30.0, float(length)
@@ -353,9 +335,7 @@ def make_street(seed: int = 0, length: float = 200.0) -> StreetScene:
             lo, hi = sorted((side * near, side * (near + 12.0)))
             colour = _BUILDING_COLOURS[rng.integers(len(_BUILDING_COLOURS))]
             colour = colour * rng.uniform(0.9, 1.1)
-            b.box(
-                (x, lo, 0.0), (x + lb, hi, rng.uniform(6.0, 22.0)), colour, _FACADE, 3
-            )
+            b.box((x, lo, 0.0), (x + lb, hi, rng.uniform(6.0, 22.0)), colour, _FACADE, 3)
             x += lb + (rng.uniform(1.0, 5.0) if rng.random() < 0.4 else 0.0)
         x = x0 + rng.uniform(0.0, 10.0)
         while x < x1:  # poles, every other one carrying a sign facing the traffic
@@ -432,9 +412,7 @@ def _shade(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per hit: textured albedo (N, 3), Lambertian light (N,) and cosine of incidence (N,)."""
     albedo = scene.surface_albedo(hit_points, prim)
-    facing = np.where(np.einsum("ij,ij->i", normals, dirs) > 0, -1.0, 1.0).astype(
-        np.float32
-    )
+    facing = np.where(np.einsum("ij,ij->i", normals, dirs) > 0, -1.0, 1.0).astype(np.float32)
     n = normals * facing[:, None]
     light = _AMBIENT + (1.0 - _AMBIENT) * np.clip(
         np.einsum("ij,j->i", n, _SUN.astype(np.float32)), 0.0, 1.0
@@ -453,9 +431,7 @@ def render_camera(
     rays = np.empty((dirs.shape[0], 6), dtype=np.float32)
     rays[:, :3] = T_world_cam[:3, 3]
     rays[:, 3:] = dirs
-    hits = scene.raycasting.cast_rays(
-        o3d.core.Tensor.from_numpy(rays), nthreads=nthreads
-    )
+    hits = scene.raycasting.cast_rays(o3d.core.Tensor.from_numpy(rays), nthreads=nthreads)
     t_hit = hits["t_hit"].numpy()
     hit = np.flatnonzero(np.isfinite(t_hit))
     prim = hits["primitive_ids"].numpy()[hit]
@@ -488,9 +464,7 @@ def scan_lidar(
     dirs = rotate_vectors(scan.xyz, T_world_velo[:3, :3])
     world = dirs + T_world_velo[:3, 3].astype(np.float32)
     albedo, _, cos_inc = _shade(scene, world, scan.primitive_ids, scan.normals, dirs)
-    reflect = np.einsum(
-        "ij,j->i", albedo, np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    )
+    reflect = np.einsum("ij,j->i", albedo, np.array([0.299, 0.587, 0.114], dtype=np.float32))
     scan.points[:, 3] = np.clip(reflect * cos_inc, 0.0, 1.0)
     return scan.points
 
@@ -529,9 +503,7 @@ def make_sequence(
         T_world_velo = np.eye(4)
         T_world_velo[:3, 3] = (speed * i, -1.75, rig.lidar_height)
         rgb, depth, semantic = render_camera(scene, rig, T_world_velo)
-        points = scan_lidar(
-            scene, lidar, T_world_velo, rng=np.random.default_rng([seed, i])
-        )
+        points = scan_lidar(scene, lidar, T_world_velo, rng=np.random.default_rng([seed, i]))
         frames.append(
             SyntheticFrame(
                 rgb=rgb,
@@ -555,9 +527,7 @@ _KITTI_CAM_OFFSETS = {0: (0.0, 0.0, 0.0), 1: (-0.54, 0.0, 0.0), 3: (-0.47, 0.0, 
 
 def _fmt(values) -> str:
     """KITTI's number format: %e, space separated (``+ 0.0`` turns -0.0 into 0.0)."""
-    return " ".join(
-        f"{float(v) + 0.0:e}" for v in np.asarray(values, dtype=np.float64).ravel()
-    )
+    return " ".join(f"{float(v) + 0.0:e}" for v in np.asarray(values, dtype=np.float64).ravel())
 
 
 def _kitti_timestamp(stamp: float) -> str:
@@ -653,13 +623,9 @@ def write_kitti_raw(
         d.mkdir(parents=True, exist_ok=True)
     for i, f in enumerate(frames):
         name = f"{i:010d}"
-        if not cv2.imwrite(
-            str(image_dir / f"{name}.png"), cv2.cvtColor(f.rgb, cv2.COLOR_RGB2BGR)
-        ):
+        if not cv2.imwrite(str(image_dir / f"{name}.png"), cv2.cvtColor(f.rgb, cv2.COLOR_RGB2BGR)):
             raise OSError(f"Could not write {image_dir / name}.png")
-        np.ascontiguousarray(f.points, dtype=np.float32).tofile(
-            velo_dir / f"{name}.bin"
-        )
+        np.ascontiguousarray(f.points, dtype=np.float32).tofile(velo_dir / f"{name}.bin")
         gt = np.round(f.depth_gt.astype(np.float64) * 256.0)
         gt = np.where((gt > 0) & (gt <= 65535), gt, 0).astype(np.uint16)
         if not cv2.imwrite(str(gt_dir / f"{name}.png"), gt):

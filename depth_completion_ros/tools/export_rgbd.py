@@ -57,8 +57,14 @@ def _write_droid(folder: Path, frames) -> None:
     (folder / "timestamps.txt").write_text("\n".join(stamps) + "\n")
 
 
-def export(bag: str | Path, output: str | Path, layout: str, topics: dict[str, str],
-           overwrite: bool = False, depth_scale: float = TUM_DEPTH_SCALE) -> int:
+def export(
+    bag: str | Path,
+    output: str | Path,
+    layout: str,
+    topics: dict[str, str],
+    overwrite: bool = False,
+    depth_scale: float = TUM_DEPTH_SCALE,
+) -> int:
     """Write the sequence; returns the number of frames."""
     output = Path(output)
     if output.exists() and not overwrite:
@@ -97,19 +103,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--depth-topic", default="/depth/image")
     parser.add_argument("--camera-info-topic", default="/depth/camera_info")
     parser.add_argument(
-        "--depth-scale", type=float, default=TUM_DEPTH_SCALE,
+        "--depth-scale",
+        type=float,
+        default=TUM_DEPTH_SCALE,
         help="tum: depth PNG units per metre (5000 = TUM's own, max 13.1 m)",
     )
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     topics = {
-        "image": args.image_topic, "depth": args.depth_topic,
+        "image": args.image_topic,
+        "depth": args.depth_topic,
         "camera_info": args.camera_info_topic,
     }
     try:
-        count = export(
-            args.bag, args.output, args.layout, topics, args.overwrite, args.depth_scale
-        )
+        count = export(args.bag, args.output, args.layout, topics, args.overwrite, args.depth_scale)
     except (BagError, OSError) as exc:
         print(f"export_rgbd: error: {exc}", file=sys.stderr)
         return 1

@@ -44,18 +44,27 @@ def _by_stamp(reader: BagReader, topic: str) -> dict[int, object]:
 
 def load_frames(reader: BagReader, image_topic: str, depth_topic: str, info_topic: str):
     """(stamp, rgb, depth, camera, frame_id) for every depth image with its colour image."""
-    reader.require({
-        image_topic: "sensor_msgs/msg/Image",
-        depth_topic: "sensor_msgs/msg/Image",
-        info_topic: "sensor_msgs/msg/CameraInfo",
-    })
+    reader.require(
+        {
+            image_topic: "sensor_msgs/msg/Image",
+            depth_topic: "sensor_msgs/msg/Image",
+            info_topic: "sensor_msgs/msg/CameraInfo",
+        }
+    )
     images, infos = _by_stamp(reader, image_topic), _by_stamp(reader, info_topic)
     frames = []
     for stamp, depth in sorted(_by_stamp(reader, depth_topic).items()):
         if stamp in images and stamp in infos:
             camera = camera_info_to_camera(infos[stamp])
-            frames.append((stamp, image_to_rgb(images[stamp]), image_to_depth(depth), camera,
-                           depth.header.frame_id))
+            frames.append(
+                (
+                    stamp,
+                    image_to_rgb(images[stamp]),
+                    image_to_depth(depth),
+                    camera,
+                    depth.header.frame_id,
+                )
+            )
     if not frames:
         raise BagError(
             f"{reader.path}: no {depth_topic} image has a {image_topic} image with the same stamp"
@@ -64,7 +73,11 @@ def load_frames(reader: BagReader, image_topic: str, depth_topic: str, info_topi
 
 
 def camera_poses(
-    reader: BagReader, frames, points_topic: str, source: str, T_cam_lidar: np.ndarray | None,
+    reader: BagReader,
+    frames,
+    points_topic: str,
+    source: str,
+    T_cam_lidar: np.ndarray | None,
 ) -> tuple[list[np.ndarray], str, dict[int, np.ndarray]]:
     """T_world_cam per frame, the pose source used, and LiDAR scans (world) for evaluation."""
     edges = static_edges(reader)
@@ -148,7 +161,8 @@ def run(args) -> dict:
         )
     result = fuse(
         ((f[1], f[2], f[3].intrinsics, T) for f, T in zip(frames, poses, strict=True)),
-        voxel=args.voxel, max_depth=args.max_depth,
+        voxel=args.voxel,
+        max_depth=args.max_depth,
     )
     import open3d as o3d
 
@@ -163,14 +177,18 @@ def run(args) -> dict:
         out / "cloud.ply", lambda tmp: _check(o3d.io.write_point_cloud(str(tmp), result.cloud))
     )
     summary = {
-        "frames": result.frames, "pose_source": source, "mesh": str(mesh_path),
-        "cloud": str(cloud_path), "triangles": len(result.mesh.triangles),
+        "frames": result.frames,
+        "pose_source": source,
+        "mesh": str(mesh_path),
+        "cloud": str(cloud_path),
+        "triangles": len(result.mesh.triangles),
         "points": len(result.cloud.points),
     }
     if args.evaluate and scans:
         seen = [
             in_view(scans[f[0]], f[3], T, args.max_depth)
-            for f, T in zip(frames, poses, strict=True) if f[0] in scans
+            for f, T in zip(frames, poses, strict=True)
+            if f[0] in scans
         ]
         distances = point_to_mesh_distances(result.mesh, np.concatenate(seen))
         summary["lidar_points_evaluated"] = int(distances.size)
@@ -196,7 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--camera-info-topic", default="/depth/camera_info")
     parser.add_argument("--points-topic", default="/kitti/velo/pointcloud")
     parser.add_argument(
-        "--poses", choices=("auto", "tf", "icp"), default="auto",
+        "--poses",
+        choices=("auto", "tf", "icp"),
+        default="auto",
         help="auto: /tf when the bag has it, else LiDAR ICP",
     )
     parser.add_argument("--calibration-dir", help="KITTI calibration (else /tf_static is used)")

@@ -32,12 +32,14 @@ from depth_completion_ros.messages import (
 
 
 def ros_environment(
-    domain_id: int | None = None, base: dict | None = None, transport: str = "builtin"
+    domain_id: int | None = None, base: dict | None = None, transport: str = "profile"
 ) -> dict[str, str]:
     """Environment for one process of the graph (publisher and subscriber alike).
 
-    ``transport``: "builtin" sets FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA; "profile" uses the
-    shipped XML profile (config/fastdds_large_data.xml, a 16 MB shared-memory segment).
+    ``transport``: "profile" (default) uses the shipped XML profile
+    (config/fastdds_large_data.xml: a 16 MB shared-memory segment + UDP), with which discovery and
+    data between processes on one machine go through shared memory; "builtin" sets
+    FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA, whose discovery needs working UDP multicast.
     """
     env = dict(os.environ if base is None else base)
     env.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
@@ -56,7 +58,7 @@ def ros_environment(
     return env
 
 
-def use_ros_environment(domain_id: int | None = None, transport: str = "builtin") -> None:
+def use_ros_environment(domain_id: int | None = None, transport: str = "profile") -> None:
     """Apply :func:`ros_environment` to this process (before ``rclpy.init``)."""
     env = ros_environment(domain_id, transport=transport)
     for key in set(os.environ) - set(env):
@@ -69,7 +71,7 @@ def start_node_process(
     domain_id: int,
     log_path: str | Path,
     extra_args: list[str] | None = None,
-    transport: str = "builtin",
+    transport: str = "profile",
 ) -> subprocess.Popen:
     """Start ``depth_completion_node`` in its own process with a generated parameter file."""
     params_file = Path(tempfile.mkstemp(prefix="depth_completion_", suffix=".yaml")[1])

@@ -101,17 +101,13 @@ def synthetic_epoch(drive_dir: Path) -> float:
     return day.replace(tzinfo=dt.timezone.utc).timestamp()
 
 
-def sensor_stamps(
-    folder: Path, frame_ids: list[int], epoch: float
-) -> tuple[dict[int, int], bool]:
+def sensor_stamps(folder: Path, frame_ids: list[int], epoch: float) -> tuple[dict[int, int], bool]:
     """Per-frame stamps (ns) from ``folder/timestamps.txt``; 10 Hz from ``epoch`` without it."""
     path = folder / "timestamps.txt"
     if path.is_file():
         stamps = parse_timestamps(path)
         if len(stamps) <= max(frame_ids):
-            raise KittiError(
-                f"{path}: {len(stamps)} timestamps, but frame {max(frame_ids)} exists"
-            )
+            raise KittiError(f"{path}: {len(stamps)} timestamps, but frame {max(frame_ids)} exists")
         return {i: to_ns(stamps[i]) for i in frame_ids}, False
     return {i: to_ns(epoch + i / KITTI_RATE_HZ) for i in frame_ids}, True
 
@@ -142,8 +138,14 @@ def oxts_poses(packets: list[np.ndarray]) -> list[np.ndarray]:
         lat, lon, alt, roll, pitch, yaw = packet[:6]
         tx = scale * np.deg2rad(lon) * EARTH_RADIUS
         ty = scale * EARTH_RADIUS * np.log(np.tan(np.deg2rad(90.0 + lat) / 2.0))
-        cr, sr, cp, sp, cy, sy = np.cos(roll), np.sin(roll), np.cos(pitch), np.sin(pitch), \
-            np.cos(yaw), np.sin(yaw)
+        cr, sr, cp, sp, cy, sy = (
+            np.cos(roll),
+            np.sin(roll),
+            np.cos(pitch),
+            np.sin(pitch),
+            np.cos(yaw),
+            np.sin(yaw),
+        )
         Rx = np.array([[1, 0, 0], [0, cr, -sr], [0, sr, cr]])
         Ry = np.array([[cp, 0, sp], [0, 1, 0], [-sp, 0, cp]])
         Rz = np.array([[cy, -sy, 0], [sy, cy, 0], [0, 0, 1]])
@@ -281,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         "--calib-dir", default=None, help="folder with the calib_*.txt files (default: drive/..)"
     )
     parser.add_argument(
-        "--cameras", default="2,3",
+        "--cameras",
+        default="2,3",
         help="colour cameras to include, comma separated (those present are written; default 2,3)",
     )
     parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")

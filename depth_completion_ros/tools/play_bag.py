@@ -170,27 +170,47 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--topics", nargs="+", help="only these topics")
     parser.add_argument(
-        "--remap", nargs="+", type=parse_remap, default=[], metavar="FROM:=TO",
+        "--remap",
+        nargs="+",
+        type=parse_remap,
+        default=[],
+        metavar="FROM:=TO",
         help="publish a topic under another name",
     )
     parser.add_argument(
-        "--clock", type=float, nargs="?", const=100.0, default=0.0, metavar="HZ",
+        "--clock",
+        type=float,
+        nargs="?",
+        const=100.0,
+        default=0.0,
+        metavar="HZ",
         help="publish the bag time on /clock (default 100 Hz when given) for use_sim_time",
     )
     parser.add_argument(
-        "--reliability", choices=("bag", "reliable", "best_effort"), default="bag",
+        "--reliability",
+        choices=("bag", "reliable", "best_effort"),
+        default="bag",
         help="QoS reliability of the publishers (default: as recorded in the bag)",
     )
     parser.add_argument(
-        "--wait-for-subscribers", type=float, default=0.0, metavar="SEC",
+        "--wait-for-subscribers",
+        type=float,
+        default=0.0,
+        metavar="SEC",
         help="wait up to SEC seconds until every topic has a subscriber",
     )
     parser.add_argument("--delay", type=float, default=0.0, help="seconds to wait before playing")
     args = parser.parse_args(argv)
     options = PlayOptions(
-        rate=args.rate, loop=args.loop, start_offset=args.start_offset, topics=args.topics,
-        remap=dict(args.remap), clock_hz=args.clock, reliability=args.reliability,
-        wait_for_subscribers=args.wait_for_subscribers, delay=args.delay,
+        rate=args.rate,
+        loop=args.loop,
+        start_offset=args.start_offset,
+        topics=args.topics,
+        remap=dict(args.remap),
+        clock_hz=args.clock,
+        reliability=args.reliability,
+        wait_for_subscribers=args.wait_for_subscribers,
+        delay=args.delay,
     )
     try:
         sent = play(args.bag, options, log=lambda text: print(text, file=sys.stderr))

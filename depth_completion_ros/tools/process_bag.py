@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from depth_completion_ros.backends import BackendError, make_backend
+from depth_completion_ros import node_setup
 from depth_completion_ros.bag_io import (
     BagError,
     BagReader,
@@ -30,25 +30,18 @@ from depth_completion_ros.bag_io import (
 )
 from depth_completion_ros.calibration import (
     CalibrationError,
-    extrinsics_from_values,
-    load_kitti_calibration,
 )
 from depth_completion_ros.depth_io import write_kitti_depth
 from depth_completion_ros.messages import (
     MessageError,
     camera_info_to_camera,
-    camera_to_camera_info,
     image_to_rgb,
-    numpy_to_image,
-    organised_xyzrgb_cloud,
     pointcloud2_to_array,
     stamp_to_nanoseconds,
     stamp_to_seconds,
 )
 from depth_completion_ros.pairing import StampPairer
-from depth_completion_ros.pipeline import DepthPipeline, FrameResult, InputError
-from depth_completion_ros.projection import ProjectionConfig
-from depth_completion_ros.visualization import colorize_depth
+from depth_completion_ros.pipeline import DepthPipeline, InputError
 
 DEFAULT_TOPICS = {
     "image": "/kitti/camera_color_left/image_raw",
@@ -81,7 +74,8 @@ def load_parameters(params_file: str | Path | None, overrides: dict[str, object]
         except (OSError, yaml.YAMLError) as exc:
             raise ParameterError(f"cannot read parameter file {path}: {exc}") from exc
         sections = [
-            v["ros__parameters"] for v in (document or {}).values()
+            v["ros__parameters"]
+            for v in (document or {}).values()
             if isinstance(v, dict) and "ros__parameters" in v
         ]
         if not sections:
@@ -98,60 +92,22 @@ def load_parameters(params_file: str | Path | None, overrides: dict[str, object]
 
 
 def pipeline_from_parameters(config: dict) -> DepthPipeline:
-    """The node's DepthPipeline for a parameter dict (the node builds exactly this)."""
+    """The node's pipeline for these parameters (shared code: node_setup)."""
     try:
-        backend = make_backend(
-            model=config["model"],
-            checkpoint=config["checkpoint"],
-            device=config["device"],
-            precision=config["precision"],
-            dataset=config["dataset"],
-            compile=config["compile"],
-            max_depth=config["max_depth"],
-        )
-    except BackendError as exc:
-        raise ParameterError(f"parameter 'model'/'checkpoint': {exc}") from exc
-    return DepthPipeline(
-        backend,
-        ProjectionConfig(
-            min_depth=max(config["min_depth"], 0.05),
-            max_depth=config["max_depth"],
-            occlusion_window=config["occlusion_window"],
-        ),
-        min_depth=config["min_depth"],
-        max_depth=config["max_depth"],
-    )
+        return node_setup.pipeline_from_parameters(config)
+    except node_setup.ConfigurationError as exc:
+        raise ParameterError(str(exc)) from exc
 
 
 def extrinsics_from_parameters(config: dict) -> np.ndarray | None:
     """LiDAR -> camera optical transform from calibration_dir or extrinsics, as the node does."""
-    if config["calibration_dir"]:
-        return load_kitti_calibration(config["calibration_dir"], config["camera_index"]).T_cam_lidar
-    values = [float(v) for v in config["extrinsics"]]
-    if values and values != [0.0]:
-        return extrinsics_from_values(values)
-    return None
+    try:
+        return node_setup.extrinsics_from_parameters(config)[0]
+    except node_setup.ConfigurationError as exc:
+        raise ParameterError(str(exc)) from exc
 
 
-def output_messages(
-    header, camera, rgb: np.ndarray, result: FrameResult, pipeline: DepthPipeline, config: dict
-) -> dict[str, object]:
-    """The node's outputs for one frame, keyed by its relative output topic names."""
-    out: dict[str, object] = {
-        "depth/image": numpy_to_image(result.dense, "32FC1", header),
-        "depth/camera_info": camera_to_camera_info(camera, header),
-    }
-    if config["publish_points"]:
-        xyz = pipeline.points_xyz(result.dense, camera)
-        out["depth/points"] = organised_xyzrgb_cloud(xyz, rgb, header)
-    if config["publish_sparse"]:
-        sparse = np.where(result.sparse > 0, result.sparse, np.nan).astype(np.float32)
-        out["sparse_depth/image"] = numpy_to_image(sparse, "32FC1", header)
-    if config["publish_colored"]:
-        out["depth/colored"] = numpy_to_image(
-            colorize_depth(result.dense, config["max_depth"]), "rgb8", header
-        )
-    return out
+output_messages = node_setup.output_messages
 
 
 OUTPUT_TYPES = {
@@ -232,11 +188,13 @@ def process(
     report = ProcessReport()
     pairer: StampPairer = StampPairer(float(config["max_time_offset"]))
     with BagReader(input_bag) as reader:
-        reader.require({
-            topics["image"]: "sensor_msgs/msg/Image",
-            topics["camera_info"]: "sensor_msgs/msg/CameraInfo",
-            topics["points"]: "sensor_msgs/msg/PointCloud2",
-        })
+        reader.require(
+            {
+                topics["image"]: "sensor_msgs/msg/Image",
+                topics["camera_info"]: "sensor_msgs/msg/CameraInfo",
+                topics["points"]: "sensor_msgs/msg/PointCloud2",
+            }
+        )
         definitions = connection_definitions(reader)
         counts = reader.message_counts
         total = sum(counts.values()) if copy_input else sum(counts[t] for t in topics.values())
@@ -321,12 +279,16 @@ def process(
                         camera_info = to_ros(message.data, message.msgtype)
                     elif message.topic == topics["image"]:
                         image = to_ros(message.data, message.msgtype)
-                        handle(pairer.add_image(stamp_to_seconds(image.header.stamp), image),
-                               message.timestamp)
+                        handle(
+                            pairer.add_image(stamp_to_seconds(image.header.stamp), image),
+                            message.timestamp,
+                        )
                     elif message.topic == topics["points"]:
                         cloud = to_ros(message.data, message.msgtype)
-                        handle(pairer.add_cloud(stamp_to_seconds(cloud.header.stamp), cloud),
-                               message.timestamp)
+                        handle(
+                            pairer.add_cloud(stamp_to_seconds(cloud.header.stamp), cloud),
+                            message.timestamp,
+                        )
                 handle(pairer.flush(), last_timestamp)
                 bar.close()
                 stats = pairer.stats
@@ -389,8 +351,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("output", help="output bag folder to create")
     parser.add_argument("--params-file", help="node parameter YAML (e.g. config/kitti.yaml)")
     parser.add_argument(
-        "-p", "--param", action="append", type=parse_override, default=[],
-        metavar="NAME:=VALUE", help="override a node parameter (repeatable)",
+        "-p",
+        "--param",
+        action="append",
+        type=parse_override,
+        default=[],
+        metavar="NAME:=VALUE",
+        help="override a node parameter (repeatable)",
     )
     parser.add_argument("--calibration-dir", help="shortcut for -p calibration_dir:=DIR")
     parser.add_argument("--image-topic", default=DEFAULT_TOPICS["image"])
@@ -401,9 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--kitti-depth-dir", help="also write KITTI uint16 depth PNGs here")
     parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
-    parser.add_argument(
-        "--outputs-only", action="store_true", help="do not copy the input topics"
-    )
+    parser.add_argument("--outputs-only", action="store_true", help="do not copy the input topics")
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -418,8 +383,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_parameters(args.params_file, overrides)
         report = process(
-            args.input, args.output, config, topics, args.namespace, args.kitti_depth_dir,
-            args.storage, not args.outputs_only, args.overwrite, not args.no_progress,
+            args.input,
+            args.output,
+            config,
+            topics,
+            args.namespace,
+            args.kitti_depth_dir,
+            args.storage,
+            not args.outputs_only,
+            args.overwrite,
+            not args.no_progress,
         )
     except (BagError, ParameterError, CalibrationError) as exc:
         print(f"process_bag: error: {exc}", file=sys.stderr)
