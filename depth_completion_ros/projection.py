@@ -68,17 +68,21 @@ def project_points(
     # non-negative here, so truncation is floor
     flat = v[inside].astype(np.intp) * width + u[inside].astype(np.intp)
 
-    sparse = np.full(height * width, np.inf, dtype=np.float32)
-    np.minimum.at(sparse, flat, w[inside])  # the nearest point wins its pixel
-    sparse[sparse == np.inf] = 0.0
+    # zeros (lazily allocated) everywhere; +inf only on the hit pixels, then the minimum there:
+    # the nearest point wins its pixel, and no full-image pass is needed
+    sparse = np.zeros(height * width, dtype=np.float32)
+    sparse[flat] = np.inf
+    np.minimum.at(sparse, flat, w[inside])
     sparse = sparse.reshape(height, width)
     if config.occlusion_window > 0:
-        sparse = remove_occluded(sparse, config)
+        remove_occluded(sparse, config, out=sparse)
     return sparse
 
 
 def remove_occluded(
-    sparse: np.ndarray, config: ProjectionConfig = ProjectionConfig()
+    sparse: np.ndarray,
+    config: ProjectionConfig = ProjectionConfig(),
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Drop points the camera cannot see: those with clearly nearer points on both sides.
 
@@ -89,11 +93,12 @@ def remove_occluded(
     "Left" is the nearest return in the 3-row band ``x - window .. x - 1`` (likewise right, up and
     down with 3-column bands); a point is dropped when it is deeper than
     ``nearest * (1 + occlusion_relative) + occlusion_absolute`` on both sides of either axis.
+    Everything is read before ``out`` is written, so ``out`` may be ``sparse`` itself.
     """
     sparse = np.asarray(sparse, dtype=np.float32)
     valid = sparse > 0
     rows_with_points = np.flatnonzero(valid.any(axis=1))
-    out = sparse.copy()
+    out = sparse.copy() if out is None else out  # ``out=sparse`` filters in place
     reach = int(config.occlusion_window)
     if rows_with_points.size == 0 or reach <= 0:
         return out

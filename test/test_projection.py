@@ -190,3 +190,24 @@ def test_occlusion_filter_matches_its_definition(window: int) -> None:
     expected = _remove_occluded_by_definition(sparse, config)
     assert (expected != sparse).any()  # the example does exercise the filter
     np.testing.assert_array_equal(remove_occluded(sparse, config), expected)
+
+
+def test_in_place_occlusion_filter_equals_the_copying_one(kitti_scan, kitti_calibration) -> None:
+    """project_points filters its own array in place; the result must equal a filtered copy."""
+    from depth_completion_ros.projection import ProjectionConfig, project_points, remove_occluded
+
+    camera = kitti_calibration.camera
+    raw = project_points(
+        kitti_scan,
+        kitti_calibration.T_cam_lidar,
+        camera.P,
+        camera.width,
+        camera.height,
+        ProjectionConfig(occlusion_window=0),
+    )
+    filtered = project_points(
+        kitti_scan, kitti_calibration.T_cam_lidar, camera.P, camera.width, camera.height
+    )
+    copy = remove_occluded(raw)
+    assert (raw > 0).sum() > (filtered > 0).sum()  # the filter removed something; raw untouched
+    np.testing.assert_array_equal(filtered, copy)
