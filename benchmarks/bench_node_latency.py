@@ -94,7 +94,7 @@ def main() -> None:
                     "frames": len(frames),
                     "image": f"{drive.calibration.camera.width}x{drive.calibration.camera.height}",
                     "period_s": args.period,
-                    "transport": "FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA",
+                    "transport": "config/fastdds_large_data.xml (shared memory)",
                 },
                 "frames_out": len(result.depth_at),
                 "node_latency_ms": {
