@@ -48,7 +48,6 @@ __all__ = [
     "NUM_OUTPUTS",
     "bpnet_kitti",
     "check_input_size",
-    "checkpoint_filter_fn",
     "init_weights",
 ]
 
@@ -570,47 +569,17 @@ def _check_inputs(I: Tensor, S: Tensor, K: Tensor) -> None:  # noqa: N803, E741
     check_input_size(I.shape[2], I.shape[3])
 
 
-def checkpoint_filter_fn(
-    state_dict: dict[str, Tensor], model: nn.Module | None = None
-) -> dict[str, Tensor]:
-    """Released checkpoint -> this model's state_dict: unwrap ``{'net': ...}`` and strip the
-    ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes. The release's names need
-    no renaming (``model`` is accepted for the timm-style signature and not needed)."""
-    if "net" in state_dict and isinstance(state_dict["net"], dict):
-        state_dict = state_dict["net"]
-    out = {}
-    for key, value in state_dict.items():
-        stripped = None
-        while stripped != key:
-            stripped = key
-            for prefix in ("module.", "_orig_mod."):
-                key = key.removeprefix(prefix)
-        out[key] = value
-    return out
-
-
-def bpnet_kitti(weights: str | None = None, map_location: str | torch.device = "cpu") -> BPNet:
+def bpnet_kitti(weights: str | None = None) -> BPNet:
     """BP-Net as released for KITTI; loads a checkpoint (e.g. DMD3C's) when a path is given.
 
-    Loading uses ``weights_only=True``; every key must match (strict), and the error lists
-    what is missing or unexpected.
+    Loading goes through networks.checkpoints (``weights_only=True``, strict): the error lists
+    what is missing or unexpected and which model the file looks like.
     """
     if weights is None:
         return BPNet().eval()
-    ckpt = torch.load(weights, map_location=map_location, weights_only=True)
-    state = checkpoint_filter_fn(ckpt)
+    from depth_completion_ros.networks.checkpoints import load_checkpoint
+
     with torch.device("meta"):  # no random init of 90 M parameters that are overwritten
         net = BPNet()
-    expected = net.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
-    if missing or unexpected or wrong:
-        raise ValueError(
-            f"{weights} is not a BP-Net checkpoint: {len(missing)} missing keys "
-            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}), "
-            f"{len(wrong)} of the wrong shape (e.g. {wrong[:3]}); expected BP-Net / DMD3C "
-            "KITTI weights (a dict {'net': state_dict} or a bare state_dict)"
-        )
-    net.load_state_dict(state, strict=True, assign=True)
+    load_checkpoint(net, weights, model_name="bpnet", assign=True)  # weights_only, strict
     return net.eval()
