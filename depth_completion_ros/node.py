@@ -29,7 +29,7 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from depth_completion_ros.backends import DATASETS, DEVICES, MODEL_NAMES, PRECISIONS
-from depth_completion_ros.calibration import CalibrationError
+from depth_completion_ros.calibration import CalibrationError, extrinsics_from_values
 from depth_completion_ros.messages import (
     MessageError,
     camera_info_to_camera,
@@ -143,6 +143,12 @@ def _reliability(name: str) -> ReliabilityPolicy:
     return ReliabilityPolicy.RELIABLE if name == "reliable" else ReliabilityPolicy.BEST_EFFORT
 
 
+def transform_to_matrix(transform) -> np.ndarray:
+    """geometry_msgs/Transform -> 4x4 matrix (maps points from the child into the parent frame)."""
+    t, q = transform.translation, transform.rotation
+    return extrinsics_from_values([t.x, t.y, t.z, q.x, q.y, q.z, q.w])
+
+
 class DepthCompletionNode(Node):
     """Subscribes image + camera_info + points, publishes dense depth and a coloured cloud."""
 
@@ -155,6 +161,7 @@ class DepthCompletionNode(Node):
 
         self.fixed_extrinsics, self._extrinsics_source = extrinsics_from_parameters(self.config)
         self.pipeline = pipeline_from_parameters(self.config)
+        self._start_tf()
         backend = self.pipeline.backend
 
         self.pairer: StampPairer[Image, PointCloud2] = StampPairer(self.config["max_time_offset"])
@@ -290,16 +297,47 @@ class DepthCompletionNode(Node):
                 self._counts["failed"] += 1
                 self._warn("unexpected", f"skipping frame after unexpected error: {exc!r}")
 
+    def _start_tf(self) -> None:
+        """TF listener when no fixed extrinsics are set and tf2_ros exists (a ROS distro)."""
+        self._tf_buffer = None
+        if self.fixed_extrinsics is not None:
+            return
+        try:
+            import tf2_ros  # not installable from PyPI: only on a ROS 2 distro
+        except ImportError:
+            return
+        self._tf_buffer = tf2_ros.Buffer()
+        self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self)
+        self._extrinsics_source = "TF (tf2_ros), when the cloud's frame differs from the image's"
+
     def _extrinsics_for(self, cloud: PointCloud2, image: Image) -> np.ndarray:
         if self.fixed_extrinsics is not None:
             return self.fixed_extrinsics
-        if cloud.header.frame_id == image.header.frame_id or not cloud.header.frame_id:
+        source, target = cloud.header.frame_id, image.header.frame_id
+        if source == target or not source:
             return np.eye(4)
+        if self._tf_buffer is not None:
+            return self._lookup_tf(target, source, cloud.header.stamp)
         raise CalibrationError(
-            f"the cloud is in frame '{cloud.header.frame_id}' but the image in "
-            f"'{image.header.frame_id}' and no extrinsics are set: set 'calibration_dir' (KITTI) "
-            "or 'extrinsics' (4x4, 3x4 or x y z qx qy qz qw)"
+            f"the cloud is in frame '{source}' but the image in '{target}' and no extrinsics "
+            "are set (tf2_ros is not installed here): set 'calibration_dir' (KITTI) or "
+            "'extrinsics' (4x4, 3x4 or x y z qx qy qz qw)"
         )
+
+    def _lookup_tf(self, target: str, source: str, stamp) -> np.ndarray:
+        from rclpy.duration import Duration
+        from rclpy.time import Time
+
+        try:
+            stamped = self._tf_buffer.lookup_transform(
+                target, source, Time.from_msg(stamp), timeout=Duration(seconds=0.05)
+            )
+        except Exception as exc:  # noqa: BLE001 - tf2 raises several unrelated types
+            raise CalibrationError(
+                f"no TF from '{source}' to '{target}' at the scan's stamp ({exc}); publish it "
+                "(e.g. a static_transform_publisher) or set 'extrinsics'"
+            ) from exc
+        return transform_to_matrix(stamped.transform)
 
     def _process(self, pair: Pair[Image, PointCloud2]) -> None:
         info = self._camera_info

@@ -175,3 +175,22 @@ def test_pinhole_camera_rejects_uncalibrated() -> None:
         PinholeCamera(0, 480, np.eye(3, 4))
     camera = PinholeCamera(640, 480, [[500, 0, 320, 0], [0, 505, 240, 0], [0, 0, 1, 0]])
     np.testing.assert_array_equal(camera.intrinsics, [[500, 0, 320], [0, 505, 240], [0, 0, 1]])
+
+
+def test_tf_transform_message_to_matrix() -> None:
+    """The node's TF path turns geometry_msgs/Transform into the 4x4 it projects with."""
+    from geometry_msgs.msg import Transform
+
+    from depth_completion_ros.node import transform_to_matrix
+
+    msg = Transform()
+    msg.translation.x, msg.translation.y, msg.translation.z = 0.1, -0.2, 0.3
+    half = np.sqrt(0.5)
+    msg.rotation.x, msg.rotation.y, msg.rotation.z, msg.rotation.w = (
+        0.0,
+        0.0,
+        half,
+        half,
+    )  # 90 deg z
+    T = transform_to_matrix(msg)
+    np.testing.assert_allclose(T @ [1.0, 0.0, 0.0, 1.0], [0.1, 0.8, 0.3, 1.0], atol=1e-12)
