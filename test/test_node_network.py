@@ -66,3 +66,41 @@ def test_network_without_checkpoint_refuses_to_start(tmp_path, ros_domain_id):
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert "checkpoint" in output and "random" in output.lower(), output
+
+
+def test_slow_backend_drops_old_pairs_instead_of_queueing(kitti_raw_seq, ros_domain_id, tmp_path):
+    """Input faster than completion: only the newest pair is worked on; the rest are counted."""
+    import re
+
+    checkpoint = tmp_path / "selfdc_r18_random.pth"
+    torch.save({"net": build_model("selfdc_r18").state_dict()}, checkpoint)
+    drive = KittiDrive(kitti_raw_seq / "2011_09_26_drive_0000_sync")
+    base = drive.frame(drive.frame_ids[0])
+    frames = [
+        SensorFrame(6_000.0 + 0.1 * i, base.rgb, base.points, drive.calibration.camera)
+        for i in range(10)
+    ]
+    parameters = {
+        "calibration_dir": str(drive.calibration_dir),
+        "model": "selfdc_r18",
+        "checkpoint": str(checkpoint),
+        "device": "cpu",
+        "input_reliability": "reliable",
+        "input_depth": 20,
+    }
+    with node_graph(parameters, ros_domain_id, tmp_path) as graph:
+        for frame in frames:  # ~0.8 s of work each on CPU, published without waiting
+            graph.player.publish_frame(frame)
+            graph.spin_for(0.02)
+        # the last pair is always completed: it is never replaced
+        last = stamp_to_nanoseconds(frame_messages(frames[-1])[0].header.stamp)
+        deadline = 30.0
+        while deadline > 0 and "depth/image" not in graph.player.result.outputs.get(last, {}):
+            graph.spin_for(0.2)
+            deadline -= 0.2
+    log = graph.log()
+    match = re.search(r"stopping: pairs processed (\d+), dropped while busy (\d+)", log)
+    assert match, log
+    processed, dropped = int(match.group(1)), int(match.group(2))
+    assert dropped >= 3 and processed + dropped == len(frames), log
+    assert "depth/image" in graph.player.result.outputs.get(last, {}), log
