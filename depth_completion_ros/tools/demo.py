@@ -1,7 +1,10 @@
-"""The demo: the node in its own process, a sequence played into it over DDS, results on disk.
+"""The demo: a sequence written to a bag, replayed with play_bag into the node over DDS.
 
 Input is a KITTI raw drive folder when given, otherwise a synthetic street scene generated with
-open3d ray casting (exact ground truth), so the demo runs on a fresh machine with no data.
+open3d ray casting (exact ground truth) and written in the KITTI raw layout, so the demo runs on a
+fresh machine with no data. Both go the same way: ``kitti_to_bag`` converts the drive into a bag
+(in a temporary folder), the node runs in its own process, ``play_bag`` replays the bag into it
+(reliable QoS) from a third process, and a subscriber here collects what the node publishes.
 Writes to the output folder: ``depth/NNNNNN.png`` (KITTI uint16), ``pictures/NNNNNN.png`` (image,
 LiDAR points, dense depth), ``cloud.ply`` (one frame's coloured cloud) and ``summary.json``.
 """
@@ -9,20 +12,25 @@ LiDAR points, dense depth), ``cloud.ply`` (one frame's coloured cloud) and ``sum
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from depth_completion_ros.bag_io import BagReader
 from depth_completion_ros.depth_io import write_atomic, write_kitti_depth, write_ply, write_rgb
 from depth_completion_ros.messages import image_to_depth
 from depth_completion_ros.metrics import kitti_metrics
+from depth_completion_ros.tools import kitti_to_bag
 from depth_completion_ros.tools.graph import (
-    SensorFrame,
+    ros_environment,
     start_node_process,
     stop_process,
     use_ros_environment,
@@ -30,6 +38,10 @@ from depth_completion_ros.tools.graph import (
 from depth_completion_ros.visualization import colorize_depth, draw_sparse, side_by_side
 
 GROUND_TRUTH_MAX_DEPTH = 80.0  # metres; KITTI's ground truth ends near here (5-85 m)
+IMAGE_TOPIC = kitti_to_bag.image_topic(2)
+INFO_TOPIC = kitti_to_bag.camera_info_topic(2)
+POINTS_TOPIC = kitti_to_bag.LIDAR_TOPIC
+COLLECTED = ("depth/image", "depth/points", "sparse_depth/image")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -41,51 +53,80 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", default="", help="node 'checkpoint' parameter")
     parser.add_argument("--device", default="auto", help="node 'device' parameter")
     parser.add_argument("--domain-id", type=int, default=int(os.environ.get("ROS_DOMAIN_ID", 57)))
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait per frame")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=1.0,
+        help="play_bag speed factor (1.0 = the recording's 10 Hz). The node keeps only the "
+        "newest pair, so a model slower than the frame period drops frames: lower the rate",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds to wait for outputs after playing"
+    )
     return parser.parse_args(argv)
 
 
-def kitti_frames(drive_dir: str, count: int) -> tuple[list[SensorFrame], dict]:
-    """Frames and node parameters for a real KITTI drive."""
-    from depth_completion_ros.kitti import KittiDrive
+@dataclasses.dataclass
+class DemoFrame:
+    """One played frame: what the collector keys outputs by, and what the pictures need."""
 
-    drive = KittiDrive(drive_dir)
-    ids = drive.frame_ids[:count] if count else drive.frame_ids
-    frames = []
-    for frame_id in ids:
-        frame = drive.frame(frame_id)
-        frames.append(
-            SensorFrame(
-                frame.stamp,
-                frame.rgb,
-                frame.points,
-                drive.calibration.camera,
-                frame.ground_truth,
-                name=f"{frame_id:06d}",
-            )
-        )
-    source = f"KITTI drive {drive.drive_dir}" + (
-        " (no timestamps.txt: stamps synthesised at 10 Hz)" if drive.stamps_synthesised else ""
-    )
-    return frames, {"calibration_dir": str(drive.calibration_dir), "source": source}
+    stamp_ns: int  # the image's stamp in the bag (= the stamp of the node's outputs)
+    name: str
+    rgb: np.ndarray
+    ground_truth: np.ndarray | None
 
 
-def synthetic_frames(count: int) -> tuple[list[SensorFrame], dict]:
-    """A generated street (ground, cars, walls) with a 64-beam LiDAR and exact depth."""
+def synthetic_drive(count: int, root: Path) -> Path:
+    """A generated street (ground, cars, walls) with a 64-beam LiDAR, as a KITTI raw drive.
+
+    The ground truth written beside it is the exact rendered depth restricted as KITTI's is
+    (see :func:`lidar_covered_truth`).
+    """
     from depth_completion_ros.calibration import PinholeCamera
-    from depth_completion_ros.simulation.street_scene import make_sequence
+    from depth_completion_ros.simulation.street_scene import make_sequence, write_kitti_raw
 
     generated = make_sequence(count or 10, seed=0)
-    frames = []
-    for index, frame in enumerate(generated):
+    restricted = []
+    for frame in generated:
         height, width = frame.depth_gt.shape
         camera = PinholeCamera(width=width, height=height, P=frame.P)
         truth = lidar_covered_truth(frame.depth_gt, frame.points, camera, frame.T_velo_to_cam)
-        frames.append(
-            SensorFrame(frame.stamp, frame.rgb, frame.points, camera, truth, name=f"{index:06d}")
-        )
-    extrinsics = [float(v) for v in np.asarray(generated[0].T_velo_to_cam).ravel()]
-    return frames, {"extrinsics": extrinsics, "source": "synthetic street scene (open3d)"}
+        restricted.append(dataclasses.replace(frame, depth_gt=truth))
+    return write_kitti_raw(restricted, root)
+
+
+def drive_subset(drive_dir: Path, frame_ids: list[int], root: Path) -> Path:
+    """The first frames of a drive as a drive of links (no data copied), for kitti_to_bag."""
+    date_dir = root / drive_dir.parent.name
+    subset = date_dir / drive_dir.name
+    date_dir.mkdir(parents=True)
+    for calib in drive_dir.parent.glob("calib_*.txt"):
+        (date_dir / calib.name).symlink_to(calib.resolve())
+    for sensor, suffix in (("image_02", ".png"), ("velodyne_points", ".bin"), ("oxts", ".txt")):
+        source = drive_dir / sensor
+        if not (source / "data").is_dir():
+            continue
+        (subset / sensor / "data").mkdir(parents=True)
+        if (source / "timestamps.txt").is_file():
+            (subset / sensor / "timestamps.txt").symlink_to((source / "timestamps.txt").resolve())
+        for frame_id in frame_ids:
+            name = f"{frame_id:010d}{suffix}"
+            if (source / "data" / name).is_file():
+                (subset / sensor / "data" / name).symlink_to((source / "data" / name).resolve())
+    return subset
+
+
+def demo_frames(bag: Path, drive) -> list[DemoFrame]:
+    """Frames in play order: the bag's image stamps with the drive's images and ground truth."""
+    with BagReader(bag) as reader:
+        stamps = [m.timestamp for m in reader.messages([IMAGE_TOPIC])]
+    if len(stamps) != len(drive.frame_ids):
+        raise RuntimeError(f"{bag}: {len(stamps)} images for {len(drive.frame_ids)} frames")
+    frames = []
+    for stamp, frame_id in zip(stamps, drive.frame_ids, strict=True):
+        frame = drive.frame(frame_id)
+        frames.append(DemoFrame(stamp, f"{frame_id:06d}", frame.rgb, frame.ground_truth))
+    return frames
 
 
 def lidar_covered_truth(
@@ -118,61 +159,183 @@ def organised_cloud_arrays(msg) -> tuple[np.ndarray, np.ndarray]:
     return xyz[keep], rgb.astype(np.uint8)
 
 
-def run(args: argparse.Namespace) -> dict:
+def _collector_class():
+    """Built on first use, so importing the demo does not need rclpy."""
+    from rclpy.node import Node
+    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image, PointCloud2
+
+    from depth_completion_ros.messages import stamp_to_nanoseconds
+
+    class Collector(Node):
+        """Keeps the node's outputs by stamp and when inputs and depth arrived (for latency)."""
+
+        def __init__(self, **kwargs) -> None:
+            super().__init__("demo_collector", **kwargs)
+            qos = QoSProfile(
+                history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE
+            )
+            self.outputs: dict[int, dict[str, object]] = {}
+            self.depth_at: dict[int, float] = {}
+            self.image_at: dict[int, float] = {}
+            self.scan_at: list[float] = []
+            kinds = {"depth/image": Image, "depth/points": PointCloud2}
+            for topic in COLLECTED:
+                self.create_subscription(kinds.get(topic, Image), topic, self._keep(topic), qos)
+            self.create_subscription(Image, IMAGE_TOPIC, self._image, qos)
+            self.create_subscription(PointCloud2, POINTS_TOPIC, self._scan, qos)
+
+        def _keep(self, topic: str):
+            def keep(msg) -> None:
+                key = stamp_to_nanoseconds(msg.header.stamp)
+                self.outputs.setdefault(key, {})[topic] = msg
+                if topic == "depth/image":
+                    self.depth_at[key] = time.monotonic()
+
+            return keep
+
+        def _image(self, msg) -> None:
+            self.image_at[stamp_to_nanoseconds(msg.header.stamp)] = time.monotonic()
+
+        def _scan(self, _msg) -> None:
+            self.scan_at.append(time.monotonic())
+
+        def node_is_up(self) -> bool:
+            """The node publishes its outputs and subscribes to the bag's topics (beside us)."""
+            return (
+                all(self.count_publishers(topic) > 0 for topic in COLLECTED)
+                and self.count_subscribers(IMAGE_TOPIC) >= 2
+                and self.count_subscribers(POINTS_TOPIC) >= 2
+                and self.count_subscribers(INFO_TOPIC) >= 1
+            )
+
+        def complete(self, stamps: list[int]) -> bool:
+            return all(set(COLLECTED) <= set(self.outputs.get(s, {})) for s in stamps)
+
+        def latencies(self) -> np.ndarray:
+            """Later of image and newest scan arriving here -> dense depth arriving here."""
+            values = []
+            for key, depth_at in self.depth_at.items():
+                scans = [t for t in self.scan_at if t <= depth_at]
+                if key in self.image_at and scans:
+                    values.append(depth_at - max(self.image_at[key], scans[-1]))
+            return np.array(values)
+
+    return Collector
+
+
+def play_into_node(
+    bag: Path, parameters: dict, stamps: list[int], args: argparse.Namespace, output: Path
+):
+    """Start the node, replay the bag with play_bag, return the collector once all came back."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 
-    from depth_completion_ros.tools.graph import FramePlayer
+    use_ros_environment(args.domain_id)
+    node = start_node_process(parameters, args.domain_id, output / "node.log")
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=args.domain_id)
+    collector = _collector_class()(context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(collector)
+    player = None
+    try:
+        deadline = time.monotonic() + 60.0
+        while not collector.node_is_up():
+            if node.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the node did not come up; see {output / 'node.log'}")
+            executor.spin_once(timeout_sec=0.05)
+        command = [
+            sys.executable,
+            "-m",
+            "depth_completion_ros.tools.play_bag",
+            str(bag),
+            "--topics",
+            IMAGE_TOPIC,
+            INFO_TOPIC,
+            POINTS_TOPIC,
+            "--reliability",
+            "reliable",
+            "--rate",
+            str(args.rate),
+            "--wait-for-subscribers",
+            "30",
+        ]
+        started = time.monotonic()
+        print(f"[demo] playing {bag.name} with play_bag at rate {args.rate:g}", flush=True)
+        player = subprocess.Popen(
+            command,
+            env=ros_environment(args.domain_id),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        while player.poll() is None:
+            executor.spin_once(timeout_sec=0.01)
+        played = player.stdout.read().strip()
+        if player.returncode != 0:
+            raise RuntimeError(f"play_bag failed ({player.returncode}): {played}")
+        print(f"[demo] play_bag: {played.splitlines()[-1] if played else ''}", flush=True)
+        deadline = time.monotonic() + args.timeout
+        while not collector.complete(stamps) and time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.01)
+        elapsed = time.monotonic() - started
+        return collector, elapsed
+    finally:
+        if player is not None and player.poll() is None:
+            stop_process(player)
+        executor.shutdown()
+        collector.destroy_node()
+        rclpy.try_shutdown(context=context)
+        stop_process(node)
+
+
+def run(args: argparse.Namespace) -> dict:
+    from depth_completion_ros.kitti import KittiDrive
 
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    print("[demo] preparing frames ...", flush=True)
-    if args.kitti_drive:
-        frames, info = kitti_frames(args.kitti_drive, args.frames)
-    else:
-        frames, info = synthetic_frames(args.frames)
-    source = info.pop("source")
-    print(f"[demo] {len(frames)} frames from {source}", flush=True)
-
-    parameters = {
-        **info,
-        "model": args.model,
-        "checkpoint": args.checkpoint,
-        "device": args.device,
-        "publish_sparse": True,
-        "input_reliability": "reliable",
-    }
-    use_ros_environment(args.domain_id)
-    node = start_node_process(parameters, args.domain_id, output / "node.log")
-    rclpy.init()
-    player = FramePlayer()
-    executor = SingleThreadedExecutor()
-    executor.add_node(player)
-    try:
-        if not player.wait_for_node(executor, timeout=60.0):
-            raise RuntimeError(f"the node did not come up; see {output / 'node.log'}")
-        started = time.monotonic()
-        result = player.play(
-            frames,
-            executor,
-            wait_topics=("depth/image", "depth/points", "sparse_depth/image"),
-            timeout=args.timeout,
+    with tempfile.TemporaryDirectory(prefix="depth_completion_demo_") as work:
+        work = Path(work)
+        if args.kitti_drive:
+            print("[demo] converting the KITTI drive to a bag ...", flush=True)
+            drive = KittiDrive(args.kitti_drive)
+            if args.frames and args.frames < len(drive.frame_ids):
+                drive.frame_ids = drive.frame_ids[: args.frames]
+                drive_dir = drive_subset(drive.drive_dir, drive.frame_ids, work / "kitti")
+            else:
+                drive_dir = drive.drive_dir
+            source = f"KITTI drive {drive.drive_dir}"
+        else:
+            print("[demo] generating a synthetic street as a KITTI drive ...", flush=True)
+            drive_dir = synthetic_drive(args.frames, work / "kitti")
+            drive = KittiDrive(drive_dir)
+            source = "synthetic street scene (open3d)"
+        notes = []
+        bag = work / "bag"
+        kitti_to_bag.convert(drive_dir, bag, cameras=(2,), log=notes.append)
+        source += "".join(f"; {note[6:]}" for note in notes if "stamps synthesised" in note)
+        frames = demo_frames(bag, drive)
+        print(f"[demo] {len(frames)} frames from {source}", flush=True)
+        parameters = {
+            "calibration_dir": str(drive.calibration_dir),
+            "image_topic": IMAGE_TOPIC,
+            "camera_info_topic": INFO_TOPIC,
+            "points_topic": POINTS_TOPIC,
+            "model": args.model,
+            "checkpoint": args.checkpoint,
+            "device": args.device,
+            "publish_sparse": True,
+            "input_reliability": "reliable",
+        }
+        collector, elapsed = play_into_node(
+            bag, parameters, [f.stamp_ns for f in frames], args, output
         )
-        elapsed = time.monotonic() - started
-    finally:
-        executor.shutdown()
-        player.destroy_node()
-        rclpy.try_shutdown()
-        stop_process(node)
-
-    from depth_completion_ros.messages import stamp_to_nanoseconds  # noqa: F401 (keys)
-    from depth_completion_ros.tools.graph import frame_messages
 
     per_frame, metrics = [], []
     cloud_written = False
     for frame in frames:
-        key = stamp_to_nanoseconds(frame_messages(frame)[0].header.stamp)
-        outputs = result.outputs.get(key, {})
+        outputs = collector.outputs.get(frame.stamp_ns, {})
         if "depth/image" not in outputs:
             per_frame.append({"frame": frame.name, "received": False})
             continue
@@ -200,17 +363,19 @@ def run(args: argparse.Namespace) -> dict:
             cloud_written = True
         per_frame.append(entry)
 
-    latencies = result.latencies() * 1000.0
+    latencies = collector.latencies() * 1000.0
     received = sum(1 for entry in per_frame if entry["received"])
     summary = {
         "source": source,
         "model": args.model,
+        "input": f"kitti_to_bag -> play_bag (reliable, rate {args.rate:g}) -> node over DDS",
         "frames_in": len(frames),
         "frames_out": received,
         "seconds": round(elapsed, 3),
         "latency_ms_p50": float(np.percentile(latencies, 50)) if latencies.size else None,
         "latency_ms_p95": float(np.percentile(latencies, 95)) if latencies.size else None,
-        "latency_note": "publish of image+cloud -> dense depth received, two processes over DDS",
+        "latency_note": "image and scan received -> dense depth received, by a subscriber in a "
+        "third process (play_bag publishes, the node computes)",
         "accuracy": (
             {
                 key: float(np.mean([m[key] for m in metrics]))
