@@ -36,14 +36,32 @@ def project_points(
     height: int,
     config: ProjectionConfig = ProjectionConfig(),
 ) -> np.ndarray:
-    """Project N x 3 (or N x >=3) LiDAR points into an H x W float32 sparse depth map (0 = none).
+    """Project N x 3 (or N x >=3) LiDAR points into an H x W float32 sparse depth map (0 = none)."""
+    M = (np.asarray(P, np.float64) @ np.asarray(T_cam_lidar, np.float64)).astype(np.float32)
+    # The per-point temporaries die with the helper, before the filter allocates its image-sized
+    # arrays: a lower peak keeps the heap from growing and being trimmed on every call, and the
+    # page faults that follow cost more than the arithmetic (3.7 -> 1.9 ms on the KITTI scan).
+    flat, depth = _pixels_and_depths(np.asarray(points), M, width, height, config)
+    # zeros (lazily allocated) everywhere; +inf only on the hit pixels, then the minimum there:
+    # the nearest point wins its pixel, and no full-image pass is needed
+    sparse = np.zeros(height * width, dtype=np.float32)
+    sparse[flat] = np.inf
+    np.minimum.at(sparse, flat, depth)
+    sparse = sparse.reshape(height, width)
+    if config.occlusion_window > 0:
+        remove_occluded(sparse, config, out=sparse)
+    return sparse
+
+
+def _pixels_and_depths(
+    points: np.ndarray, M: np.ndarray, width: int, height: int, config: ProjectionConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Flat pixel index and depth of each point in the depth range that lands in the image.
 
     Elementwise float32 arithmetic, no BLAS call: a 3x3 product through a threaded BLAS costs
     little on an idle machine but tens of milliseconds when its threads compete for busy cores.
     Depth is computed for every point first, pixel coordinates only for the points in range.
     """
-    points = np.asarray(points)
-    M = (np.asarray(P, np.float64) @ np.asarray(T_cam_lidar, np.float64)).astype(np.float32)
     x, y, z = (points[:, i].astype(np.float32, copy=False) for i in range(3))
     w = x * M[2, 0]
     w += y * M[2, 1]
@@ -67,16 +85,7 @@ def project_points(
     inside = (u >= 0) & (u < width) & (v >= 0) & (v < height)
     # non-negative here, so truncation is floor
     flat = v[inside].astype(np.intp) * width + u[inside].astype(np.intp)
-
-    # zeros (lazily allocated) everywhere; +inf only on the hit pixels, then the minimum there:
-    # the nearest point wins its pixel, and no full-image pass is needed
-    sparse = np.zeros(height * width, dtype=np.float32)
-    sparse[flat] = np.inf
-    np.minimum.at(sparse, flat, w[inside])
-    sparse = sparse.reshape(height, width)
-    if config.occlusion_window > 0:
-        remove_occluded(sparse, config, out=sparse)
-    return sparse
+    return flat, w[inside]
 
 
 def remove_occluded(
@@ -110,27 +119,26 @@ def remove_occluded(
     step = width + 2 * reach  # row length of the padded array
     far = np.full((height + 2 * reach, step), _NO_POINT, dtype=np.float32)
     np.copyto(far[reach : reach + height, reach : reach + width], band, where=valid)
-    ys, xs = np.nonzero(valid)
-    depth = band[ys, xs]
+    # flat indices of a 1-D mask: several times faster than np.nonzero's (row, column) pairs
+    at = np.flatnonzero(valid)
+    ys, xs = np.divmod(at, width)
+    depth = band.reshape(-1)[at]
     index = (ys + reach) * step + (xs + reach)  # the points, as flat indices of the padded array
-
-    def erode(image: np.ndarray, kernel_width: int, kernel_height: int) -> np.ndarray:
-        """Minimum over the kernel_width x kernel_height window ending at each pixel."""
-        kernel = np.ones((kernel_height, kernel_width), np.uint8)
-        anchor = (kernel_width - 1, kernel_height - 1)
-        return cv2.erode(image, kernel, anchor=anchor)
 
     def nearer(near: np.ndarray) -> np.ndarray:
         return depth > near * (1.0 + config.occlusion_relative) + config.occlusion_absolute
 
-    # Rows y-1..y+1 (a centred 3-tall window), then the `reach` columns ending at each column:
-    # read one column left of a point it covers x-reach..x-1; `reach` right, x+1..x+reach.
-    rows3 = cv2.erode(far, np.ones((3, 1), np.uint8))
-    horizontal = erode(rows3, reach, 1).ravel()
-    occluded = nearer(horizontal[index - 1]) & nearer(horizontal[index + reach])
-    cols3 = cv2.erode(far, np.ones((1, 3), np.uint8))
-    vertical = erode(cols3, 1, reach).ravel()
-    occluded |= nearer(vertical[index - step]) & nearer(vertical[index + reach * step])
+    # One erosion per axis (OpenCV runs a rectangular kernel as a row pass and a column pass),
+    # the second into the first one's array: each fresh image-sized array costs page faults.
+    # Left/right: the minimum over rows y-1..y+1 and the `reach` columns ending at each column;
+    # read one column left of a point it covers x-reach..x-1, `reach` right x+1..x+reach.
+    near = cv2.erode(far, np.ones((3, reach), np.uint8), anchor=(reach - 1, 1))
+    flat = near.reshape(-1)
+    occluded = nearer(flat[index - 1]) & nearer(flat[index + reach])
+    # Up/down likewise: columns x-1..x+1 and the `reach` rows ending at each row.
+    near = cv2.erode(far, np.ones((reach, 3), np.uint8), dst=near, anchor=(1, reach - 1))
+    flat = near.reshape(-1)
+    occluded |= nearer(flat[index - step]) & nearer(flat[index + reach * step])
     out[ys[occluded] + top, xs[occluded]] = 0.0
     return out
 
