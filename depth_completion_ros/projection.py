@@ -146,15 +146,17 @@ def remove_occluded(
 def backproject(depth: np.ndarray, K: np.ndarray) -> np.ndarray:
     """H x W depth (metres, NaN/0 = none) -> H x W x 3 float32 points in the camera optical frame.
 
-    Invalid pixels give NaN points, as depth_image_proc's organised clouds do.
+    Invalid pixels give NaN points, as depth_image_proc's organised clouds do. Written channel by
+    channel into the output, z first: no image-sized temporaries besides the validity mask.
     """
     height, width = depth.shape
     fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
-    z = np.where(depth > 0, depth, np.nan).astype(np.float32)
     xs = ((np.arange(width, dtype=np.float32) - cx) / fx)[None, :]
     ys = ((np.arange(height, dtype=np.float32) - cy) / fy)[:, None]
     out = np.empty((height, width, 3), dtype=np.float32)
+    z = out[..., 2]
+    np.copyto(z, depth, casting="same_kind")
+    np.copyto(z, np.float32(np.nan), where=~(depth > 0))  # tested in depth's own dtype
     np.multiply(z, xs, out=out[..., 0])
     np.multiply(z, ys, out=out[..., 1])
-    out[..., 2] = z
     return out

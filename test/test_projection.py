@@ -211,3 +211,28 @@ def test_in_place_occlusion_filter_equals_the_copying_one(kitti_scan, kitti_cali
     copy = remove_occluded(raw)
     assert (raw > 0).sum() > (filtered > 0).sum()  # the filter removed something; raw untouched
     np.testing.assert_array_equal(filtered, copy)
+
+
+def _backproject_reference(depth: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """Back-projection the plain way: a z image with NaN holes, then x and y from it (in float64,
+    as K's entries make it, rounded to float32 once)."""
+    height, width = depth.shape
+    z = np.where(depth > 0, depth, np.nan).astype(np.float32)
+    xs = ((np.arange(width, dtype=np.float32) - K[0, 2]) / K[0, 0])[None, :]
+    ys = ((np.arange(height, dtype=np.float32) - K[1, 2]) / K[1, 1])[:, None]
+    return np.stack([z * xs, z * ys, z], axis=-1).astype(np.float32)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_backproject_bits_match_the_plain_computation(kitti_calibration, dtype) -> None:
+    camera = kitti_calibration.camera
+    rng = np.random.default_rng(5)
+    depth = rng.uniform(0.5, 90.0, (camera.height, camera.width)).astype(dtype)
+    depth[rng.random(depth.shape) < 0.2] = 0.0
+    depth[rng.random(depth.shape) < 0.05] = np.nan
+    depth[rng.random(depth.shape) < 0.05] = -1.0  # negative: no point either
+    depth[0, :3] = (1e-300 if dtype == np.float64 else 1e-30, np.inf, -0.0)
+    got = backproject(depth, camera.intrinsics)
+    expected = _backproject_reference(depth, camera.intrinsics)
+    assert got.dtype == np.float32 and got.shape == (camera.height, camera.width, 3)
+    np.testing.assert_array_equal(got.view(np.uint32), expected.view(np.uint32))
