@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import array
+
 import numpy as np
 import pytest
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
@@ -305,3 +307,61 @@ def test_pack_rgb_bits() -> None:
     rgb = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255]]], np.uint8)
     bits = pack_rgb(rgb).view(np.uint32)
     assert bits.tolist() == [[0xFF0000, 0x00FF00, 0x0000FF, 0xFFFFFF]]
+
+
+def _reference_xyzrgb_bytes(xyz: np.ndarray, rgb: np.ndarray) -> bytes:
+    """The cloud's data written the plain way: a (H, W, 4) little-endian float32 record array,
+    rgb packed with uint32 shifts."""
+    height, width = xyz.shape[:2]
+    record = np.empty((height, width, 4), "<f4")
+    record[..., :3] = xyz
+    rgb = rgb.astype(np.uint32)
+    packed = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+    record[..., 3] = packed.astype("<u4").view("<f4")
+    return record.tobytes()
+
+
+def test_organised_xyzrgb_cloud_bytes_match_the_plain_layout(kitti_rgb: np.ndarray) -> None:
+    """Full KITTI size, with NaN, inf, -0.0 and NaN payloads: every byte as the reference writes it."""
+    rgb = kitti_rgb
+    height, width = rgb.shape[:2]
+    xyz = RNG.uniform(-80, 80, (height, width, 3)).astype(np.float32)
+    xyz[RNG.random((height, width)) < 0.3] = np.nan
+    xyz[0, 0] = (np.inf, -np.inf, -0.0)
+    xyz.view(np.uint32)[1, 1, 0] = 0x7FC00123  # a NaN with a payload is copied, not rewritten
+    msg = organised_xyzrgb_cloud(xyz, rgb)
+    assert isinstance(msg.data, array.array) and msg.data.typecode == "B"
+    assert bytes(msg.data) == _reference_xyzrgb_bytes(xyz, rgb)
+    assert len(msg.data) == msg.row_step * msg.height
+
+
+def test_organised_xyzrgb_cloud_takes_any_layout_of_its_inputs(kitti_rgb: np.ndarray) -> None:
+    """float64 points, non-contiguous views and read-only colours give the same bytes."""
+    rgb = kitti_rgb[10:40:2, 300:360]  # strided view
+    rgb_readonly = np.ascontiguousarray(rgb)
+    rgb_readonly.flags.writeable = False
+    xyz64 = RNG.uniform(-5, 5, (60, 15, 3)).transpose(1, 0, 2)  # float64, not C-contiguous
+    expected = _reference_xyzrgb_bytes(xyz64.astype(np.float32), rgb)
+    assert bytes(organised_xyzrgb_cloud(xyz64, rgb).data) == expected
+    assert bytes(organised_xyzrgb_cloud(xyz64, rgb_readonly).data) == expected
+
+
+def test_organised_xyzrgb_cloud_empty_and_mismatched() -> None:
+    msg = organised_xyzrgb_cloud(np.zeros((0, 5, 3), np.float32), np.zeros((0, 5, 3), np.uint8))
+    assert (msg.height, msg.width, len(msg.data)) == (0, 5, 0)
+    with pytest.raises(MessageError, match="H x W x 3"):
+        organised_xyzrgb_cloud(np.zeros((4, 5, 3), np.float32), np.zeros((4, 6, 3), np.uint8))
+
+
+def test_pack_rgb_matches_shifts_for_every_value() -> None:
+    values = np.arange(256, dtype=np.uint8)
+    rgb = np.stack(np.meshgrid(values, values[::-1], values[::3], indexing="ij"), axis=-1)
+    rgb = rgb.reshape(256, -1, 3)[:, ::3]  # non-contiguous as well
+    shifted = (
+        (rgb[..., 0].astype(np.uint32) << 16)
+        | (rgb[..., 1].astype(np.uint32) << 8)
+        | rgb[..., 2].astype(np.uint32)
+    )
+    packed = pack_rgb(rgb)
+    assert packed.dtype == np.float32 and packed.shape == rgb.shape[:2]
+    np.testing.assert_array_equal(packed.view(np.uint32), shifted)
