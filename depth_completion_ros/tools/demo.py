@@ -42,7 +42,6 @@ IMAGE_TOPIC = kitti_to_bag.image_topic(2)
 INFO_TOPIC = kitti_to_bag.camera_info_topic(2)
 POINTS_TOPIC = kitti_to_bag.LIDAR_TOPIC
 COLLECTED = ("depth/image", "depth/points", "sparse_depth/image")
-PLAY_DELAY = 3.5  # s between play_bag's subscriber check and its first message
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -165,7 +164,7 @@ def _collector_class():
     """Built on first use, so importing the demo does not need rclpy."""
     from rclpy.node import Node
     from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import Image, PointCloud2
+    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
     from depth_completion_ros.messages import stamp_to_nanoseconds
 
@@ -191,6 +190,8 @@ def _collector_class():
                 self.create_subscription(kinds.get(topic, Image), topic, self._keep(topic), qos)
             self.create_subscription(Image, IMAGE_TOPIC, self._image, qos)
             self.create_subscription(PointCloud2, POINTS_TOPIC, self._scan, qos)
+            # also on camera_info, so that every replayed topic has two readers to wait for
+            self.create_subscription(CameraInfo, INFO_TOPIC, lambda msg: None, qos)
 
         def _keep(self, topic: str):
             def keep(msg, info) -> None:
@@ -268,11 +269,10 @@ def play_into_node(
             str(args.rate),
             "--wait-for-subscribers",
             "30",
-            # play_bag starts once each topic has ONE subscriber; the other (node or collector)
-            # sometimes matches only at Fast DDS's next periodic announcement (~3 s later, seen
-            # here): a volatile reader matched late misses the first frames
-            "--delay",
-            str(PLAY_DELAY),
+            # the node and the collector both read every input topic: wait for both, since a
+            # volatile reader matched late (Fast DDS's next announcement, ~3 s) misses frames
+            "--min-subscribers",
+            "2",
         ]
         started = time.monotonic()
         print(f"[demo] playing {bag.name} with play_bag at rate {args.rate:g}", flush=True)

@@ -28,6 +28,7 @@ class PlayOptions:
     clock_hz: float = 0.0  # 0 = no /clock
     reliability: str = "bag"  # bag | reliable | best_effort
     wait_for_subscribers: float = 0.0  # seconds to wait for each topic to have a subscriber
+    min_subscribers: int = 1  # subscribers each topic must have before playing starts
     delay: float = 0.0  # seconds to wait after creating publishers
 
 
@@ -95,7 +96,9 @@ def play(bag: str, options: PlayOptions, log=print) -> dict[str, int]:
             }
             clock_pub = node.create_publisher(Clock, "/clock", 10) if options.clock_hz else None
             waited = dict(publishers, **({"/clock": clock_pub} if clock_pub else {}))
-            _wait_for_subscribers(node, waited, options.wait_for_subscribers, log)
+            _wait_for_subscribers(
+                node, waited, options.wait_for_subscribers, log, options.min_subscribers
+            )
             if options.delay:
                 time.sleep(options.delay)
             start = reader.start_time + int(options.start_offset * 1e9)
@@ -144,17 +147,28 @@ def _wait_for_acks(publishers, timeout: float) -> None:
         publisher.wait_for_all_acked(Duration(seconds=timeout))
 
 
-def _wait_for_subscribers(node, publishers: dict, timeout: float, log) -> None:
+def _wait_for_subscribers(
+    node, publishers: dict, timeout: float, log, min_subscribers: int = 1
+) -> None:
+    """Wait until every topic has ``min_subscribers``: a volatile reader matched after a message
+    was sent never gets it, so replaying before all readers match loses frames."""
     if timeout <= 0:
         return
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if all(p.get_subscription_count() > 0 for p in publishers.values()):
+        if all(p.get_subscription_count() >= min_subscribers for p in publishers.values()):
             time.sleep(1.0)  # matching is not symmetric: let the readers see the writers too
             return
         time.sleep(0.05)
-    lonely = [t for t, p in publishers.items() if p.get_subscription_count() == 0]
-    log(f"play_bag: no subscriber after {timeout:g} s on {', '.join(lonely)}; playing anyway")
+    lonely = [
+        f"{t} ({p.get_subscription_count()})"
+        for t, p in publishers.items()
+        if p.get_subscription_count() < min_subscribers
+    ]
+    log(
+        f"play_bag: fewer than {min_subscribers} subscriber(s) after {timeout:g} s on "
+        f"{', '.join(lonely)}; playing anyway"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,7 +211,14 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=0.0,
         metavar="SEC",
-        help="wait up to SEC seconds until every topic has a subscriber",
+        help="wait up to SEC seconds until every topic has --min-subscribers subscribers",
+    )
+    parser.add_argument(
+        "--min-subscribers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --wait-for-subscribers: subscribers every topic needs (default 1)",
     )
     parser.add_argument("--delay", type=float, default=0.0, help="seconds to wait before playing")
     args = parser.parse_args(argv)
@@ -210,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         clock_hz=args.clock,
         reliability=args.reliability,
         wait_for_subscribers=args.wait_for_subscribers,
+        min_subscribers=args.min_subscribers,
         delay=args.delay,
     )
     try:
