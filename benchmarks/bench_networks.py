@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -20,6 +18,7 @@ import sys
 import time
 
 import numpy as np
+from machine import machine_info  # benchmarks/machine.py (scripts run from here)
 
 H, W, N_VALID = 352, 1216, 20_000
 
@@ -37,25 +36,6 @@ def make_frame(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     sparse[rows, cols] = rng.uniform(3, 80, N_VALID).astype(np.float32)
     K = np.array([[721.5, 0, 596.5], [0, 721.5, 149.9], [0, 0, 1.0]])
     return rgb, sparse, K
-
-
-def machine_info() -> dict:
-    import torch
-
-    info = {
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cuda_available": torch.cuda.is_available(),
-        "load_average_1min": os.getloadavg()[0],
-    }
-    if torch.cuda.is_available():
-        info["cuda_device"] = torch.cuda.get_device_name(0)
-        info["cuda_version"] = torch.version.cuda
-    return info
 
 
 def run_one(args: argparse.Namespace) -> dict:

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -24,6 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from machine import machine_info  # benchmarks/machine.py (scripts run from here)
 
 from depth_completion_ros.networks.sparse_ops import dynamic_filter, nearest_valid_pixels
 
@@ -67,21 +66,6 @@ def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> dict:
     }
 
 
-def machine_info(device: torch.device) -> dict:
-    info = {
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "device": str(device),
-        "load_average_1min": os.getloadavg()[0],
-    }
-    if device.type == "cuda":
-        info["cuda_device"] = torch.cuda.get_device_name(device)
-    return info
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -110,7 +94,7 @@ def main() -> None:
 
     result = {
         "benchmark": "bench_sparse_ops",
-        "machine": machine_info(device),
+        "machine": {**machine_info(), "device": str(device)},
         "settings": {
             "height": H,
             "width": W,
