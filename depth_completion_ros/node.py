@@ -278,7 +278,7 @@ class DepthCompletionNode(Node):
         if pairs:
             self._last_pair_time = time.monotonic()
         for pair in pairs:
-            pair.received = time.monotonic()  # type: ignore[attr-defined]
+            pair.received = time.monotonic()
             self.slot.put(pair)
 
     # --- processing -------------------------------------------------------------------------
@@ -360,7 +360,7 @@ class DepthCompletionNode(Node):
         result = self.pipeline.run(rgb, points, camera, T)
         self._publish(pair.image, camera, rgb, result)
         self._counts["processed"] += 1
-        self._latencies.append(time.monotonic() - pair.received)  # type: ignore[attr-defined]
+        self._latencies.append(time.monotonic() - pair.received)
 
     def _publish(self, image: Image, camera, rgb: np.ndarray, result) -> None:
         # outputs carry the camera image's stamp and frame (REP 118)
@@ -402,17 +402,6 @@ class DepthCompletionNode(Node):
             self.get_logger().info(
                 self.latency_summary(), throttle_duration_sec=self.config["diagnostics_period"]
             )
-
-    def counters(self) -> dict[str, int]:
-        """Totals, for tests and tools."""
-        return dict(
-            self._counts,
-            dropped=self.slot.dropped,
-            **{
-                "paired": self.pairer.stats.paired,
-                "rejected_offset": self.pairer.stats.rejected_offset,
-            },
-        )
 
     def latency_summary(self) -> str:
         """Totals and latency percentiles (scan+image received -> outputs published)."""

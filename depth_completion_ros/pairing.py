@@ -27,6 +27,7 @@ class Pair(Generic[ImageT, CloudT]):
     cloud: CloudT
     image_stamp: float
     cloud_stamp: float
+    received: float = 0.0  # monotonic time the pair formed (the node's latency starts here)
 
     @property
     def offset(self) -> float:
