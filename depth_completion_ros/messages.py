@@ -319,10 +319,16 @@ def stamp_to_nanoseconds(stamp) -> int:
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
-def seconds_to_stamp_fields(seconds: float) -> tuple[int, int]:
-    """Float seconds -> (sec, nanosec) for builtin_interfaces/Time."""
-    nanoseconds = int(round(seconds * 1e9))
-    return nanoseconds // 1_000_000_000, nanoseconds % 1_000_000_000
+def seconds_to_nanoseconds(seconds: float) -> int:
+    """Float seconds -> integer nanoseconds (rounded, so stamps survive a round trip)."""
+    return int(round(seconds * 1e9))
+
+
+def make_header(nanoseconds: int, frame_id: str) -> Header:
+    """std_msgs/Header for a stamp in integer nanoseconds."""
+    msg = Header(frame_id=frame_id)
+    msg.stamp.sec, msg.stamp.nanosec = divmod(int(nanoseconds), 1_000_000_000)
+    return msg
 
 
 __all__ = [
@@ -338,5 +344,6 @@ __all__ = [
     "pack_rgb",
     "stamp_to_seconds",
     "stamp_to_nanoseconds",
-    "seconds_to_stamp_fields",
+    "seconds_to_nanoseconds",
+    "make_header",
 ]

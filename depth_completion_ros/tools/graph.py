@@ -24,8 +24,9 @@ from std_msgs.msg import Header
 from depth_completion_ros.calibration import PinholeCamera
 from depth_completion_ros.messages import (
     camera_to_camera_info,
+    make_header,
     numpy_to_image,
-    seconds_to_stamp_fields,
+    seconds_to_nanoseconds,
     stamp_to_nanoseconds,
     xyz_array_to_pointcloud2,
 )
@@ -119,10 +120,8 @@ class SensorFrame:
 
 
 def header(stamp: float, frame_id: str) -> Header:
-    sec, nanosec = seconds_to_stamp_fields(stamp)
-    msg = Header(frame_id=frame_id)
-    msg.stamp.sec, msg.stamp.nanosec = sec, nanosec
-    return msg
+    """Header for a stamp in float seconds."""
+    return make_header(seconds_to_nanoseconds(stamp), frame_id)
 
 
 def frame_messages(

@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from builtin_interfaces.msg import Time
-from std_msgs.msg import Header
 
 from depth_completion_ros.bag_io import (
     BagError,
@@ -44,7 +42,9 @@ from depth_completion_ros.kitti import (
 )
 from depth_completion_ros.messages import (
     camera_to_camera_info,
+    make_header,
     numpy_to_image,
+    seconds_to_nanoseconds,
     xyz_array_to_pointcloud2,
 )
 
@@ -75,17 +75,6 @@ def camera_info_topic(index: int) -> str:
     return f"/kitti/{CAMERA_NAMES[index]}/camera_info"
 
 
-def to_ns(seconds: float) -> int:
-    return int(round(seconds * 1e9))
-
-
-def ros_header(stamp_ns: int, frame_id: str) -> Header:
-    return Header(
-        stamp=Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000),
-        frame_id=frame_id,
-    )
-
-
 # --- stamps ---------------------------------------------------------------------------------
 
 
@@ -108,8 +97,8 @@ def sensor_stamps(folder: Path, frame_ids: list[int], epoch: float) -> tuple[dic
         stamps = parse_timestamps(path)
         if len(stamps) <= max(frame_ids):
             raise KittiError(f"{path}: {len(stamps)} timestamps, but frame {max(frame_ids)} exists")
-        return {i: to_ns(stamps[i]) for i in frame_ids}, False
-    return {i: to_ns(epoch + i / KITTI_RATE_HZ) for i in frame_ids}, True
+        return {i: seconds_to_nanoseconds(stamps[i]) for i in frame_ids}, False
+    return {i: seconds_to_nanoseconds(epoch + i / KITTI_RATE_HZ) for i in frame_ids}, True
 
 
 # --- oxts -----------------------------------------------------------------------------------
@@ -258,13 +247,13 @@ def convert(
             for i in present:
                 stamp = image_stamps[i][frame_id]
                 rgb = read_rgb(drive_dir / f"image_{i:02d}" / "data" / f"{frame_id:010d}.png")
-                header = ros_header(stamp, optical_frame(i))
+                header = make_header(stamp, optical_frame(i))
                 bag.write(image_topic(i), stamp, from_ros(numpy_to_image(rgb, "rgb8", header)))
                 info = camera_to_camera_info(calibrations[i].camera, header)
                 bag.write(camera_info_topic(i), stamp, from_ros(info))
             stamp = lidar_stamps[frame_id]
             points = read_velodyne_bin(drive.velodyne_dir / f"{frame_id:010d}.bin")
-            cloud = xyz_array_to_pointcloud2(points, ros_header(stamp, LIDAR_FRAME), True)
+            cloud = xyz_array_to_pointcloud2(points, make_header(stamp, LIDAR_FRAME), True)
             bag.write(LIDAR_TOPIC, stamp, from_ros(cloud))
             if number % 10 == 0 or number == len(frame_ids):
                 log(f"  {number}/{len(frame_ids)} frames")
