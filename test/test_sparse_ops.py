@@ -202,3 +202,19 @@ def test_sparse_ops_on_cuda_match_cpu() -> None:
     torch.testing.assert_close(
         dynamic_filter(x.cuda(), wt.cuda(), 7).cpu(), dynamic_filter(x, wt, 7)
     )
+
+
+def test_row_pass_in_chunks_is_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fewer valid pixels than neighbours asked for sends every pixel to the whole-row window;
+    the row pass then works in chunks (a 352 x 1216 frame with three points once needed ~18 GB
+    of candidate tables in one piece). Tiny chunks must give the same neighbours."""
+    import depth_completion_ros.networks.sparse_ops as ops
+
+    valid = torch.zeros(2, 40, 300, dtype=torch.bool)
+    valid[0, [0, 20, 39], [0, 150, 299]] = True
+    valid[1] = torch.rand(40, 300, generator=torch.Generator().manual_seed(4)) < 0.01
+    want, _ = nearest_valid_pixels(valid, method="kdtree")
+    monkeypatch.setattr(ops, "_WINDOW_CELLS", 1000)  # chunks of 1 to 66 pixels
+    got, idx = nearest_valid_pixels(valid, method="torch")
+    assert torch.equal((want**2).sum(1), (got**2).sum(1))
+    assert valid.view(2, -1).gather(1, idx.view(2, -1)).all()

@@ -48,6 +48,7 @@ _NONE = 1 << 30  # squared distances from here up mean "no point" (real ones sta
 _BLOCK = 32  # columns per block for the lower bound on columns outside the window
 _BRUTE_FORCE_MAX = 1 << 26  # B * (H*W)^2 up to which every pixel pair is scored directly
 _WINDOWS = (7, 31, 127, 511)  # half-widths of the row-pass windows, then the whole row
+_WINDOW_CELLS = 1 << 24  # candidate-table cells per chunk of the row pass (~250 MB of temps)
 
 
 def dynamic_filter(x: Tensor, weights: Tensor, kernel_size: int) -> Tensor:
@@ -223,45 +224,71 @@ def _row_pass(col_dy: Tensor, col_row: Tensor, k: int) -> tuple[Tensor, Tensor, 
     block_lo = torch.arange(nb, device=dev, dtype=torch.int32) * _BLOCK
     block_hi = block_lo + (_BLOCK - 1)
 
-    out_d2 = out_col = out_row = None
+    out_d2 = torch.empty((n, k), dtype=torch.int32, device=dev)
+    out_col = torch.empty((n, k), dtype=torch.int32, device=dev)
+    out_row = torch.empty((n, k), dtype=torch.int32, device=dev)
     pix = torch.arange(n, device=dev)
     for half in (*_WINDOWS, w):
         half = min(half, w)
-        b = pix // (h * w)
-        y = pix // w % h
-        x = (pix % w).to(torch.int32)
-        offs = torch.arange(-half, half + 1, device=dev, dtype=torch.int32)
-        cols = x[:, None] + offs  # m x (2 half + 1)
-        in_img = (cols >= 0) & (cols < w)
-        gidx = (b * (w * h) + y)[:, None] + cols.clamp(0, w - 1).long() * h
-        d0 = torch.where(in_img, (offs * offs) + flat_near[gidx], _NONE)
-        pick = torch.topk(d0, min(k, d0.shape[1]), dim=1, largest=False, sorted=False)[1]
-        pick_g = gidx.gather(1, pick)
-        pick_off = offs[pick]
-        d2 = (pick_off * pick_off)[..., None] + flat_dysq[pick_g]  # m x k x k
-        d2 = torch.where(in_img.gather(1, pick)[..., None], d2, _NONE).flatten(1)
-        best, arg = torch.topk(d2, k, dim=1, largest=False, sorted=True)
-        which = arg // k
-        best_col = x[:, None] + pick_off.gather(1, which)
-        best_row = flat_row[pick_g.gather(1, which), arg % k]
-        if out_d2 is None:
-            out_d2, out_col, out_row = best, best_col, best_row
-        else:
-            out_d2[pix], out_col[pix], out_row[pix] = best, best_col, best_row
+        # chunks bound the m x (2 half + 1) candidate tables (wide windows on sparse scans)
+        step = max(1, _WINDOW_CELLS // (2 * half + 1))
+        kth_parts = []
+        for start in range(0, pix.numel(), step):
+            part = pix[start : start + step]
+            best, best_col, best_row = _window_pass(
+                part, half, h, w, k, flat_near, flat_dysq, flat_row
+            )
+            out_d2[part], out_col[part], out_row[part] = best, best_col, best_row
+            kth_parts.append(best[:, -1])
         if half >= w:
             break
         # proven: the k-th distance is within the window's half-width, or no column outside
         # the window can beat it; the rest go round again with a wider window
-        kth = best[:, -1].clamp(max=_NONE)
+        kth = torch.cat(kth_parts).clamp(max=_NONE)
         open_ = kth > (half + 1) ** 2
-        pix, x, b, y, kth = pix[open_], x[open_], b[open_], y[open_], kth[open_]
+        pix, kth = pix[open_], kth[open_]
         if pix.numel() == 0:  # one host sync per pass: the loop must know when to stop
             break
+        b = pix // (h * w)
+        y = pix // w % h
+        x = (pix % w).to(torch.int32)
         bound = _outside_bound(x, half, block_lo, block_hi, bmin_sq, b, y)
         pix = pix[bound < kth]
         if pix.numel() == 0:
             break
     return out_d2, out_col, out_row
+
+
+def _window_pass(
+    pix: Tensor,
+    half: int,
+    h: int,
+    w: int,
+    k: int,
+    flat_near: Tensor,
+    flat_dysq: Tensor,
+    flat_row: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The k nearest among the columns within +-half of each pixel in ``pix``: squared
+    distances, columns and rows, each m x k (int32)."""
+    b = pix // (h * w)
+    y = pix // w % h
+    x = (pix % w).to(torch.int32)
+    offs = torch.arange(-half, half + 1, device=pix.device, dtype=torch.int32)
+    cols = x[:, None] + offs  # m x (2 half + 1)
+    in_img = (cols >= 0) & (cols < w)
+    gidx = (b * (w * h) + y)[:, None] + cols.clamp(0, w - 1).long() * h
+    d0 = torch.where(in_img, (offs * offs) + flat_near[gidx], _NONE)
+    pick = torch.topk(d0, min(k, d0.shape[1]), dim=1, largest=False, sorted=False)[1]
+    pick_g = gidx.gather(1, pick)
+    pick_off = offs[pick]
+    d2 = (pick_off * pick_off)[..., None] + flat_dysq[pick_g]  # m x k x k
+    d2 = torch.where(in_img.gather(1, pick)[..., None], d2, _NONE).flatten(1)
+    best, arg = torch.topk(d2, k, dim=1, largest=False, sorted=True)
+    which = arg // k
+    best_col = x[:, None] + pick_off.gather(1, which)
+    best_row = flat_row[pick_g.gather(1, which), arg % k]
+    return best.to(torch.int32), best_col.to(torch.int32), best_row.to(torch.int32)
 
 
 def _outside_bound(
