@@ -219,6 +219,51 @@ def test_cspn_with_fresh_kernels_and_no_sparse_depth_keeps_its_input() -> None:
     assert (moved >= depth - 1e-4).all() and float((moved - depth).mean()) > 1.0
 
 
+def test_cspn_steps_follow_the_update_rule() -> None:
+    """The refinement, written out as the paper's update h <- (1 - m) * (kernel * h) + m * s
+    with a direct loop over kernel taps, the half-way and final mixes, equals CSPNRefine
+    (which folds (1 - m) into the kernels once). float64, random non-trivial weights."""
+    torch.manual_seed(8)
+    cspn = CSPNRefine(channels=6, steps=4).eval().double()
+    g = torch.Generator().manual_seed(8)
+    feat = torch.randn(1, 6, 7, 10, generator=g, dtype=torch.float64)
+    depth = torch.rand(1, 1, 7, 10, generator=g, dtype=torch.float64) * 30
+    sparse = torch.rand(1, 1, 7, 10, generator=g, dtype=torch.float64) * 30
+    sparse = sparse * (torch.rand(1, 1, 7, 10, generator=g) < 0.3)
+    with torch.no_grad():
+        got = cspn(feat, depth, sparse)
+        kernels = [cspn.weight3x3(feat), cspn.weight5x5(feat), cspn.weight7x7(feat)]
+        masks = cspn.convmask(feat) * (sparse > 1e-3)
+        conf = cspn.convck(feat)
+
+        def filt(h: torch.Tensor, kern: torch.Tensor, size: int) -> torch.Tensor:
+            r = size // 2
+            padded = torch.nn.functional.pad(h, (r, r, r, r))
+            out = torch.zeros_like(h)
+            for i in range(size):
+                for j in range(size):
+                    out += (
+                        padded[:, :, i : i + 7, j : j + 10]
+                        * kern[:, i * size + j : i * size + j + 1]
+                    )
+            return out
+
+        hs, history = [depth] * 3, [depth]
+        for step in range(4):
+            hs = [
+                (1 - masks[:, n : n + 1]) * filt(hs[n], kernels[n], size)
+                + masks[:, n : n + 1] * sparse
+                for n, size in enumerate((3, 5, 7))
+            ]
+            if step == 1:
+                history.append(sum(conf[:, n : n + 1] * hs[n] for n in range(3)))
+        history.append(sum(conf[:, n : n + 1] * hs[n] for n in range(3)))
+        stack = torch.cat(history, dim=1)
+        mix = cspn.convct(torch.cat([feat, stack], dim=1))
+        want = (mix * stack).sum(dim=1, keepdim=True)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
 def test_every_parameter_is_used_in_training() -> None:
     """Train-mode forward/backward on a tiny batch: every released tensor takes part (a layer
     wired wrongly or skipped would get no gradient), and BN statistics update."""

@@ -190,6 +190,34 @@ def test_batchnorm_folding_keeps_outputs():
     torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
 
 
+def test_batchnorm_folding_keeps_bpnet_outputs():
+    """BP-Net folds too, including the first propagation layer whose weight it reads directly
+    (it then adds the folded bias): float64, so any wiring mistake shows."""
+    from depth_completion_ros.networks.bpnet import BPNet
+
+    torch.manual_seed(3)
+    net = BPNet(base_channels=4).eval().double()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.1)
+    g = torch.Generator().manual_seed(3)
+    image = torch.randn(1, 3, 64, 96, generator=g, dtype=torch.float64)
+    sparse = torch.rand(1, 1, 64, 96, generator=g, dtype=torch.float64) * 40
+    sparse = sparse * (torch.rand(1, 1, 64, 96, generator=g) < 0.1)
+    K = torch.tensor([[[60.0, 0, 48], [0, 60, 32], [0, 0, 1]]], dtype=torch.float64)
+    with torch.inference_mode():
+        want = net(image, sparse, K)
+        assert fold_batchnorm(net) > 250
+        got = net(image, sparse, K)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    for a, b in zip(want, got, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9)
+
+
 def test_bad_inputs_are_explained(kitti_frame, r18_weights):
     rgb, sparse, K = kitti_frame
     backend = NetworkBackend(model="selfdc_r18", checkpoint=r18_weights, device="cpu")
@@ -228,7 +256,7 @@ def test_bpnet_inputs_follow_its_nyu_settings(nyu_frame):
     """BP-Net plumbing without its (slow) forward: ImageNet statistics, metres x 10, K, 256x320."""
     rgb, sparse, K = nyu_frame
     backend = NetworkBackend(model="bpnet", device="cpu", dataset="nyu", allow_random_weights=True)
-    assert backend.folded == 0  # BP-Net reads some conv weights directly: never folded
+    assert backend.folded > 250  # every BN of BP-Net folds, its propagation MLP's too
     image, dep, k_net, g = backend.prepare(rgb, sparse, K)
     assert image.shape == (1, 3, 256, 320) and dep.shape == (1, 1, 256, 320)
     assert k_net.shape == (1, 3, 3)

@@ -140,13 +140,12 @@ def _fuse(conv: nn.Module, bn: nn.BatchNorm2d) -> nn.Module:
 def fold_batchnorm(model: nn.Module) -> int:
     """Fold eval-mode BatchNorm into the conv right before it; returns how many were folded.
 
-    Pairs: adjacent (conv, BN) in an ``nn.Sequential``, and the (convN, bnN) pairs of the
-    ResNet basic blocks. Only for models whose code runs those pairs in order and never reads
-    the parts separately (the registry's ``foldable_batchnorm``). Saves a full pass over every
-    feature map per BN at inference; the weights in the file are untouched.
+    Pairs: adjacent (conv, BN) in an ``nn.Sequential``, and the attribute pairs a module
+    declares in ``CONV_BN_PAIRS`` (modules whose forward runs ``bn(conv(x))``). Code that reads
+    a folded conv's weight directly must add its bias (BP-Net's propagation does). Saves a full
+    pass over every feature map, and a kernel launch, per BN at inference; the weights in the
+    file are untouched.
     """
-    from depth_completion_ros.networks.nlspn import BasicBlock
-
     convs = (nn.Conv2d, nn.ConvTranspose2d)
     folded = 0
     for module in list(model.modules()):
@@ -156,13 +155,12 @@ def fold_batchnorm(model: nn.Module) -> int:
                 if isinstance(a, convs) and isinstance(b, nn.BatchNorm2d):
                     module[i], module[i + 1] = _fuse(a, b), nn.Identity()
                     folded += 1
-        elif isinstance(module, BasicBlock):
-            for n in (1, 2):
-                conv, bn = getattr(module, f"conv{n}"), getattr(module, f"bn{n}")
-                if isinstance(bn, nn.BatchNorm2d):
-                    setattr(module, f"conv{n}", _fuse(conv, bn))
-                    setattr(module, f"bn{n}", nn.Identity())
-                    folded += 1
+        for conv_name, bn_name in getattr(module, "CONV_BN_PAIRS", ()):
+            conv, bn = getattr(module, conv_name), getattr(module, bn_name)
+            if isinstance(conv, convs) and isinstance(bn, nn.BatchNorm2d):
+                setattr(module, conv_name, _fuse(conv, bn))
+                setattr(module, bn_name, nn.Identity())
+                folded += 1
     return folded
 
 
@@ -268,8 +266,7 @@ class NetworkBackend(DepthCompletionBackend):
             net = self._build()
             log.warning("model %s runs with RANDOM weights (allow_random_weights=True)", model)
         net.eval().requires_grad_(False)
-        fold = fuse_batchnorm and self.spec.foldable_batchnorm
-        self.folded = fold_batchnorm(net) if fold else 0
+        self.folded = fold_batchnorm(net) if fuse_batchnorm else 0
         # NHWC lets oneDNN (CPU) and cuDNN (tensor cores) pick their fast kernels: on 2 CPU
         # cores it cut the CPU time of selfdc_r18 by a quarter.
         self.channels_last = True if channels_last is None else channels_last

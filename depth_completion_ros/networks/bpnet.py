@@ -116,6 +116,8 @@ class ConvBNAct(nn.Module):
 class UpConvBNAct(nn.Module):
     """x2 transposed conv (4x4, stride 2) -> BN -> ReLU."""
 
+    CONV_BN_PAIRS = (("conv", "bn"),)
+
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__()
         self.conv = nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1, bias=False)
@@ -128,6 +130,9 @@ class UpConvBNAct(nn.Module):
 
 class ResBlock(nn.Module):
     """ResNet basic block (two 3x3 convs), with stochastic depth on the residual branch."""
+
+    #: run as bn(conv(x)): inference may fold each BN into its conv
+    CONV_BN_PAIRS = (("conv1", "bn1"), ("conv2", "bn2"))
 
     def __init__(self, cin: int, cout: int, stride: int = 1, drop_path: float = 0.0) -> None:
         super().__init__()
@@ -372,19 +377,24 @@ class CSPNRefine(nn.Module):
         dtype = self.weight3x3.conv[0].conv.conv.weight.dtype
         with torch.autocast(device_type=feat.device.type, enabled=False):
             feat, depth, sparse = feat.to(dtype), depth.to(dtype), sparse.to(dtype)
-            kernels = (self.weight3x3(feat), self.weight5x5(feat), self.weight7x7(feat))
+            heads = (self.weight3x3, self.weight5x5, self.weight7x7)
             masks = (self.convmask(feat) * (sparse > VALID_DEPTH)).split(1, dim=1)
-            conf = self.convck(feat).split(1, dim=1)
+            conf = self.convck(feat)
+            # Each step is h <- (1 - m) * filter(h, kernel) + m * sparse. Both m terms are the
+            # same at every step, so (1 - m) is folded into the kernel and m * sparse computed
+            # once: two passes over the image per branch and step instead of five.
+            kernels = [head(feat) * (1.0 - m) for head, m in zip(heads, masks, strict=True)]
+            inject = [m * sparse for m in masks]
             hs = [depth, depth, depth]
             history = [depth]
             for step in range(self.steps):
                 hs = [
-                    (1.0 - m) * dynamic_filter(hi, kern, size) + m * sparse
-                    for hi, kern, m, size in zip(hs, kernels, masks, self.sizes, strict=True)
+                    dynamic_filter(hi, kern, size) + inj
+                    for hi, kern, inj, size in zip(hs, kernels, inject, self.sizes, strict=True)
                 ]
                 if step == self.steps // 2 - 1:
-                    history.append(sum(ci * hi for ci, hi in zip(conf, hs, strict=True)))
-            history.append(sum(ci * hi for ci, hi in zip(conf, hs, strict=True)))
+                    history.append((conf * torch.cat(hs, dim=1)).sum(dim=1, keepdim=True))
+            history.append((conf * torch.cat(hs, dim=1)).sum(dim=1, keepdim=True))
             stack = torch.cat(history, dim=1)
             mix = self.convct(torch.cat([feat, stack], dim=1))
             return (mix * stack).sum(dim=1, keepdim=True)

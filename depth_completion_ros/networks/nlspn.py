@@ -64,6 +64,9 @@ def convt_bn_relu(cin: int, cout: int) -> nn.Sequential:
 class BasicBlock(nn.Module):
     """ResNet basic block (two 3x3 convs and a shortcut), torchvision attribute names."""
 
+    #: run as bn(conv(x)): inference may fold each BN into its conv
+    CONV_BN_PAIRS = (("conv1", "bn1"), ("conv2", "bn2"))
+
     def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)

@@ -71,9 +71,6 @@ class ModelSpec:
     description: str
     #: released weight files known to fit, for messages
     released: tuple[str, ...] = ()
-    #: BN may be folded into the preceding conv at inference (only where every conv+BN pair
-    #: runs in order; BP-Net reads one conv's weight directly, so folding would break it)
-    foldable_batchnorm: bool = True
 
     def factory(self) -> Callable[..., nn.Module]:
         module, _, attr = self.constructor.partition(":")
@@ -120,7 +117,6 @@ MODELS: dict[str, ModelSpec] = {
         needs_intrinsics=True,
         description="BP-Net (DMD3C): bilateral propagation, 89.9 M parameters",
         released=("dmd3c_distillation_depth_anything_v2.pth", "BP_KITTI"),
-        foldable_batchnorm=False,
     ),
     "selfdc": ModelSpec(
         name="selfdc",
