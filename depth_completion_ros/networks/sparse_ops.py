@@ -171,12 +171,16 @@ def _column_neighbours(valid: Tensor, k: int) -> tuple[Tensor, Tensor]:
     csum = torch.cumsum(vt, 0, dtype=torch.int64)
     total = csum[-1:]  # kept as a tensor: no host sync
     below = csum - vt.long()  # how many valid pixels come before (b, c, y) in this order
+    q = torch.arange(n, device=dev)
     # flat positions of the valid pixels, ascending, padded with a sentinel that lies in no
-    # column (fixed size: no host round trip on a GPU; keeps gathers in range when empty)
-    keys = torch.nonzero_static(vt, size=n + 1, fill_value=n + h).squeeze(1)
+    # column: each valid pixel is scattered to its rank, the rest to a spare last slot. Fixed
+    # size, so no host round trip on a GPU (and no need for nonzero_static, which older torch
+    # builds lack on CUDA); the padding keeps gathers in range when the mask is empty.
+    keys = torch.full((n + 1,), n + h, dtype=torch.long, device=dev)
+    keys.scatter_(0, torch.where(vt, below, n), q)
+    keys[n:].fill_(n + h)
     key_col = keys // h  # b * W + c
     key_row = (keys % h).to(torch.int32)
-    q = torch.arange(n, device=dev)
     q_col = q // h
     q_row = (q % h).to(torch.int32)
     # candidates: k valid pixels before and k at/after in column-major order
