@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Everything the GPU path needs checked, in one go, on a machine with a CUDA device:
+# the CUDA tests, per-model timings (bench_networks.py) and per-stage profiles
+# (profile_network.py). Writes JSON and logs to OUT_DIR (default output/gpu_check) and prints
+# a short summary last.
+#
+#   benchmarks/gpu_check.sh [OUT_DIR] [PART ...]
+#
+# PARTs: tests, sparse, timings, compiled, profiles (default: all). Each takes a few minutes;
+# on a machine with a per-command time limit, run them in separate calls into one OUT_DIR.
+#
+# Uses the python on PATH (PYTHON=... to override): a CUDA build of torch with numpy, scipy,
+# opencv and safetensors. The KITTI frames are read from ../shared/data as in the tests.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+OUT_DIR=$(realpath -m "${1:-output/gpu_check}")
+shift || true
+PARTS=" ${*:-tests sparse timings compiled profiles} "
+want() { [[ $PARTS == *" $1 "* ]]; }
+mkdir -p "$OUT_DIR"
+export PYTHONUNBUFFERED=1
+
+"$PY" - <<'EOF' || { echo "gpu_check: torch sees no CUDA device; run this on a GPU machine" >&2; exit 2; }
+import sys, torch
+if not torch.cuda.is_available():
+    sys.exit(1)
+print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0))
+EOF
+
+tests_rc=0
+if want tests; then
+    echo "== CUDA tests"
+    timeout 600 "$PY" -m pytest -q -p no:cacheprovider test/test_cuda.py test/test_sparse_ops.py \
+        test/test_bpnet.py test/test_nlspn.py test/test_network_backend.py \
+        test/test_checkpoints.py >"$OUT_DIR/pytest.log" 2>&1
+    tests_rc=$?
+    tail -n 3 "$OUT_DIR/pytest.log"
+fi
+
+cd benchmarks
+if want sparse; then
+    echo "== neighbour search and dynamic filter"
+    timeout 300 "$PY" bench_sparse_ops.py --device cuda \
+        >"$OUT_DIR/sparse_ops.json" 2>"$OUT_DIR/sparse_ops.log"
+fi
+if want timings; then
+    echo "== per-model timings, eager"
+    timeout 900 "$PY" bench_networks.py --devices cuda --runs 30 \
+        >"$OUT_DIR/networks.json" 2>"$OUT_DIR/networks.log"
+fi
+if want compiled; then
+    echo "== per-model timings, torch.compile"
+    timeout 1200 "$PY" bench_networks.py --devices cuda --runs 30 --compile \
+        --precisions fp16 bf16 >"$OUT_DIR/networks_compiled.json" 2>"$OUT_DIR/networks_compiled.log"
+fi
+if want profiles; then
+    echo "== per-stage profiles"
+    for model in bpnet selfdc; do
+        for precision in fp32 bf16; do
+            timeout 300 "$PY" profile_network.py --model "$model" --device cuda \
+                --precision "$precision" >"$OUT_DIR/profile_${model}_${precision}.txt" 2>&1
+        done
+    done
+fi
+cd ..
+
+"$PY" - "$OUT_DIR" <<'EOF'
+import json, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+targets = {"bpnet": 60.0, "selfdc": 25.0}
+for name in ("networks.json", "networks_compiled.json"):
+    path = out / name
+    try:
+        report = json.loads(path.read_text().strip().splitlines()[-1])
+    except (OSError, ValueError, IndexError):
+        print(f"{name}: no result (see {path.with_suffix('.log')})")
+        continue
+    print(f"{name}: {report['machine'].get('cuda_device')}")
+    for r in report["results"]:
+        if "error" in r:
+            print(f"  {r['model']:<11} {r['precision']:<5} error: {r['error']}")
+            continue
+        goal = targets.get(r["model"])
+        verdict = "" if goal is None else ("meets" if r["frame_ms_median"] <= goal else "misses")
+        print(
+            f"  {r['model']:<11} {r['precision']:<5} frame p50 {r['frame_ms_median']:7.1f} ms"
+            f"  forward p50 {r['forward_ms_median']:7.1f} ms  peak {r.get('peak_cuda_mb')} MB"
+            f"  {verdict} {goal or ''}"
+        )
+for path in sorted(out.glob("profile_*.txt")):
+    lines = path.read_text().strip().splitlines()
+    try:
+        prof = json.loads(lines[-1])
+    except (ValueError, IndexError):
+        print(f"{path.name}: no result")
+        continue
+    top = sorted(prof["stage_ms_median"].items(), key=lambda kv: -kv[1])[:6]
+    print(
+        f"{path.stem}: forward {prof['forward_ms_median']} ms, "
+        f"{prof['cuda_kernels_per_forward']} kernels; "
+        + ", ".join(f"{k} {v}" for k, v in top)
+    )
+EOF
+echo "results in $OUT_DIR"
+exit $tests_rc
