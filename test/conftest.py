@@ -134,3 +134,33 @@ def kitti_calibration(kitti_calib_dir: Path):
     from depth_completion_ros.calibration import load_kitti_calibration
 
     return load_kitti_calibration(kitti_calib_dir, camera_index=2)
+
+
+@pytest.fixture(scope="session")
+def kitti_frame(kitti_image_path: Path, kitti_velodyne_raw_path: Path, kitti_calibration):
+    """The frame as a backend takes it: RGB uint8 H x W x 3, KITTI's sparse map in metres
+    (float32, 0 = none) and the 3 x 3 K of image_02 (read-only arrays)."""
+    import cv2
+
+    rgb = np.ascontiguousarray(cv2.imread(str(kitti_image_path))[:, :, ::-1])
+    raw = cv2.imread(str(kitti_velodyne_raw_path), cv2.IMREAD_UNCHANGED)
+    sparse = raw.astype(np.float32) / 256.0
+    K = kitti_calibration.camera.K.copy()
+    for array in (rgb, sparse, K):
+        array.setflags(write=False)
+    return rgb, sparse, K
+
+
+@pytest.fixture(scope="session")
+def r18_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """selfdc_r18 random weights saved as safetensors: a real checkpoint file for plumbing
+    tests (not accuracy), fast on a CPU."""
+    import torch
+    from safetensors.torch import save_file
+
+    from depth_completion_ros.networks.nlspn import selfdc_r18
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "selfdc_r18_random.safetensors"
+    save_file(selfdc_r18().state_dict(), str(path))
+    return path

@@ -7,35 +7,17 @@ Skipped without a CUDA device (CI has none); run on a GPU machine with
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from depth_completion_ros.backends.network import NetworkBackend
 from depth_completion_ros.networks.bpnet import BPNet
 from depth_completion_ros.networks.deformable import modulated_deform_conv3x3
-from depth_completion_ros.networks.nlspn import selfdc_r18
 from depth_completion_ros.networks.sparse_ops import dynamic_filter, nearest_valid_pixels
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-def _kitti_K(calib_dir: Path) -> np.ndarray:
-    for line in (calib_dir / "calib_cam_to_cam.txt").read_text().splitlines():
-        if line.startswith("P_rect_02:"):
-            return np.array(line.split()[1:], dtype=np.float64).reshape(3, 4)[:, :3]
-    raise AssertionError("P_rect_02 missing")
-
-
-@pytest.fixture(scope="module")
-def kitti_frame(kitti_image_path, kitti_velodyne_raw_path, kitti_calib_dir):
-    rgb = np.ascontiguousarray(cv2.imread(str(kitti_image_path))[:, :, ::-1])
-    sparse = cv2.imread(str(kitti_velodyne_raw_path), cv2.IMREAD_UNCHANGED).astype(np.float32)
-    return rgb, sparse / 256.0, _kitti_K(kitti_calib_dir)
 
 
 def _distances(offsets: torch.Tensor) -> torch.Tensor:
@@ -99,14 +81,6 @@ def test_bpnet_full_frame_on_cuda_matches_cpu_float64() -> None:
         got = copy.deepcopy(net).cuda()(image.cuda(), sparse.cuda(), K.cuda())
     for a, b in zip(want, got, strict=True):
         torch.testing.assert_close(b.cpu(), a, rtol=1e-9, atol=1e-9)
-
-
-@pytest.fixture(scope="module")
-def r18_weights(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "selfdc_r18_random.safetensors"
-    save_file(selfdc_r18().state_dict(), str(path))
-    return path
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])

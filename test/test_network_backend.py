@@ -4,13 +4,11 @@ tests (plumbing, not accuracy); selfdc_r18 keeps them fast on a CPU."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from depth_completion_ros.backends.base import BackendError
 from depth_completion_ros.backends.network import (
@@ -24,20 +22,6 @@ from depth_completion_ros.networks.nlspn import selfdc_r18
 from depth_completion_ros.networks.registry import get_model_spec
 
 
-def _kitti_K(calib_dir: Path) -> np.ndarray:
-    for line in (calib_dir / "calib_cam_to_cam.txt").read_text().splitlines():
-        if line.startswith("P_rect_02:"):
-            return np.array(line.split()[1:], dtype=np.float64).reshape(3, 4)[:, :3]
-    raise AssertionError("P_rect_02 missing")
-
-
-@pytest.fixture(scope="module")
-def kitti_frame(kitti_image_path, kitti_velodyne_raw_path, kitti_calib_dir):
-    rgb = np.ascontiguousarray(cv2.imread(str(kitti_image_path))[:, :, ::-1])
-    sparse = cv2.imread(str(kitti_velodyne_raw_path), cv2.IMREAD_UNCHANGED).astype(np.float32)
-    return rgb, sparse / 256.0, _kitti_K(kitti_calib_dir)
-
-
 @pytest.fixture(scope="module")
 def nyu_frame(nyu_frames):
     rgb = np.ascontiguousarray(cv2.imread(str(nyu_frames / "b" / "rgb.png"))[:, :, ::-1])
@@ -47,14 +31,6 @@ def nyu_frame(nyu_frames):
     sparse = np.zeros(dense.shape, np.float32)
     sparse.flat[idx] = dense.flat[idx]
     return rgb, sparse, np.load(nyu_frames / "b" / "intrinsics.npy").astype(np.float64)
-
-
-@pytest.fixture(scope="module")
-def r18_weights(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "selfdc_r18_random.safetensors"
-    save_file(selfdc_r18().state_dict(), str(path))
-    return path
 
 
 def test_refuses_to_start_without_checkpoint():
