@@ -21,6 +21,7 @@ import torch
 from bench_networks import make_frame  # benchmarks/ (scripts run from here)
 from machine import machine_info
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
 
 from depth_completion_ros.backends.network import PRECISIONS, NetworkBackend
 from depth_completion_ros.networks import bpnet as bpnet_module
@@ -148,6 +149,9 @@ def main() -> None:
         counter = OpCounter()
         with counter:
             forward()
+        flops = FlopCounterMode(display=False)
+        with flops:
+            forward()
         clock.collect()
         activities = [torch.profiler.ProfilerActivity.CPU]
         if dev.type == "cuda":
@@ -174,6 +178,8 @@ def main() -> None:
                     "size": list(dep.shape[-2:]),
                 },
                 "forward_ms_median": round(statistics.median(walls), 2),
+                # convolutions and matrix products, 2 per multiply-add
+                "gflop_per_forward": round(flops.get_total_flops() / 1e9, 1),
                 "ops_per_forward": counter.ops,
                 "view_ops_per_forward": counter.views,
                 "cuda_kernels_per_forward": kernels if dev.type == "cuda" else None,
