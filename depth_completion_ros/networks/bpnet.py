@@ -382,7 +382,7 @@ class CSPNRefine(nn.Module):
             conf = self.convck(feat)
             # Each step is h <- (1 - m) * filter(h, kernel) + m * sparse. Both m terms are the
             # same at every step, so (1 - m) is folded into the kernel and m * sparse computed
-            # once: two passes over the image per branch and step instead of five.
+            # once: after the filter, one pass over the image per branch and step, not four.
             kernels = [head(feat) * (1.0 - m) for head, m in zip(heads, masks, strict=True)]
             inject = [m * sparse for m in masks]
             hs = [depth, depth, depth]
