@@ -203,3 +203,18 @@ def test_pickle_that_runs_code_is_refused(tmp_path):
     with pytest.raises(CheckpointError):
         read_checkpoint(raw)
     assert not marker.exists()
+
+
+def test_torch_without_safe_globals_is_named_not_called_corrupt(tmp_path, monkeypatch):
+    """torch < 2.5 (common on robots) has no safe_globals: the error must say so and point to
+    safetensors, not call a good file truncated; safetensors files still load."""
+    src = _small()
+    pth, st = tmp_path / "w.pth", tmp_path / "w.safetensors"
+    torch.save({"net": src.state_dict()}, pth)
+    save_file(src.state_dict(), str(st))
+    monkeypatch.delattr(torch.serialization, "safe_globals")
+    with pytest.raises(CheckpointError, match=r"needs torch >= 2\.5.*safetensors"):
+        load_checkpoint(_fresh(), pth)
+    dst = _fresh()
+    load_checkpoint(dst, st)
+    _assert_same(src, dst)

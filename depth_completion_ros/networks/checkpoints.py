@@ -83,6 +83,14 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
 
 
 def _torch_load(path: Path) -> Any:
+    if not hasattr(torch.serialization, "safe_globals"):  # torch < 2.5
+        raise CheckpointError(
+            f"cannot load '{path}' safely with torch {torch.__version__}: loading .pth/.pt "
+            "files without running code from them needs torch >= 2.5 (weights_only with an "
+            "allow-list). Upgrade torch, or convert the file once on a machine with a newer "
+            "torch: safetensors.torch.save_file(state_dict, 'weights.safetensors'), which any "
+            "torch version loads"
+        )
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
