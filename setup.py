@@ -39,6 +39,7 @@ setup(
             f"process_bag = {PACKAGE}.tools.process_bag:main",
             f"export_rgbd = {PACKAGE}.tools.export_rgbd:main",
             f"fuse_rgbd = {PACKAGE}.tools.fuse_rgbd:main",
+            f"convert_checkpoint = {PACKAGE}.tools.convert_checkpoint:main",
         ],
     },
 )

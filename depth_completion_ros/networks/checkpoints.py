@@ -12,6 +12,7 @@ bending the model.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import pickle
 import re
@@ -71,7 +72,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
 
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = dict(f.metadata() or {})
+            meta = _decode_metadata(f.metadata() or {})
             names = f.keys()  # safe_open is not iterable
             tensors = {k: f.get_tensor(k) for k in names}
     except (SafetensorError, OSError, ValueError) as e:
@@ -80,6 +81,20 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
             "download or export it again"
         ) from e
     return tensors, meta
+
+
+def _decode_metadata(meta: dict[str, str]) -> dict[str, Any]:
+    """safetensors metadata is str -> str: training args are stored as JSON (convert_checkpoint
+    writes them so), and come back as a dict for the settings check."""
+    out: dict[str, Any] = dict(meta)
+    if "args" in out:
+        try:
+            args = json.loads(out["args"])
+        except ValueError:
+            args = None
+        if isinstance(args, dict):
+            out["args"] = args
+    return out
 
 
 def _torch_load(path: Path) -> Any:
