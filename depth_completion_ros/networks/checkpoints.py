@@ -103,8 +103,7 @@ def _torch_load(path: Path) -> Any:
             f"cannot load '{path}' safely with torch {torch.__version__}: loading .pth/.pt "
             "files without running code from them needs torch >= 2.5 (weights_only with an "
             "allow-list). Upgrade torch, or convert the file once on a machine with a newer "
-            "torch: safetensors.torch.save_file(state_dict, 'weights.safetensors'), which any "
-            "torch version loads"
+            "torch (convert_checkpoint in.pth out.safetensors): any torch loads safetensors"
         )
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
