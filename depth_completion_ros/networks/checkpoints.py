@@ -314,6 +314,28 @@ def describe_mismatch(report: KeyReport, state_dict: dict, model_name: str, path
     return "\n".join(lines)
 
 
+def fit_to_model(
+    ckpt: Checkpoint, model: nn.Module, *, model_name: str = "model", strict: bool = True
+) -> dict[str, torch.Tensor]:
+    """``ckpt``'s weights with keys adapted to ``model`` (:func:`checkpoint_filter_fn`), checked
+    key by key and shape by shape.
+
+    With ``strict`` any missing, unexpected or wrong-shape key raises :class:`CheckpointError`
+    naming the first ones and the model the file resembles; otherwise they are logged and only
+    the wrong-shape keys are dropped. ``model`` may live on the meta device.
+    """
+    state_dict = checkpoint_filter_fn(ckpt.state_dict, model)
+    report = compare_keys(state_dict, model.state_dict())
+    if not report.ok:
+        message = describe_mismatch(report, ckpt.state_dict, model_name, ckpt.path)
+        if strict:
+            raise CheckpointError(message)
+        log.warning("%s\n  Loading the matching part only (strict=False).", message)
+        bad = {k for k, _, _ in report.mismatched}
+        state_dict = {k: v for k, v in state_dict.items() if k not in bad}
+    return state_dict
+
+
 def load_checkpoint(
     model: nn.Module,
     path: str | Path,
@@ -331,15 +353,7 @@ def load_checkpoint(
     copying them, for a model built on the meta device (no random init to throw away).
     """
     ckpt = read_checkpoint(path, use_ema=use_ema)
-    state_dict = checkpoint_filter_fn(ckpt.state_dict, model)
-    report = compare_keys(state_dict, model.state_dict())
-    if not report.ok:
-        message = describe_mismatch(report, ckpt.state_dict, model_name, ckpt.path)
-        if strict:
-            raise CheckpointError(message)
-        log.warning("%s\n  Loading the matching part only (strict=False).", message)
-        bad = {k for k, _, _ in report.mismatched}
-        state_dict = {k: v for k, v in state_dict.items() if k not in bad}
+    state_dict = fit_to_model(ckpt, model, model_name=model_name, strict=strict)
     model.load_state_dict(state_dict, strict=strict, assign=assign)
     ckpt.state_dict = state_dict
     log.info(

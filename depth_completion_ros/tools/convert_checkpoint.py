@@ -21,9 +21,7 @@ import torch
 from depth_completion_ros.depth_io import write_bytes_atomic
 from depth_completion_ros.networks.checkpoints import (
     CheckpointError,
-    checkpoint_filter_fn,
-    compare_keys,
-    describe_mismatch,
+    fit_to_model,
     identify_model,
     read_checkpoint,
 )
@@ -54,12 +52,9 @@ def convert(src: Path, dst: Path, model: str | None = None, use_ema: bool = True
         raise CheckpointError(str(e.args[0])) from None
     with torch.device("meta"):  # keys and shapes only: no memory, no random init
         net = spec.build(None)
-    state_dict = checkpoint_filter_fn(ckpt.state_dict, net)
-    report = compare_keys(state_dict, net.state_dict())
-    if not report.ok:
-        raise CheckpointError(describe_mismatch(report, ckpt.state_dict, name, ckpt.path))
-    # safetensors stores each tensor on its own: no views into shared storage
-    tensors = {k: v.detach().contiguous().clone() for k, v in state_dict.items()}
+    state_dict = fit_to_model(ckpt, net, model_name=name)  # strict: every key and shape
+    # safetensors stores each tensor on its own: one dense copy each, no shared storage
+    tensors = {k: v.clone(memory_format=torch.contiguous_format) for k, v in state_dict.items()}
     metadata = {"model": name, "converted_from": ckpt.path.name, "source_key": ckpt.source}
     if isinstance(ckpt.metadata.get("args"), dict):
         metadata["args"] = json.dumps(ckpt.metadata["args"], default=str, sort_keys=True)
