@@ -68,12 +68,13 @@ def test_network_without_checkpoint_refuses_to_start(tmp_path, ros_domain_id):
     assert "checkpoint" in output and "random" in output.lower(), output
 
 
-def test_slow_backend_drops_old_pairs_instead_of_queueing(kitti_raw_seq, ros_domain_id, tmp_path):
+def test_slow_backend_drops_old_pairs_instead_of_queueing(
+    kitti_raw_seq, ros_domain_id, tmp_path, r18_weights
+):
     """Input faster than completion: only the newest pair is worked on; the rest are counted."""
     import re
 
-    checkpoint = tmp_path / "selfdc_r18_random.pth"
-    torch.save({"net": build_model("selfdc_r18").state_dict()}, checkpoint)
+    checkpoint = r18_weights
     drive = KittiDrive(kitti_raw_seq / "2011_09_26_drive_0000_sync")
     base = drive.frame(drive.frame_ids[0])
     frames = [
