@@ -87,3 +87,22 @@ def nyu_metrics(
         "delta3": float(np.mean(ratio < 1.25**3)),
         "pixels": int(mask.sum()),
     }
+
+
+def holdout_metrics(prediction: np.ndarray, holdout: np.ndarray) -> dict[str, float]:
+    """Error at LiDAR returns held out of the input (data without ground truth, e.g. a bag).
+
+    RMSE and MAE in millimetres over pixels with a held-out return (> 0); a prediction hole
+    (0 or NaN) at such a pixel counts with the devkit's hole filling, as for KITTI.
+    """
+    ref = np.asarray(holdout, dtype=np.float64)
+    mask = ref > 0
+    if not mask.any():
+        raise ValueError("no held-out LiDAR pixels to score")
+    pred = fill_holes_like_kitti(prediction).astype(np.float64)[mask]
+    err = pred - ref[mask]
+    return {
+        "holdout_rmse_mm": float(np.sqrt(np.mean(err**2)) * 1000.0),
+        "holdout_mae_mm": float(np.mean(np.abs(err)) * 1000.0),
+        "pixels": int(mask.sum()),
+    }

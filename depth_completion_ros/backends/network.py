@@ -8,6 +8,7 @@ K follows every step, because BP-Net uses it and a wrong K silently bends its ou
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -234,6 +235,7 @@ class NetworkBackend(DepthCompletionBackend):
         allow_random_weights: bool = False,
         channels_last: bool | None = None,
         fuse_batchnorm: bool = True,
+        net: nn.Module | None = None,
     ) -> None:
         try:
             self.spec: ModelSpec = get_model_spec(model)
@@ -251,7 +253,7 @@ class NetworkBackend(DepthCompletionBackend):
         self.device = resolve_device(device)
         self.precision = self._check_precision(precision)
         self.checkpoint = Path(checkpoint).expanduser() if checkpoint else None
-        if self.checkpoint is None and not allow_random_weights:
+        if self.checkpoint is None and net is None and not allow_random_weights:
             released = ", ".join(self.spec.released) or "none yet: train one with training/"
             raise BackendError(
                 f"model {model!r} needs a checkpoint (parameter 'checkpoint': path to a .pth or "
@@ -260,7 +262,18 @@ class NetworkBackend(DepthCompletionBackend):
                 "network-free fill."
             )
 
-        if self.checkpoint is not None:
+        self.weights_label = (
+            str(self.checkpoint)
+            if self.checkpoint
+            else "in-memory (training)"
+            if net is not None
+            else "RANDOM weights (test only)"
+        )
+        if net is not None:
+            # In-memory weights (evaluation during training): a copy, since BN folding and the
+            # device/layout changes below must not touch the caller's model.
+            net = copy.deepcopy(net).float()
+        elif self.checkpoint is not None:
             net = self._load(self.checkpoint)
         else:
             net = self._build()
@@ -338,7 +351,7 @@ class NetworkBackend(DepthCompletionBackend):
             return net
 
     def describe(self) -> str:
-        weights = str(self.checkpoint) if self.checkpoint else "RANDOM weights (test only)"
+        weights = self.weights_label
         extra = ", compiled" if self.compiled else ""
         return (
             f"network {self.name} ({self.dataset} settings) on {self.device} {self.precision}"

@@ -1,0 +1,583 @@
+"""The one training loop for both methods: DDP, AMP, EMA, OneCycle, clipping, atomic checkpoints,
+exact resume.
+
+Built from torch's own parts (DistributedDataParallel, torch.amp, AveragedModel with
+get_ema_multi_avg_fn, OneCycleLR, torch.utils.tensorboard). Only the primary process logs and
+writes files. A run directory holds:
+
+- ``config.yaml``: the resolved configuration;
+- ``checkpoint.pt``: everything needed to resume exactly (model, EMA, optimiser, scheduler, scaler,
+  step, epoch, RNG states), written atomically every ``run.checkpoint_every`` steps;
+- ``weights.safetensors``: the exported EMA weights, training-only heads removed, which the node
+  loads as they are (``model:=bpnet|selfdc checkpoint:=<run>/weights.safetensors``);
+- ``metrics.jsonl`` (one line per log/eval event) and ``tb/`` (TensorBoard).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from depth_completion_ros.depth_io import write_atomic, write_bytes_atomic
+from training.config import TrainConfig, dump, to_dict
+from training.distributed import DistEnv, dist_env
+from training.methods import Task, make_task, strip_training_heads
+from training.sample import SKIP_KEY, SkipCounter, collate
+
+log = logging.getLogger("training")
+
+CHECKPOINT = "checkpoint.pt"
+WEIGHTS = "weights.safetensors"
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on; the message says why and what to change."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Data order that survives a restart
+# ---------------------------------------------------------------------------------------------
+
+
+class SeededDataset(Dataset):
+    """Seeds python/numpy/torch RNGs from (seed, epoch, index) around each ``__getitem__``.
+
+    Random augmentation then depends only on which sample is drawn in which epoch, not on the
+    worker that loads it or on what ran before: a resumed run sees exactly the same samples.
+    The caller's RNG states are restored afterwards.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        sample_seed = (self.seed * 1_000_003 + self.epoch * 10_007 + index) % (2**31)
+        py_state, np_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            random.seed(sample_seed)
+            np.random.seed(sample_seed)
+            torch.manual_seed(sample_seed)
+            try:
+                return self.dataset[index]
+            finally:
+                random.setstate(py_state)
+                np.random.set_state(np_state)
+
+
+class ResumableSampler(Sampler[int]):
+    """A per-epoch permutation (seeded by seed + epoch), this rank's share of it, from ``start``.
+
+    Like DistributedSampler (padding to a multiple of the world size), plus a start offset so a
+    run resumed in the middle of an epoch continues with the next unseen sample.
+    """
+
+    def __init__(self, size: int, env: DistEnv, seed: int, shuffle: bool = True) -> None:
+        self.size, self.env, self.seed, self.shuffle = size, env, seed, shuffle
+        self.epoch = 0
+        self.start = 0
+        self.per_rank = math.ceil(size / env.world_size)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.size, generator=g).tolist()
+        else:
+            order = list(range(self.size))
+        total = self.per_rank * self.env.world_size
+        order += order[: total - len(order)]
+        mine = order[self.env.rank : total : self.env.world_size]
+        return iter(mine[self.start :])
+
+    def __len__(self) -> int:
+        return self.per_rank - self.start
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimiser, schedule, EMA
+# ---------------------------------------------------------------------------------------------
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on weights only: none on norms and biases (1-D parameters)."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    o = cfg.optim
+    groups = parameter_groups(model, o.weight_decay)
+    if o.name == "adamw":
+        return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas))
+    return torch.optim.Adam(groups, lr=o.lr, betas=tuple(o.betas))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
+    s = cfg.schedule
+    if s.name == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=cfg.optim.lr,
+        total_steps=max(total_steps, 1) + 1,  # the loop steps it once per iteration
+        pct_start=s.pct_start,
+        div_factor=s.div_factor,
+        final_div_factor=s.final_div_factor,
+    )
+
+
+def build_ema(model: nn.Module, decay: float) -> AveragedModel | None:
+    """EMA of parameters and buffers (BatchNorm statistics too), made before the DDP wrapper."""
+    if decay <= 0:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG the loop uses, in types torch.load(weights_only=True) accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_resume_state(path: Path) -> dict[str, Any]:
+    """A run checkpoint, read without unpickling code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise TrainingError(
+            f"cannot resume from {path} ({type(e).__name__}: {str(e)[:200]}): the file is not a "
+            "checkpoint of this trainer or is damaged; delete it to start again"
+        ) from e
+
+
+def export_weights(path: Path, state_dict: dict[str, torch.Tensor], meta: dict[str, str]) -> Path:
+    """The node's weight file: plain tensors (contiguous CPU copies) + string metadata."""
+    from safetensors.torch import save_file
+
+    tensors = {
+        k: v.detach().cpu().contiguous() for k, v in strip_training_heads(state_dict).items()
+    }
+    return write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+
+
+def resolve_device(name: str, env: DistEnv) -> torch.device:
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise TrainingError("run.device is 'cuda' but CUDA is not available: use run.device=cpu")
+    torch.cuda.set_device(env.local_rank)
+    return torch.device("cuda", env.local_rank)
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {
+        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+        for k, v in batch.items()
+    }
+
+
+class Trainer:
+    """Builds everything from a config and runs (or resumes) the loop to the end."""
+
+    def __init__(self, cfg: TrainConfig, train_set: Dataset, val_set: Dataset | None = None):
+        self.cfg = cfg
+        self.env = dist_env()
+        self.out = Path(cfg.run.out)
+        self.task: Task = make_task(cfg)
+        self.skips = SkipCounter(log)
+        self._setup_process_group()
+        self.device = resolve_device(cfg.run.device, self.env)
+        torch.manual_seed(cfg.run.seed)
+        np.random.seed(cfg.run.seed)
+        random.seed(cfg.run.seed)
+
+        net = self.task.build_model()
+        if cfg.model.init:
+            self._load_init(net, Path(cfg.model.init))
+        net.to(self.device)
+        if self.env.distributed and cfg.run.sync_batchnorm:
+            net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+        self.net = net
+        self.ema = build_ema(net, cfg.run.ema_decay)
+        module: nn.Module = self.task.train_module(net)
+        if self.env.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            module = nn.parallel.DistributedDataParallel(module, device_ids=ids)
+        self.module = module
+
+        self.train_set = SeededDataset(train_set, cfg.run.seed)
+        self.val_set = val_set
+        self.sampler = ResumableSampler(len(train_set), self.env, cfg.run.seed)
+        self.steps_per_epoch = max(1, len(self.sampler) // cfg.data.batch_size)
+        self.total_steps = cfg.schedule.max_steps or cfg.schedule.epochs * self.steps_per_epoch
+        self.optimizer = build_optimizer(net, cfg)
+        self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
+        amp = (
+            cfg.run.precision
+            if self.device.type == "cuda" or cfg.run.precision == "bf16"
+            else "fp32"
+        )
+        self.amp_dtype = AMP_DTYPES.get(amp)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
+        self.step = 0
+        self.bad_in_a_row = 0
+        self.bad_steps = 0
+        self.writer = None
+
+    # -- set-up ---------------------------------------------------------------------------------
+
+    def _setup_process_group(self) -> None:
+        if self.env.distributed and not dist.is_initialized():
+            backend = (
+                "nccl" if torch.cuda.is_available() and self.cfg.run.device != "cpu" else "gloo"
+            )
+            dist.init_process_group(backend=backend)
+
+    def _load_init(self, net: nn.Module, path: Path) -> None:
+        """Start from other weights (a stage-1 run, released weights): strict except for the
+        training-only heads, which a file for the node does not have."""
+        from depth_completion_ros.networks.checkpoints import fit_to_model, read_checkpoint
+
+        ckpt = read_checkpoint(path)
+        state = fit_to_model(ckpt, net, model_name=self.cfg.model.name, strict=False)
+        missing = [k for k in net.state_dict() if k not in state]
+        if any(not k.startswith("seg_decoder.") for k in missing):
+            raise TrainingError(
+                f"model.init {path} does not fit model '{self.cfg.model.name}': missing "
+                f"{[k for k in missing if not k.startswith('seg_decoder.')][:5]}"
+            )
+        net.load_state_dict(state, strict=False)
+        log.info("initialised from %s (%d tensors)", path, len(state))
+
+    def _loader(self, epoch: int, start: int) -> DataLoader:
+        self.sampler.set_epoch(epoch, start)
+        self.train_set.epoch = epoch
+        workers = self.cfg.data.workers
+        return DataLoader(
+            self.train_set,
+            batch_size=self.cfg.data.batch_size,
+            sampler=self.sampler,
+            num_workers=workers,
+            collate_fn=collate,
+            drop_last=True,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+            prefetch_factor=2 if workers else None,
+        )
+
+    # -- checkpoints ----------------------------------------------------------------------------
+
+    def state(self, epoch: int, step_in_epoch: int) -> dict[str, Any]:
+        return {
+            "net": self.net.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else {},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "epoch": epoch,
+            "step_in_epoch": step_in_epoch,
+            "bad_steps": self.bad_steps,
+            "skipped": self.skips.summary(),
+            "rng": rng_state(),
+            "config": to_dict(self.cfg),
+        }
+
+    def save(self, epoch: int, step_in_epoch: int) -> None:
+        if not self.env.is_primary:
+            return
+        state = self.state(epoch, step_in_epoch)
+        write_atomic(self.out / CHECKPOINT, lambda tmp: torch.save(state, tmp))
+        self.export()
+
+    def export(self) -> Path:
+        weights = self.ema.module.state_dict() if self.ema is not None else self.net.state_dict()
+        meta = {
+            "model": self.cfg.model.name,
+            "dataset": self.cfg.model.dataset,
+            "step": str(self.step),
+            "source": "depth_completion_ros training" + (" (EMA)" if self.ema else ""),
+        }
+        return export_weights(self.out / WEIGHTS, weights, meta)
+
+    def resume(self) -> tuple[int, int]:
+        path = self.out / CHECKPOINT
+        if not path.is_file():
+            return 0, 0
+        state = load_resume_state(path)
+        self.net.load_state_dict(state["net"])
+        if self.ema is not None and state["ema"]:
+            self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        self.bad_steps = int(state.get("bad_steps", 0))
+        self.skips.counts.update(state.get("skipped", {}))
+        set_rng_state(state["rng"])
+        log.info("resumed %s at step %d (epoch %d)", path, self.step, state["epoch"])
+        return int(state["epoch"]), int(state["step_in_epoch"])
+
+    # -- one step -------------------------------------------------------------------------------
+
+    def _all_agree(self, ok: bool) -> bool:
+        """True only if every process says ok (so all of them skip a step together)."""
+        if not self.env.distributed:
+            return ok
+        flag = torch.tensor([1.0 if ok else 0.0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item() > 0)
+
+    def train_step(self, batch: dict[str, Any]) -> dict[str, float] | None:
+        """Forward, backward, clip, step; None when the step was skipped (non-finite)."""
+        self.module.train()
+        batch = to_device(batch, self.device)
+        with torch.autocast(
+            self.device.type,
+            dtype=self.amp_dtype or torch.float32,
+            enabled=self.amp_dtype is not None,
+        ):
+            outputs = self.task.forward(self.module, batch)
+        loss, terms = self.task.loss(outputs, batch)
+        finite = self._all_agree(bool(torch.isfinite(loss).item()))
+        # Every process runs backward, also on a bad step, so DDP's gradient reduction matches.
+        self.scaler.scale(
+            loss if finite else loss.detach() * 0 + _zero_like_graph(outputs)
+        ).backward()
+        grad_norm = float("nan")
+        if finite:
+            self.scaler.unscale_(self.optimizer)
+            params = [p for p in self.net.parameters() if p.grad is not None]
+            if self.cfg.optim.clip_norm > 0:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.clip_norm))
+            else:
+                grad_norm = float(
+                    torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params]))
+                )
+            finite = math.isfinite(grad_norm) or self.scaler.is_enabled()
+        if finite:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            if self.ema is not None:
+                self.ema.update_parameters(self.net)
+        self.optimizer.zero_grad(set_to_none=True)
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used
+        self.scheduler.step()
+        if not finite:
+            self.bad_in_a_row += 1
+            self.bad_steps += 1
+            log.warning(
+                "step %d: non-finite loss or gradient (%s): step skipped (%d in a row)",
+                self.step,
+                {k: v for k, v in terms.items()},
+                self.bad_in_a_row,
+            )
+            if self.bad_in_a_row >= self.cfg.run.max_bad_steps:
+                raise TrainingError(
+                    f"{self.bad_in_a_row} consecutive steps had a non-finite loss or gradient: "
+                    "the run diverged or the data hold NaN/inf. Lower optim.lr, use "
+                    "run.precision=fp32, check the inputs (sparse/gt/teacher maps); the last "
+                    f"good state is in {self.out / CHECKPOINT}"
+                )
+            return None
+        self.bad_in_a_row = 0
+        return {
+            "loss": float(loss),
+            **terms,
+            "grad_norm": grad_norm,
+            "lr": lr,
+        }
+
+    # -- evaluation -----------------------------------------------------------------------------
+
+    def evaluate(self) -> dict[str, float] | None:
+        if self.val_set is None or not self.env.is_primary:
+            return None
+        from training.evaluate import backend_for_module, evaluate_dataset
+
+        source = self.ema.module if self.ema is not None else self.net
+        backend = backend_for_module(
+            self.cfg.model.name, source, self.cfg.model.dataset, self.device
+        )
+        return evaluate_dataset(
+            backend,
+            self.val_set,
+            metric=getattr(self.val_set, "metric", "kitti"),
+            max_samples=self.cfg.data.val_max_samples,
+            progress=False,
+        )["mean"]
+
+    # -- the run --------------------------------------------------------------------------------
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if not self.env.is_primary:
+            return
+        with (self.out / "metrics.jsonl").open("a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key != "step":
+                    self.writer.add_scalar(f"{record.get('kind', 'train')}/{key}", value, self.step)
+
+    def fit(self) -> dict[str, Any]:
+        cfg = self.cfg
+        if self.env.is_primary:
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(self.out / "config.yaml", dump(cfg).encode())
+            if cfg.run.tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(self.out / "tb"))
+        epoch, start = self.resume()
+        if self.step >= self.total_steps:
+            log.info("run %s already finished (%d steps)", self.out, self.step)
+            return self._finish(epoch, start)
+        bar = None
+        if self.env.is_primary and cfg.run.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True)
+        t_last, samples_since = time.perf_counter(), 0
+        while self.step < self.total_steps:
+            loader = self._loader(epoch, start * cfg.data.batch_size)
+            step_in_epoch = start
+            for batch in loader:
+                self.skips.add(batch[SKIP_KEY])
+                if not self._all_agree(batch["size"] > 0):
+                    log.warning(
+                        "step %d: every sample of a process's batch was skipped: step "
+                        "skipped on all processes",
+                        self.step,
+                    )
+                    self.step += 1
+                    step_in_epoch += 1
+                    self.scheduler.step()
+                    continue
+                result = self.train_step(batch)
+                self.step += 1
+                step_in_epoch += 1
+                samples_since += batch["size"] * self.env.world_size
+                if bar is not None:
+                    bar.update(1)
+                if result is not None and self.step % cfg.run.log_every == 0:
+                    now = time.perf_counter()
+                    result["samples_per_s"] = samples_since / max(now - t_last, 1e-9)
+                    t_last, samples_since = now, 0
+                    if bar is not None:
+                        bar.set_postfix(
+                            loss=f"{result['loss']:.4g}", sps=f"{result['samples_per_s']:.1f}"
+                        )
+                    self._log({"kind": "train", "step": self.step, "epoch": epoch, **result})
+                if cfg.run.eval_every and self.step % cfg.run.eval_every == 0:
+                    metrics = self.evaluate()
+                    if metrics:
+                        self._log({"kind": "val", "step": self.step, **metrics})
+                if self.step % cfg.run.checkpoint_every == 0:
+                    self.save(epoch, step_in_epoch)
+                if self.step >= self.total_steps:
+                    break
+            else:
+                epoch, start = epoch + 1, 0
+                continue
+            break
+        if bar is not None:
+            bar.close()
+        return self._finish(epoch, step_in_epoch)
+
+    def _rank_checksums(self) -> list[float]:
+        """Sum of the weights on every process (DDP keeps them equal; the summary shows it)."""
+        mine = _weights_checksum(self.net)
+        if not self.env.distributed:
+            return [mine]
+        gathered: list[Any] = [None] * self.env.world_size
+        dist.all_gather_object(gathered, mine)
+        return gathered
+
+    def _finish(self, epoch: int, step_in_epoch: int) -> dict[str, Any]:
+        self.save(epoch, step_in_epoch)
+        metrics = self.evaluate()
+        if metrics:
+            self._log({"kind": "val", "step": self.step, **metrics})
+        summary = {
+            "steps": self.step,
+            "rank_checksums": self._rank_checksums(),
+            "bad_steps": self.bad_steps,
+            "skipped_samples": self.skips.summary(),
+            "weights": str(self.out / WEIGHTS),
+            "val": metrics,
+        }
+        if self.env.is_primary:
+            write_bytes_atomic(
+                self.out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode()
+            )
+            if self.writer is not None:
+                self.writer.close()
+            log.info("finished: %s", summary)
+        if self.env.distributed and dist.is_initialized():
+            dist.barrier()
+        return summary
+
+
+def _weights_checksum(net: nn.Module) -> float:
+    with torch.no_grad():
+        return float(sum(p.double().sum() for p in net.parameters()))
+
+
+def _zero_like_graph(outputs: Any) -> torch.Tensor:
+    """0 connected to every output, so a skipped step still runs a (zero) backward pass."""
+    tensors = outputs.values() if isinstance(outputs, dict) else outputs
+    return sum((t.float().nan_to_num(0.0, 0.0, 0.0).sum() * 0.0 for t in tensors), torch.zeros(()))
