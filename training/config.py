@@ -61,7 +61,7 @@ class ModelConfig:
 class LossConfig:
     #: dmd3c | selfdc (which total in training.losses)
     method: str = "dmd3c"
-    #: term name -> weight (0 = off); the method's defaults fill the missing ones
+    #: term name -> weight (0 or absent = off); empty = the method's paper defaults
     weights: dict = field(default_factory=dict)
     #: method options (e.g. supervised: l1|mse, ssi_variant: closed_form|release, window, ...)
     options: dict = field(default_factory=dict)

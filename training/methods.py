@@ -82,9 +82,10 @@ class DMD3CTask(Task):
         return [o.float() / self.spec.depth_scale for o in outputs]
 
     def loss(self, outputs, batch):
-        from training.losses import dmd3c_loss
+        from training.losses import DMD3C_STAGE2_WEIGHTS, dmd3c_loss
 
-        return dmd3c_loss(outputs, batch, self.cfg.loss.weights, **self.cfg.loss.options)
+        weights = self.cfg.loss.weights or DMD3C_STAGE2_WEIGHTS
+        return dmd3c_loss(outputs, batch, weights, **self.cfg.loss.options)
 
 
 class SelfDCTask(Task):
@@ -97,9 +98,10 @@ class SelfDCTask(Task):
         return {k: v.float() if k == "seg_logits" else v.float() / scale for k, v in out.items()}
 
     def loss(self, outputs, batch):
-        from training.losses import selfdc_loss
+        from training.losses import SELFDC_WEIGHTS, selfdc_loss
 
-        return selfdc_loss(outputs, batch, self.cfg.loss.weights, **self.cfg.loss.options)
+        weights = self.cfg.loss.weights or SELFDC_WEIGHTS
+        return selfdc_loss(outputs, batch, weights, **self.cfg.loss.options)
 
 
 class TrainForward(nn.Module):

@@ -26,6 +26,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def resolve_seg_classes(cfg) -> None:
+    """model.seg_classes = -1: the number of classes written by pseudo_labels (meta.json)."""
+    if cfg.model.seg_classes != -1:
+        return
+    from training.cache import read_meta
+
+    root = cfg.data.options.get("segments_root")
+    weight = (cfg.loss.weights or {}).get("seg", 0.1 if not cfg.loss.weights else 0.0)
+    if not root or not weight:
+        cfg.model.seg_classes = 0  # no labels or no L_seg: no segmentation head
+        return
+    cfg.model.seg_classes = int(read_meta(root)["num_classes"])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     env = dist_env()
@@ -48,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.trainer import Trainer, TrainingError
 
     try:
+        resolve_seg_classes(cfg)
         train_set = build_dataset(cfg.data.train, cfg.data.train_split, dict(cfg.data.options))
         val_set = None
         if cfg.data.val:
