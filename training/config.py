@@ -8,6 +8,7 @@ file may start from another with ``base: other.yaml`` (resolved relative to the 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import types
 import typing
@@ -160,10 +161,8 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
     if origin is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)
     if origin is float and isinstance(value, str):
-        try:  # YAML 1.1 reads '1e-4' (no dot) as a string
+        with contextlib.suppress(ValueError):  # YAML 1.1 reads '1e-4' (no dot) as a string
             value = float(value)
-        except ValueError:
-            pass
     if not ok(value):
         raise ConfigError(
             f"config key '{key}' must be {origin.__name__}, got {value!r} ({type(value).__name__})"
