@@ -84,7 +84,11 @@ def test_the_saved_config_loads_back_to_the_same_config(tmp_path: Path):
     assert yaml.safe_load(saved.read_text())["loss"]["weights"] == {"ssi": 0.5}
 
 
-@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path",
+    sorted(p for p in CONFIG_DIR.glob("*.yaml") if p.name != "empty.yaml"),
+    ids=lambda p: p.name,
+)
 def test_every_shipped_config_is_valid(path: Path):
     cfg = load_config(path, [])
     assert cfg.data.train
