@@ -386,6 +386,8 @@ class Trainer:
         """Forward, backward, clip, step; None when the step was skipped (non-finite)."""
         self.module.train()
         batch = to_device(batch, self.device)
+        # BatchNorm statistics are updated by the forward pass: kept to undo a bad step's.
+        buffers = {k: b.clone() for k, b in self.net.named_buffers() if b.is_floating_point()}
         with torch.autocast(
             self.device.type,
             dtype=self.amp_dtype or torch.float32,
@@ -418,6 +420,10 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used
         self.scheduler.step()
         if not finite:
+            with torch.no_grad():
+                for name, buf in self.net.named_buffers():
+                    if name in buffers:
+                        buf.copy_(buffers[name])
             self.bad_in_a_row += 1
             self.bad_steps += 1
             log.warning(
@@ -436,7 +442,7 @@ class Trainer:
             return None
         self.bad_in_a_row = 0
         return {
-            "loss": float(loss),
+            "loss": float(loss.detach()),
             **terms,
             "grad_norm": grad_norm,
             "lr": lr,
