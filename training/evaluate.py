@@ -62,6 +62,15 @@ def metric_for(spec: str) -> str:
     return METRIC_OF[kind]
 
 
+def evaluation_options(spec: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Dataset options for scoring: no augmentation, and KITTI at full frames (the devkit scores
+    the whole image; the network backends crop as the node does)."""
+    out = {"augment": False, **options}
+    if spec.partition(":")[0] == "kitti":
+        out.setdefault("crop", [])
+    return out
+
+
 def backend_for_module(
     model: str, net: nn.Module, dataset: str, device: torch.device | str
 ) -> DepthCompletionBackend:
@@ -177,11 +186,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         metric = metric_for(args.data)
-        options: dict[str, Any] = {"augment": False, "input": args.input}
+        options: dict[str, Any] = {"input": args.input}
         for text in args.option:
             key, value = parse_override(text)
             options[key] = value
-        dataset = build_dataset(args.data, args.split, options)
+        dataset = build_dataset(args.data, args.split, evaluation_options(args.data, options))
         weights_dataset = args.weights_dataset or ("nyu" if metric == "nyu" else "kitti")
         backend = make_backend(
             model=args.model,

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         print(dump(cfg))
         return 0
     from training.datasets import build_dataset
-    from training.evaluate import metric_for
+    from training.evaluate import evaluation_options, metric_for
     from training.trainer import Trainer, TrainingError
 
     try:
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         train_set = build_dataset(cfg.data.train, cfg.data.train_split, dict(cfg.data.options))
         val_set = None
         if cfg.data.val:
-            options = {"augment": False, **cfg.data.val_options}
+            options = evaluation_options(cfg.data.val, dict(cfg.data.val_options))
             val_set = build_dataset(cfg.data.val, cfg.data.val_split, options)
             val_set.metric = metric_for(cfg.data.val)
         trainer = Trainer(cfg, train_set, val_set)
