@@ -97,21 +97,21 @@ def test_kitti_random_crop_on_train(kitti_dc_frame: Path) -> None:
     assert len(tops) > 1
 
 
+@pytest.mark.parametrize("camera", [2, 3])
 def test_kitti_raw_scan_is_the_node_projection(
-    kitti_dc_frame: Path, kitti_scan: np.ndarray, kitti_calibration, kitti_velodyne_raw_path: Path
+    kitti_dc_frame: Path, kitti_scan: np.ndarray, kitti_calib_dir: Path, camera: int
 ) -> None:
-    dataset = build_dataset(
-        f"kitti:{kitti_dc_frame}", "train", {**FULL, "cameras": [2], "input": "raw_scan"}
-    )
-    sample = dataset[0]
+    from depth_completion_ros.calibration import load_kitti_calibration
+
+    options = {**FULL, "cameras": [camera], "input": "raw_scan"}
+    sample = build_dataset(f"kitti:{kitti_dc_frame}", "train", options)[0]
+    calibration = load_kitti_calibration(kitti_calib_dir, camera)
     pipeline = pipeline_from_parameters(node_defaults())
-    expected = pipeline.sparse_depth(
-        kitti_scan, kitti_calibration.camera, kitti_calibration.T_cam_lidar
-    )
+    expected = pipeline.sparse_depth(kitti_scan, calibration.camera, calibration.T_cam_lidar)
     np.testing.assert_array_equal(sample["sparse"], expected)
     # and it agrees with KITTI's own map (shared/data/README.md: 73 % of its pixels have a
     # projected point within 1 px and 0.10 m)
-    kitti_map = read_kitti_depth(kitti_velodyne_raw_path)
+    kitti_map = read_kitti_depth(_dc(kitti_dc_frame, "data_depth_velodyne", "velodyne_raw", camera))
     padded = np.pad(sample["sparse"], 1)
     close = np.zeros(kitti_map.shape, bool)
     for dy in range(3):
@@ -398,3 +398,15 @@ def test_bag_header_stamps_and_missing_topic(kitti_bag: Path) -> None:
     options = {"topics": {"points": "/velodyne_points"}}
     with pytest.raises(BagError, match="'/velodyne_points'.*it has: .*/kitti/velo/pointcloud"):
         build_dataset(f"bag:{kitti_bag}", "train", options)
+
+
+def test_bag_in_dataloader_workers(kitti_bag: Path) -> None:
+    """Each worker process opens its own bag reader; batches come through training's collate."""
+    from torch.utils.data import DataLoader
+
+    dataset = build_dataset(f"bag:{kitti_bag}", "train", {"max_samples": 6, "crop": [352, 1216]})
+    loader = DataLoader(dataset, batch_size=3, num_workers=2, collate_fn=collate)
+    batches = list(loader)
+    assert [b["size"] for b in batches] == [3, 3]
+    assert batches[0]["holdout"].shape == (3, 1, 352, 1216)
+    assert batches[0]["K"].shape == (3, 3, 3)
