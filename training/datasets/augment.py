@@ -107,19 +107,21 @@ def resize(sample: Sample, scale: float) -> Sample:
 
 def color_jitter(rgb: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
     """Brightness, contrast and saturation each scaled by a factor in [1 - s, 1 + s], in a random
-    order (torchvision's ColorJitter(s, s, s), as NLSPN trains KITTI)."""
+    order, clipped after each (torchvision's ColorJitter(s, s, s), as NLSPN trains KITTI)."""
     image = rgb.astype(np.float32)
     for op in rng.permutation(3):
         factor = float(rng.uniform(max(0.0, 1 - strength), 1 + strength))
-        gray = image @ np.array([0.299, 0.587, 0.114], np.float32)
         if op == 0:  # brightness
-            image = image * factor
+            image *= factor
         elif op == 1:  # contrast: towards the mean grey level
-            image = (image - gray.mean()) * factor + gray.mean()
+            mean = float(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).mean())
+            image *= factor
+            image += mean * (1 - factor)
         else:  # saturation: towards each pixel's grey
-            image = (image - gray[..., None]) * factor + gray[..., None]
+            gray = cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+            image = cv2.addWeighted(image, factor, gray, 1 - factor, 0.0)
         np.clip(image, 0, 255, out=image)
-    return np.round(image).astype(np.uint8)
+    return np.rint(image).astype(np.uint8)
 
 
 def augment(
