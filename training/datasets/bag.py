@@ -37,7 +37,11 @@ from depth_completion_ros.messages import (
 from depth_completion_ros.pairing import StampPairer
 from depth_completion_ros.tools.process_bag import DEFAULT_TOPICS, static_edges, static_transform
 from training.datasets.base import CachedMapsDataset, DatasetOptions, subsample
-from training.datasets.node_params import extrinsics_from_parameters, node_parameters
+from training.datasets.node_params import (
+    extrinsics_from_parameters,
+    node_parameters,
+    node_pipeline,
+)
 from training.sample import BadSample, Sample
 
 TOPIC_TYPES = {
@@ -76,9 +80,7 @@ class RosBagFrames(CachedMapsDataset):
             )
         self.topics = {**DEFAULT_TOPICS, **options.topics}
         self.config = node_parameters(options)
-        from depth_completion_ros.tools.process_bag import pipeline_from_parameters
-
-        self.pipeline = pipeline_from_parameters(self.config)
+        self.pipeline = node_pipeline(options)
         self._reader: BagReader | None = None
         self._reader_pid = -1
         with BagReader(self.root) as reader:
