@@ -10,8 +10,14 @@ import cv2
 import numpy as np
 import pytest
 
-from depth_completion_ros.bag_io import BagError, BagReader, to_ros
-from depth_completion_ros.calibration import parse_kitti_calib_file
+from depth_completion_ros.bag_io import (
+    BagError,
+    BagReader,
+    BagWriter,
+    connection_definitions,
+    to_ros,
+)
+from depth_completion_ros.calibration import CalibrationError, parse_kitti_calib_file
 from depth_completion_ros.depth_io import read_kitti_depth, read_rgb, write_kitti_depth, write_rgb
 from depth_completion_ros.kitti import read_velodyne_bin
 from depth_completion_ros.messages import stamp_to_nanoseconds
@@ -341,6 +347,17 @@ def test_generated_samples(kitti_frame, tmp_path: Path) -> None:
 # --- ROS 2 bags ----------------------------------------------------------------------------
 
 
+def _copy_bag(source: Path, target: Path, drop: str) -> Path:
+    """``source`` without the topic ``drop``, written with the project's bag writer."""
+    with BagReader(source) as reader, BagWriter(target) as writer:
+        for topic, (msgtype, msgdef, digest) in connection_definitions(reader).items():
+            if topic != drop:
+                writer.add_topic(topic, msgtype, None, msgdef, digest)
+        for message in reader.messages([t for t in reader.topics if t != drop]):
+            writer.write(message.topic, message.timestamp, message.data)
+    return target
+
+
 @pytest.fixture(scope="module")
 def kitti_bag(kitti_raw_seq: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     bag = tmp_path_factory.mktemp("bag") / "seq"
@@ -387,6 +404,18 @@ def test_bag_pairs_and_holdout(kitti_bag: Path, kitti_raw_seq: Path, tmp_path: P
     assert len(build_dataset(f"bag:{kitti_bag}", "train", {"index_cache": index})) == 5
     quarter = build_dataset(f"bag:{kitti_bag}", "val", {"holdout_fraction": 0.25})[0]
     assert abs((quarter["holdout"] > 0).sum() / (quarter["sparse"] > 0).sum() - 1 / 3) < 0.01
+    # with the KITTI calibration files instead of /tf_static: exactly the node's projection
+    exact = build_dataset(
+        f"bag:{kitti_bag}", "val", {"calibration_dir": str(kitti_raw_seq), "max_samples": 1}
+    )
+    sample = exact[0]
+    scan = read_velodyne_bin(drive / "velodyne_points" / "data" / f"{exact.items[0]:010d}.bin")
+    expected = pipeline.sparse_depth(scan, calibration.camera, calibration.T_cam_lidar)
+    np.testing.assert_array_equal(sample["sparse"] + sample["holdout"], expected)
+    # a bag without /tf_static and no calibration option: said at construction, with the fix
+    bare = _copy_bag(kitti_bag, tmp_path / "bare", drop="/tf_static")
+    with pytest.raises(CalibrationError, match="calibration_dir or extrinsics"):
+        build_dataset(f"bag:{bare}", "train", {})
 
 
 def test_bag_header_stamps_and_missing_topic(kitti_bag: Path) -> None:

@@ -93,6 +93,9 @@ class RosBagFrames(CachedMapsDataset):
                 f"{self.config['max_time_offset']} s ({self.stats}); raise max_time_offset or "
                 "check the topics' stamps"
             )
+        errors = {pair["error"] for pair in self.pairs}
+        if all(errors):  # no pair can be projected: every sample would be skipped
+            raise CalibrationError(f"{self.bag_path}: {sorted(errors)[0]}")
         self.items = subsample(list(range(len(self.pairs))), options.max_samples, options.seed)
 
     # --- index ------------------------------------------------------------------------------
