@@ -188,7 +188,7 @@ class RosBagFrames(CachedMapsDataset):
         try:
             rgb = image_to_rgb(self._message(self.topics["image"], pair["image"]))
             points = pointcloud2_to_array(self._message(self.topics["points"], pair["cloud"]))
-        except MessageError as exc:
+        except (MessageError, BagError) as exc:  # a bad encoding, a damaged chunk
             raise BadSample("unreadable", str(exc)) from exc
         cam = PinholeCamera(width=camera["width"], height=camera["height"], P=camera["P"])
         if rgb.shape[:2] != (cam.height, cam.width):
