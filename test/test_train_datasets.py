@@ -439,3 +439,15 @@ def test_bag_in_dataloader_workers(kitti_bag: Path) -> None:
     assert [b["size"] for b in batches] == [3, 3]
     assert batches[0]["holdout"].shape == (3, 1, 352, 1216)
     assert batches[0]["K"].shape == (3, 3, 3)
+
+
+def test_bag_damaged_after_indexing(kitti_bag: Path, tmp_path: Path) -> None:
+    bag = tmp_path / "seq"
+    shutil.copytree(kitti_bag, bag)
+    dataset = build_dataset(f"bag:{bag}", "train", {"augment": False})
+    assert not is_skipped(dataset[0])
+    dataset._reader = None  # as a fresh DataLoader worker would: it opens the bag again
+    storage = bag / "seq.mcap"
+    storage.write_bytes(storage.read_bytes()[: storage.stat().st_size // 2])
+    cause, message = dataset[19]["skipped"]
+    assert cause == "unreadable" and str(bag) in message
