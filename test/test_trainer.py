@@ -255,3 +255,23 @@ def test_sampler_shards_and_resumes_mid_epoch():
     assert list(a) == first[2:]
     a.set_epoch(2)
     assert list(a) != first  # a new permutation each epoch
+
+
+def test_resume_restores_every_random_generator(kitti_frame, tmp_path):
+    """Layers like BP-Net's drop-path draw from torch's RNG: a resumed run must continue the
+    same random stream as the run that wrote the checkpoint."""
+    import random
+
+    cfg = _config(tmp_path, "schedule.max_steps=2", "run.checkpoint_every=1")
+    first = Trainer(cfg, _Frames(kitti_frame))
+    first.fit()  # the last save holds the RNG states at the end of step 2
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(123)
+    np.random.seed(123)
+    random.seed(123)
+    second = Trainer(cfg, _Frames(kitti_frame))
+    second.resume()
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], got[0])
+    np.testing.assert_array_equal(expected[1], got[1])
+    assert expected[2] == got[2]
