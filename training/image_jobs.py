@@ -7,6 +7,7 @@ One loop so that sharding, resuming and bad-input handling behave the same in ev
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,8 +89,8 @@ def run_image_job(
     env = env or dist_env()
     out = Path(out)
     check_meta(out, meta)
-    inside = out.resolve()
-    paths = [p for p in source.paths if inside not in p.resolve().parents]  # not our own outputs
+    inside = Path(os.path.abspath(out))
+    paths = [p for p in source.paths if inside not in Path(os.path.abspath(p)).parents]
     paths = paths[:max_images] if max_images is not None else paths
     mine = shard(paths, env)
     manifest = Manifest(out, env.rank)
