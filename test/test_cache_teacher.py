@@ -214,3 +214,24 @@ def test_image_sources(kitti_dc_frame: Path, nyu_frames: Path, tmp_path: Path) -
         list_images(tmp_path)
     with pytest.raises(FileNotFoundError, match="not found"):
         list_images(tmp_path / "missing")
+
+
+def test_sparse_to_dense_h5_files(da_model: Path, nyu_frames: Path, tmp_path: Path) -> None:
+    """NYU in the Sparse-to-Dense layout (``rgb`` 3 x H x W uint8 in .h5), built from a real
+    frame: the map has the image's size and equals the one of the same image as a PNG."""
+    import cv2
+    import h5py
+
+    rgb = cv2.imread(str(nyu_frames / "b" / "rgb.png"))[:, :, ::-1]
+    root = tmp_path / "nyu"
+    (root / "train" / "scene").mkdir(parents=True)
+    with h5py.File(root / "train" / "scene" / "00001.h5", "w") as f:
+        f["rgb"] = np.ascontiguousarray(rgb.transpose(2, 0, 1))
+        f["depth"] = np.ones(rgb.shape[:2], np.float32)
+    (root / "train" / "scene" / "rgb_copy.png").symlink_to(nyu_frames / "b" / "rgb.png")
+    out = tmp_path / "cache"
+    assert run(da_model, f"nyu:{root}", out, "--input-size", "70") == 0
+    from_h5 = read_teacher_map(teacher_path(out, Path("train/scene/00001")))
+    from_png = read_teacher_map(teacher_path(out, Path("train/scene/rgb_copy")))
+    assert from_h5.shape == (480, 640)
+    np.testing.assert_array_equal(from_h5, from_png)

@@ -116,3 +116,7 @@ def test_bad_arguments_fail_clearly(tmp_path: Path, kitti_dir: Path, capsys) -> 
     assert "not 'oneformer'" in capsys.readouterr().err
     assert run("felzenszwalb", kitti_dir, tmp_path / "out", "--model", str(depth)) == 2
     assert "weights-free" in capsys.readouterr().err
+    assert run("slic", kitti_dir, tmp_path / "out", "--max-images", "0") == 2
+    assert "--max-images must be >= 1" in capsys.readouterr().err
+    assert run("slic", tmp_path / "missing", tmp_path / "out") == 2
+    assert "image folder" in capsys.readouterr().err

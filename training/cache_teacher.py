@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         if device == "auto" and env.distributed:
             device = f"cuda:{env.local_rank}" if _cuda() else "cpu"
         teacher = DepthTeacher(args.model, device, args.input_size, args.batch_size)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:
         print(f"cache_teacher: {err}", file=sys.stderr)
         return 2
     if teacher.licence != SMALL_LICENCE and env.is_primary:
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             env=env,
             job="cache_teacher",
         )
-    except ValueError as err:
+    except (ValueError, OSError) as err:
         print(f"cache_teacher: {err}", file=sys.stderr)
         return 2
     print(report.line("cache_teacher", out))

@@ -86,6 +86,8 @@ def run_image_job(
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    if max_images is not None and max_images < 1:
+        raise ValueError(f"--max-images must be >= 1, got {max_images}")
     env = env or dist_env()
     out = Path(out)
     check_meta(out, meta)

@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             env=env,
             job=f"pseudo_labels[{args.method}]",
         )
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:
         print(f"pseudo_labels: {err}", file=sys.stderr)
         return 2
     print(report.line(f"pseudo_labels[{args.method}]", args.out))
