@@ -16,6 +16,7 @@ Layout (``rel`` = an image's path relative to the image root the job was given, 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,9 @@ META_FILE = "meta.json"
 
 
 def relative_stem(image_path: str | Path, image_root: str | Path) -> Path:
-    """``image_path`` relative to ``image_root``, without its suffix (the cache key)."""
-    rel = Path(image_path).resolve().relative_to(Path(image_root).resolve())
+    """``image_path`` relative to ``image_root``, without its suffix (the cache key). Symlinks
+    are not followed, so a dataset whose folders are links to other disks keeps its keys."""
+    rel = Path(os.path.abspath(image_path)).relative_to(os.path.abspath(image_root))
     return rel.with_suffix("")
 
 
