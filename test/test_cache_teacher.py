@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny_teachers import build_depth_anything
 
 from training import cache_teacher
 from training.cache import Manifest, read_meta, read_teacher_map, teacher_path
 from training.image_sources import list_images
 from training.teachers import depth_input_size, preprocess_depth
+from training.tiny_models import build_depth_anything
 
 REPO = Path(__file__).resolve().parents[1]
 DRIVE = "2011_09_26_drive_0001_sync"

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_teachers import build_depth_anything, build_oneformer, build_sam
 
 from training import pseudo_labels
 from training.cache import Manifest, read_meta, read_segments, segments_path
 from training.segmenters import OverSegmenter, SamSegmenter
+from training.tiny_models import build_depth_anything, build_oneformer, build_sam
 
 DRIVE = "2011_09_26_drive_0001_sync"
 REL = Path("raw/2011_09_26") / DRIVE / "image_02/data/0000000005"

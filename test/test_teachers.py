@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_teachers import build_depth_anything
 
 from training.segmenters import (
     OverSegmenter,
@@ -24,6 +23,7 @@ from training.teachers import (
     depth_input_size,
     depth_licence,
 )
+from training.tiny_models import build_depth_anything
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--model", required=True, help="hub name or save_pretrained folder")
-    parser.add_argument("--images", required=True, help="DIR, kitti:ROOT:SPLIT or nyu:ROOT")
+    parser.add_argument(
+        "--images", required=True, help="DIR, kitti:ROOT:SPLIT, nyu:ROOT or bag:PATH"
+    )
     parser.add_argument("--out", type=Path, help="cache folder (default: <images root>/teacher)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from training.cache import Manifest, read_meta, relative_stem, write_meta
+from training.cache import Manifest, read_meta, write_meta
 from training.distributed import DistEnv, dist_env, shard
-from training.image_sources import BadImage, ImageSource, read_image
+from training.image_sources import BadImage, ImageSource
 from training.sample import SkipCounter
 
 log = logging.getLogger(__name__)
@@ -92,14 +92,18 @@ def run_image_job(
     out = Path(out)
     check_meta(out, meta)
     inside = Path(os.path.abspath(out))
-    paths = [p for p in source.paths if inside not in Path(os.path.abspath(p)).parents]
+    paths = [
+        p
+        for p in source.paths
+        if not isinstance(p, Path) or inside not in Path(os.path.abspath(p)).parents
+    ]
     paths = paths[:max_images] if max_images is not None else paths
     mine = shard(paths, env)
     manifest = Manifest(out, env.rank)
     write_meta(out, {**meta, "images": source.spec})
 
     def target(path: Path) -> tuple[str, Path]:
-        rel = relative_stem(path, source.root)
+        rel = source.key(path)
         return rel.as_posix(), output_path(out, rel)
 
     todo = [p for p in mine if not manifest.is_done(*target(p))]
@@ -116,7 +120,7 @@ def run_image_job(
         images, keys, targets = [], [], []
         for path in todo[start : start + batch_size]:
             try:
-                images.append(read_image(path))
+                images.append(source.read(path))
             except BadImage as err:
                 skips.add([("unreadable", str(err))])
                 bar.update(1)

@@ -8,7 +8,9 @@ A job's ``--images`` is one of
   ``data_depth_velodyne/SPLIT/<drive>/proj_depth/velodyne_raw/image_0X/<frame>.png``, root = ROOT;
 - ``nyu:ROOT``: NYU Depth v2 colour images under ROOT (files named ``rgb*`` or inside an ``rgb``
   folder, so the depth PNGs beside them are left out) and Sparse-to-Dense ``.h5`` files (their
-  ``rgb`` dataset), root = ROOT.
+  ``rgb`` dataset), root = ROOT;
+- ``bag:PATH``: the camera frames of a ROS 2 bag (paired as the ``bag:`` dataset pairs them), keyed
+  ``<bag name>/<image stamp ns>`` like that dataset.
 
 The cache key of an image is its path relative to the root without suffix
 (:func:`training.cache.relative_stem`), so a dataset finds an image's cached map from the same
@@ -19,9 +21,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
+
+from training.cache import relative_stem
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 H5_SUFFIXES = (".h5", ".hdf5")
@@ -34,9 +39,48 @@ class BadImage(ValueError):
 
 @dataclass(frozen=True)
 class ImageSource:
+    """The images of a job: items (image files here), their cache keys and pixels."""
+
     root: Path
-    paths: list[Path]
+    paths: list[Any]
     spec: str
+
+    def key(self, item: Any) -> Path:
+        """Cache key: the path relative to the root, suffix dropped (training.cache)."""
+        return relative_stem(item, self.root)
+
+    def read(self, item: Any) -> np.ndarray:
+        return read_image(item)
+
+    def is_inside(self, folder: Path) -> bool:
+        """Whether any item lies in ``folder`` (a job never reads its own outputs)."""
+        return False
+
+
+@dataclass(frozen=True)
+class BagImageSource(ImageSource):
+    """The camera frames of a ROS 2 bag, keyed as the bag dataset keys them
+    (``<bag name>/<image stamp ns>``), so labels made here are found by ``bag:`` training."""
+
+    dataset: Any = None
+
+    def key(self, item: Any) -> Path:
+        return Path(self.dataset.cache_key(item))
+
+    def read(self, item: Any) -> np.ndarray:
+        try:
+            return self.dataset.read_rgb(item)
+        except Exception as err:  # a damaged chunk, an unsupported encoding
+            raise BadImage(f"{self.dataset.name_of(item)}: {err}") from err
+
+
+def _bag(path: Path) -> BagImageSource:
+    from training.datasets import build_dataset
+
+    dataset = build_dataset(f"bag:{path}", "train", {"augment": False})
+    return BagImageSource(
+        root=path, paths=list(range(len(dataset))), spec=f"bag:{path}", dataset=dataset
+    )
 
 
 def _is_image(path: Path) -> bool:
@@ -77,6 +121,10 @@ def list_images(spec: str | Path) -> ImageSource:
     """The images named by ``spec`` (see the module doc), sorted, and their root."""
     text = str(spec)
     kind, _, rest = text.partition(":")
+    if kind == "bag" and rest:
+        if not Path(rest).exists():
+            raise FileNotFoundError(f"bag '{rest}' not found (from --images {text})")
+        return _bag(Path(rest))
     if kind == "kitti" and rest:
         root_text, _, split = rest.rpartition(":")
         if not root_text:

@@ -36,7 +36,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--method", required=True, choices=SEGMENT_METHODS)
-    parser.add_argument("--images", required=True, help="DIR, kitti:ROOT:SPLIT or nyu:ROOT")
+    parser.add_argument(
+        "--images", required=True, help="DIR, kitti:ROOT:SPLIT, nyu:ROOT or bag:PATH"
+    )
     parser.add_argument("--out", required=True, type=Path, help="label cache folder")
     parser.add_argument("--model", help="hub name or save_pretrained folder (sam, oneformer)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

@@ -175,6 +175,11 @@ class RosBagFrames(CachedMapsDataset):
                 return to_ros(message.data, message.msgtype)
         raise BagError(f"{self.bag_path}: message at {token['t']} ns on {topic} is gone")
 
+    def read_rgb(self, index: int) -> np.ndarray:
+        """Only the camera image of a pair (for the label and teacher jobs)."""
+        pair = self.pairs[self.items[index]]
+        return image_to_rgb(self._message(self.topics["image"], pair["image"]))
+
     def read(self, index: int) -> Sample:
         frame = self.items[index]
         pair = self.pairs[frame]

@@ -1,6 +1,7 @@
-"""Tiny random-weight teacher models for the tests, built from small configs and written with
-``save_pretrained`` (no download): Depth Anything V2, SAM, OneFormer (+ a word-level tokenizer
-for its task prompt). Their outputs are meaningless but exercise the real code paths."""
+"""Tiny random-weight teacher models for tests and smoke runs, built from small configs and
+written with ``save_pretrained`` (no download): Depth Anything V2, SAM, OneFormer (+ a word-level
+tokenizer for its task prompt). Their outputs are meaningless but exercise the real code paths
+(``python -m training.smoke`` uses them where no real teacher weights are at hand)."""
 
 from __future__ import annotations
 
