@@ -225,12 +225,13 @@ def run(
         "seed": job.seed,
         "config": asdict(job.config),
     }
+    text = json.dumps(summary, indent=2) + "\n"
     name = "summary.json" if env.world_size == 1 else f"summary.rank{env.rank}.json"
-    write_bytes_atomic(job.out / name, (json.dumps(summary, indent=2) + "\n").encode())
+    write_bytes_atomic(job.out / name, text.encode())
     for cause, count in sorted(skips.counts.items()):
         log.warning("skipped %d image(s): %s", count, cause)
     log.info("made %d samples in %.1f s; summary in %s", made, seconds, job.out / name)
-    return summary
+    return json.loads(text)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -252,6 +253,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mesh", choices=MESH_METHODS, default=MeshConfig.method)
     p.add_argument("--grid-stride", type=int, default=MeshConfig.grid_stride)
     p.add_argument("--grid-max-jump", type=float, default=MeshConfig.grid_max_jump)
+    p.add_argument("--grid-smooth-ratio", type=float, default=MeshConfig.grid_smooth_ratio)
     p.add_argument("--poisson-depth", type=int, default=MeshConfig.poisson_depth)
     p.add_argument(
         "--poisson-density-quantile", type=float, default=MeshConfig.poisson_density_quantile
@@ -301,6 +303,7 @@ def job_from_args(args: argparse.Namespace) -> Job:
                 method=args.mesh,
                 grid_max_jump=args.grid_max_jump,
                 grid_stride=args.grid_stride,
+                grid_smooth_ratio=args.grid_smooth_ratio,
                 poisson_depth=args.poisson_depth,
                 poisson_density_quantile=args.poisson_density_quantile,
             ),

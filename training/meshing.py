@@ -3,8 +3,8 @@
 Two ways to turn one camera's depth map into a surface a simulated LiDAR can hit:
 
 - ``grid_mesh``: every pixel is a vertex (back-projected with K), each 2x2 block of pixels two
-  triangles, and a triangle is dropped where its corners' depths jump (a depth discontinuity is
-  an occlusion edge, not a surface). Exact at the pixels, no invented surfaces, and fast.
+  triangles, and a triangle is dropped where an edge crosses a depth discontinuity (an occlusion
+  edge, not a surface). Exact at the pixels, no invented surfaces, and fast.
 - ``poisson_mesh``: screened Poisson reconstruction (open3d), as the DMD3C paper does. Poisson
   closes every hole and extends surfaces where there were no points; vertices whose
   reconstruction density (how many input points supported them) falls below a quantile are cut
@@ -31,7 +31,8 @@ class MeshConfig:
     """How a depth map becomes a mesh (see the module docstring)."""
 
     method: str = "grid"
-    grid_max_jump: float = 0.05  # drop a triangle whose max/min corner depth exceeds 1 + this
+    grid_max_jump: float = 0.05  # an edge whose corner depths differ by > this factor - 1 ...
+    grid_smooth_ratio: float = 3.0  # ... and whose inverse-depth step is > this x its neighbours'
     grid_stride: int = 2  # every n-th pixel is a vertex (1: exact but ~4x slower ray casting)
     poisson_depth: int = 9  # octree depth: the grid is at most 2^depth cells per side
     poisson_density_quantile: float = 0.05  # cut vertices below this density quantile
@@ -42,6 +43,8 @@ class MeshConfig:
             raise ValueError(f"mesh method '{self.method}' unknown: use one of {MESH_METHODS}")
         if self.grid_max_jump <= 0:
             raise ValueError(f"grid_max_jump={self.grid_max_jump} must be > 0 (relative depth)")
+        if self.grid_smooth_ratio < 1:
+            raise ValueError(f"grid_smooth_ratio={self.grid_smooth_ratio} must be >= 1")
         if self.grid_stride < 1 or self.poisson_stride < 1:
             raise ValueError("grid_stride and poisson_stride must be >= 1 (pixels)")
         if not 1 <= self.poisson_depth <= 14:
@@ -59,15 +62,52 @@ def _tensor_mesh(vertices: np.ndarray, triangles: np.ndarray) -> o3d.t.geometry.
     return mesh
 
 
-def grid_mesh(
-    depth: np.ndarray, K: np.ndarray, max_jump: float = 0.05, stride: int = 1
-) -> o3d.t.geometry.TriangleMesh:
-    """Pixels as vertices, two triangles per 2x2 block whose corners are valid and whose depths
-    stay within a factor ``1 + max_jump`` of each other.
+def _edge_jumps(
+    z: np.ndarray, max_jump: float, smooth_ratio: float, dr: int, dc: int
+) -> np.ndarray:
+    """Which pixel-to-pixel edges, from (r, c) to (r + dr, c + dc), cross a depth discontinuity.
 
-    Why relative: a depth step of 0.3 m is an occlusion edge at 3 m but the normal spacing of
-    ground pixels near the horizon at 60 m. Unused vertices (invalid pixels) are kept at the
-    origin rather than re-indexed: the ray caster only sees triangles.
+    An edge is a jump when its corners' depths differ by more than a factor ``1 + max_jump``
+    *and* its step in inverse depth is more than ``smooth_ratio`` times the smaller of the two
+    steps just before and after it along the same direction. Why the second test: a plane is
+    affine in inverse depth across the image, so on the ground near the horizon every step is
+    large in relative terms but equal to its neighbours (kept), while an occlusion edge is a
+    spike among small steps (cut). Returns an H x W bool array indexed by the edge's start pixel.
+    """
+    height, width = z.shape
+    pad = 2
+    zp = np.full((height + 2 * pad, width + 2 * pad), np.nan, dtype=np.float32)
+    zp[pad : pad + height, pad : pad + width] = z
+    with np.errstate(divide="ignore", invalid="ignore"):
+        qp = 1.0 / zp
+
+        def shifted(array: np.ndarray, k: int) -> np.ndarray:
+            r0, c0 = pad + k * dr, pad + k * dc
+            return array[r0 : r0 + height, c0 : c0 + width]
+
+        step = shifted(qp, 1) - shifted(qp, 0)
+        before = np.abs(shifted(qp, 0) - shifted(qp, -1))
+        after = np.abs(shifted(qp, 2) - shifted(qp, 1))
+        z0, z1 = shifted(zp, 0), shifted(zp, 1)
+        relative = np.maximum(z0, z1) > np.minimum(z0, z1) * np.float32(1.0 + max_jump)
+        # fmin ignores a missing neighbour; with none at all the comparison is False: a spike
+        smooth = np.abs(step) <= np.float32(smooth_ratio) * np.fmin(before, after)
+    return relative & ~smooth
+
+
+def grid_mesh(
+    depth: np.ndarray,
+    K: np.ndarray,
+    max_jump: float = 0.05,
+    stride: int = 1,
+    smooth_ratio: float = 3.0,
+) -> o3d.t.geometry.TriangleMesh:
+    """Pixels as vertices, two triangles per 2x2 block, kept where all three corners are valid and
+    none of the triangle's edges is a depth discontinuity (``_edge_jumps``).
+
+    Why a relative threshold: a depth step of 0.3 m is an occlusion edge at 3 m but the normal
+    spacing of neighbouring pixels on a far wall seen at an angle. Unused vertices (invalid
+    pixels) stay at the origin rather than being re-indexed: the ray caster only sees triangles.
     """
     depth = np.asarray(depth, dtype=np.float32)
     K = np.asarray(K, dtype=np.float64)
@@ -78,18 +118,14 @@ def grid_mesh(
     height, width = depth.shape
     valid = depth > 0
     z = np.where(valid, depth, np.float32(np.nan))
-    a, b = z[:-1, :-1], z[:-1, 1:]  # top-left, top-right of each 2x2 block
-    c, d = z[1:, :-1], z[1:, 1:]  # bottom-left, bottom-right
-    limit = np.float32(1.0 + max_jump)
-    with np.errstate(invalid="ignore"):
-        # NaN propagates through minimum/maximum and compares False: a triangle with an
-        # invalid corner is never kept
-        lo1 = np.minimum(np.minimum(a, b), c)
-        hi1 = np.maximum(np.maximum(a, b), c)
-        keep1 = hi1 <= lo1 * limit
-        lo2 = np.minimum(np.minimum(b, c), d)
-        hi2 = np.maximum(np.maximum(b, c), d)
-        keep2 = hi2 <= lo2 * limit
+    right = _edge_jumps(z, max_jump, smooth_ratio, 0, 1)  # (r, c) - (r, c + 1)
+    down = _edge_jumps(z, max_jump, smooth_ratio, 1, 0)  # (r, c) - (r + 1, c)
+    anti = _edge_jumps(z, max_jump, smooth_ratio, 1, -1)  # (r, c) - (r + 1, c - 1)
+    ok_a, ok_b = valid[:-1, :-1], valid[:-1, 1:]  # corners of each 2x2 block: a b
+    ok_c, ok_d = valid[1:, :-1], valid[1:, 1:]  #                              c d
+    diagonal = ~anti[:-1, 1:]  # b - c, shared by both triangles
+    keep1 = ok_a & ok_b & ok_c & ~right[:-1, :-1] & ~down[:-1, :-1] & diagonal
+    keep2 = ok_b & ok_c & ok_d & ~down[:-1, 1:] & ~right[1:, :-1] & diagonal
     index = np.arange(height * width, dtype=np.int32).reshape(height, width)
     ia, ib = index[:-1, :-1], index[:-1, 1:]
     ic, id_ = index[1:, :-1], index[1:, 1:]
@@ -168,7 +204,9 @@ def poisson_mesh(
 def build_mesh(depth: np.ndarray, K: np.ndarray, config: MeshConfig) -> o3d.t.geometry.TriangleMesh:
     """The configured mesh of a metric depth map (0 = invalid) seen through K."""
     if config.method == "grid":
-        return grid_mesh(depth, K, config.grid_max_jump, config.grid_stride)
+        return grid_mesh(
+            depth, K, config.grid_max_jump, config.grid_stride, config.grid_smooth_ratio
+        )
     return poisson_mesh(
         depth, K, config.poisson_depth, config.poisson_density_quantile, config.poisson_stride
     )
