@@ -21,7 +21,6 @@ from depth_completion_ros.simulation.lidar import (
     RosetteModel,
     cast,
     lidar_pose_in_optical_frame,
-    make_raycasting_scene,
 )
 from training.distributed import DistEnv
 from training.generate_stage1 import job_from_args, main, parse_args, run
@@ -321,7 +320,7 @@ def test_cli_end_to_end_resume_and_regenerate(mixed_layout, tmp_path: Path) -> N
         assert np.count_nonzero(sparse) / sparse.size == pytest.approx(entry["density"])
         assert np.all(target >= 0) and np.all(np.isfinite(target))
         # non-metric input: the target is a rescaled depth (near/far sampled per image) ...
-        assert 1.0 <= target[target > 0].min() and target.max() <= 100.0 * 1.001
+        assert target[target > 0].min() >= 1.0 and target.max() <= 100.0 * 1.001
         # ... and the simulated LiDAR samples it (with 1 cm range noise)
         assert fidelity(sparse, target)["median_rel"] < 0.01
     summary = json.loads((out / "summary.json").read_text())
