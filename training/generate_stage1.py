@@ -248,7 +248,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--depth-scale", type=float, default=1000.0, help="16-bit PNG value / S = m")
     p.add_argument("--metric", action="store_true", help="keep --depth-maps as metric targets")
     p.add_argument("--intrinsics", type=Path, help="fixed K (.npy 3x3 or .json fx fy cx cy)")
-    p.add_argument("--device", default="cuda", help="teacher device (cuda, cpu)")
+    p.add_argument(
+        "--device", default="cuda", help="teacher device (cuda = cuda:LOCAL_RANK under torchrun)"
+    )
     p.add_argument("--batch-size", type=int, default=8, help="teacher batch size")
     p.add_argument("--mesh", choices=MESH_METHODS, default=MeshConfig.method)
     p.add_argument("--grid-stride", type=int, default=MeshConfig.grid_stride)
@@ -327,10 +329,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     job = job_from_args(args)
-    teacher = _load_teacher(args.teacher, args.device) if args.teacher else None
+    env = dist_env()
+    device = args.device
+    if device == "cuda" and env.distributed:
+        device = f"cuda:{env.local_rank}"  # one GPU per torchrun process
+    teacher = _load_teacher(args.teacher, device) if args.teacher else None
     run(
         job,
-        dist_env(),
+        env,
         workers=args.workers,
         max_images=args.max_images,
         teacher=teacher,
