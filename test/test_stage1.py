@@ -323,6 +323,8 @@ def test_cli_end_to_end_resume_and_regenerate(mixed_layout, tmp_path: Path) -> N
         assert target[target > 0].min() >= 1.0 and target.max() <= 100.0 * 1.001
         # ... and the simulated LiDAR samples it (with 1 cm range noise)
         assert fidelity(sparse, target)["median_rel"] < 0.01
+    nyu_fovs = {e["hfov_deg"] for e in entries if e["key"].startswith("nyu")}
+    assert len(nyu_fovs) == 3  # every image draws its own camera (own random stream)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["samples"] == 4 and summary["skipped"] == {} and summary["images"] == 4
     assert summary["samples_per_s"] > 0
@@ -369,6 +371,15 @@ def test_two_ranks_cover_every_image_once(nyu_layout, tmp_path: Path) -> None:
         assert json.loads((out / f"summary.rank{rank}.json").read_text()) == summary
     keys = [e["key"] for e in _manifest(out)]
     assert sorted(keys) == sorted(p.name for p in images.iterdir())  # each once, none twice
+    per_rank = [
+        {
+            json.loads(line)["key"]
+            for line in (out / f"manifest.rank{r}.jsonl").read_text().splitlines()
+        }
+        for r in (0, 1)
+    ]
+    assert all(per_rank) and not per_rank[0] & per_rank[1]  # both ranks worked, on other images
+    assert [len(k) for k in per_rank] == [2, 1]  # every 2nd image from the rank
     assert len(_manifest(out)) == 3 and {e["lidar"] for e in _manifest(out)} == {"solid_state"}
     assert not (out / "summary.json").exists()
 
