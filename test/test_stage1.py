@@ -522,3 +522,34 @@ def test_output_is_the_same_for_the_same_seed_and_differs_for_another(nyu_layout
     c, _ = make_sample(rgb, depth, "metric", image_rng(1, "k"), Stage1Config())
     np.testing.assert_array_equal(a["sparse"], b["sparse"])
     assert not np.array_equal(a["K"], c["K"])
+
+
+def test_a_teacher_cache_is_read_as_disparity(nyu_layout, tmp_path: Path) -> None:
+    """--depth-maps on a teacher cache (training/cache layout, meta.json kind 'disparity'): the
+    maps are relative disparity, not depth; --metric is refused for them."""
+    from training.cache import teacher_path, write_meta, write_teacher_map
+
+    images, depth_dir, _ = nyu_layout
+    cache = tmp_path / "cache"
+    for image in sorted(images.iterdir()):
+        raw = cv2.imread(str(depth_dir / f"{image.stem}.png"), cv2.IMREAD_UNCHANGED)
+        write_teacher_map(teacher_path(cache, Path(image.stem)), depth_to_disparity(raw / 1000.0))
+    write_meta(cache, {"kind": "disparity", "model": "nyu-kinect-inverse-depth"})
+    out = tmp_path / "out"
+    argv = ["--images", str(images), "--out", str(out), "--depth-maps", str(cache), "--no-progress"]
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["kind"] == "disparity" and summary["samples"] == 3
+    for entry in _manifest(out):
+        target = read_sample(out / entry["file"])["target"]
+        raw = cv2.imread(
+            str(depth_dir / Path(entry["key"]).with_suffix(".png")), cv2.IMREAD_UNCHANGED
+        )
+        # affine in disparity between the clipped 2 % tails (which sit at near and far)
+        near, far = entry["near_m"], entry["far_m"]
+        inner = (target > near * 1.001) & (target < far * 0.999) & (raw > 0)
+        assert inner.mean() > 0.5
+        assert np.corrcoef(1.0 / target[inner], 1.0 / raw[inner])[0, 1] > 0.999
+        assert near <= target[target > 0].min() * 1.001 and target.max() <= far * 1.001
+    with pytest.raises(SystemExit, match="cannot be --metric"):
+        main([*argv, "--metric"])

@@ -28,7 +28,7 @@ import numpy as np
 
 from depth_completion_ros.depth_io import read_rgb, write_bytes_atomic
 from depth_completion_ros.simulation.lidar import LIDAR_PRESETS
-from training.cache import Manifest
+from training.cache import META_FILE, Manifest, read_meta
 from training.distributed import DistEnv, dist_env, shard
 from training.meshing import MESH_METHODS, MeshConfig
 from training.sample import BadSample, SkipCounter
@@ -244,12 +244,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True, help="output folder (.npz, manifests)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--teacher", help="Depth Anything V2: hub name or local folder")
-    src.add_argument("--depth-maps", type=Path, help="folder of depth maps named like the images")
+    src.add_argument(
+        "--depth-maps",
+        type=Path,
+        help="folder of depth maps named like the images, or a teacher cache (meta.json)",
+    )
     p.add_argument("--depth-scale", type=float, default=1000.0, help="16-bit PNG value / S = m")
     p.add_argument("--metric", action="store_true", help="keep --depth-maps as metric targets")
     p.add_argument("--intrinsics", type=Path, help="fixed K (.npy 3x3 or .json fx fy cx cy)")
     p.add_argument(
-        "--device", default="cuda", help="teacher device (cuda = cuda:LOCAL_RANK under torchrun)"
+        "--device", default="auto", help="teacher device: auto (cuda:LOCAL_RANK if any), cpu, cuda"
     )
     p.add_argument("--batch-size", type=int, default=8, help="teacher batch size")
     p.add_argument("--mesh", choices=MESH_METHODS, default=MeshConfig.method)
@@ -314,6 +318,16 @@ def job_from_args(args: argparse.Namespace) -> Job:
     except (ValueError, OSError, KeyError) as err:
         raise SystemExit(f"bad option: {err}") from None
     kind = "disparity" if args.teacher else ("metric" if args.metric else "depth")
+    if args.depth_maps is not None and (args.depth_maps / META_FILE).is_file():
+        # a teacher cache (training/cache_teacher.py) says what its maps are
+        cached = read_meta(args.depth_maps).get("kind")
+        if cached == "disparity":
+            if args.metric:
+                raise SystemExit(
+                    f"{args.depth_maps} is a teacher cache of relative disparity (meta.json): "
+                    "it cannot be --metric"
+                )
+            kind = "disparity"
     return Job(
         images=args.images,
         out=args.out,
@@ -331,8 +345,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     job = job_from_args(args)
     env = dist_env()
     device = args.device
-    if device == "cuda" and env.distributed:
-        device = f"cuda:{env.local_rank}"  # one GPU per torchrun process
+    if device in ("auto", "cuda") and env.distributed:
+        import torch
+
+        if torch.cuda.is_available():
+            device = f"cuda:{env.local_rank}"  # one GPU per torchrun process
     teacher = _load_teacher(args.teacher, device) if args.teacher else None
     run(
         job,
