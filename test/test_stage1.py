@@ -7,6 +7,7 @@ any real geometric error (a wrong K, pose or pixel convention moves ranges by > 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -382,6 +383,11 @@ def test_two_ranks_cover_every_image_once(nyu_layout, tmp_path: Path) -> None:
     assert [len(k) for k in per_rank] == [2, 1]  # every 2nd image from the rank
     assert len(_manifest(out)) == 3 and {e["lidar"] for e in _manifest(out)} == {"solid_state"}
     assert not (out / "summary.json").exists()
+    # --max-images takes the first N (sorted) before sharding
+    first = run(dataclasses.replace(job, out=tmp_path / "one"), DistEnv(), max_images=1)
+    assert first["images"] == 1 and [e["key"] for e in _manifest(tmp_path / "one")] == [
+        "nyu_00000.jpg"
+    ]
 
 
 def test_workers_give_the_same_samples(nyu_layout, tmp_path: Path) -> None:

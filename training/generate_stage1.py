@@ -19,6 +19,7 @@ import logging
 import multiprocessing
 import sys
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -128,8 +129,8 @@ def _work(item: tuple[str, np.ndarray | None]) -> tuple[str, dict[str, Any] | No
 def _items(
     job: Job, keys: Sequence[str], teacher: Any, batch_size: int, skips: SkipCounter
 ) -> Iterator[list[tuple[str, np.ndarray | None]]]:
-    """Chunks of work items; with a teacher, its disparities are predicted here, one batch at a
-    time, so at most a chunk of maps waits in memory."""
+    """Batches of work items; with a teacher, its disparities are predicted here (the main
+    process, which holds the GPU), one batch at a time as the caller asks for it."""
     for start in range(0, len(keys), batch_size):
         chunk = keys[start : start + batch_size]
         if teacher is None:
@@ -141,7 +142,8 @@ def _items(
                 rgbs.append(read_rgb(job.images / key))
                 good.append(key)
             except FileNotFoundError:
-                skips.add([("unreadable", f"{key}: cannot read image {job.images / key}")])
+                message = f"{key}: cannot read image {job.images / key}: not an image, or corrupt"
+                skips.add([("unreadable", message)])
         if good:
             yield list(zip(good, teacher.predict_disparity(rgbs), strict=True))
 
@@ -185,24 +187,39 @@ def run(
     skips = SkipCounter(log)
     made = 0
     start = time.perf_counter()
-    chunk = batch_size if teacher is not None else max(1, len(todo))  # keys alone: one chunk
     bar = tqdm(total=len(todo), unit="img", disable=not progress, mininterval=1.0)
+
+    def record(result: tuple[str, dict[str, Any] | None, Any]) -> None:
+        nonlocal made
+        key, fields, skip = result
+        if fields is not None:
+            manifest.add(key, **fields)
+            made += 1
+        else:
+            skips.add([skip])
+        bar.update(1)
+
     pool = None
     if workers > 1:
         ctx = multiprocessing.get_context("spawn")  # no forked open3d/torch thread state
         pool = ctx.Pool(workers, initializer=_init_worker, initargs=(job,))
     else:
         _init_worker(job)
+    # At most this many items in flight: the teacher (main process) predicts the next batch
+    # while the workers simulate, and only a bounded number of maps waits in memory.
+    window = max(2 * batch_size, 4 * workers)
+    pending: deque = deque()
     try:
-        for items in _items(job, todo, teacher, chunk, skips):
-            results = pool.imap_unordered(_work, items) if pool else map(_work, items)
-            for key, fields, skip in results:
-                if fields is not None:
-                    manifest.add(key, **fields)
-                    made += 1
-                else:
-                    skips.add([skip])
-                bar.update(1)
+        for items in _items(job, todo, teacher, batch_size, skips):
+            for item in items:
+                if pool is None:
+                    record(_work(item))
+                    continue
+                pending.append(pool.apply_async(_work, (item,)))
+                while len(pending) > window:
+                    record(pending.popleft().get())
+        while pending:
+            record(pending.popleft().get())
     finally:
         bar.close()
         if pool is not None:
