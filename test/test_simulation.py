@@ -267,3 +267,60 @@ def test_written_kitti_layout_reads_back(frames, tmp_path: Path) -> None:
         assert all(re.fullmatch(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{9}", x) for x in lines)
         assert lines[0] == "2011-09-26 13:00:00.000000000"
         assert lines[1] == "2011-09-26 13:00:00.100000000"
+
+
+# --- Beam-count presets and the solid-state (rosette) pattern --------------------------------------
+
+
+def test_presets_cover_16_32_64_128_beams_and_solid_state() -> None:
+    from depth_completion_ros.simulation.lidar import RosetteModel, lidar_preset
+
+    for name, beams, top, bottom in (
+        ("16", 16, 15.0, -15.0),
+        ("32", 32, 10.67, -30.67),
+        ("64", 64, 2.0, -24.9),
+        ("128", 128, 15.0, -25.0),
+    ):
+        model = lidar_preset(name, range_noise_std=0.01)
+        assert model.n_beams == beams and model.range_noise_std == 0.01
+        assert max(model.elevations_deg) == pytest.approx(top)
+        assert min(model.elevations_deg) == pytest.approx(bottom)
+    assert lidar_preset("hdl64") == LidarModel.hdl64()
+    assert isinstance(lidar_preset("solid_state"), RosetteModel)
+    with pytest.raises(ValueError, match="Unknown LiDAR 'velodyne'.*solid_state"):
+        lidar_preset("velodyne")
+
+
+def test_rosette_is_non_repetitive_and_stays_in_its_field_of_view() -> None:
+    from depth_completion_ros.simulation.lidar import RosetteModel
+
+    model = RosetteModel(fov_deg=70.4, n_points=24000)
+    dirs = ray_directions(model)
+    assert dirs.shape == (24000, 3) and dirs.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(dirs, axis=1), 1.0, atol=1e-6)
+    off_axis = np.rad2deg(np.arccos(np.clip(dirs[:, 0], -1, 1)))
+    assert off_axis.max() <= 35.2 + 1e-3 and off_axis.max() > 34.0  # reaches the edge
+
+    def cells(d: np.ndarray) -> set[tuple[int, int]]:  # 0.5 deg bins of the tangent plane
+        return set(map(tuple, np.floor(np.rad2deg(d[:, 1:] / d[:, :1]) / 0.5).astype(int)))
+
+    frames = [model.with_(start_time_s=0.1 * k) for k in range(10)]
+    covered = [cells(ray_directions(f)) for f in frames]
+    assert not np.allclose(ray_directions(frames[0]), ray_directions(frames[1]))
+    union = set().union(*covered)
+    assert len(union) > 3 * len(covered[0])  # later frames fill what the first one missed
+
+
+def test_rosette_scan_of_a_wall_has_analytic_ranges() -> None:
+    from depth_completion_ros.simulation.lidar import RosetteModel
+
+    wall = _plane(100.0)
+    wall.rotate(o3d.geometry.get_rotation_matrix_from_xyz((0, np.pi / 2, 0)), center=(0, 0, 0))
+    wall.translate((8.0, 0, 0))  # the plane x = 8 m, facing the sensor
+    model = RosetteModel(n_points=5000, start_time_s=12.3)
+    scan = cast(wall, model, np.eye(4))
+    assert len(scan) == model.n_rays and np.all(scan.ring == 0)
+    np.testing.assert_array_equal(scan.column, np.arange(model.n_rays))
+    dirs = ray_directions(model)
+    np.testing.assert_allclose(scan.ranges, 8.0 / dirs[:, 0], rtol=1e-5)
+    assert range_image(scan, model).shape == (1, 5000)

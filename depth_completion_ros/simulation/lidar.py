@@ -19,11 +19,14 @@ import numpy as np
 import open3d as o3d
 
 __all__ = [
+    "LIDAR_PRESETS",
     "T_LIDAR_TO_OPTICAL",
     "LidarModel",
     "LidarScan",
+    "RosetteModel",
     "cast",
     "lidar_pose_in_optical_frame",
+    "lidar_preset",
     "make_raycasting_scene",
     "range_image",
     "ray_directions",
@@ -151,6 +154,27 @@ class LidarModel:
         kwargs.setdefault("max_range", 100.0)
         return cls.from_elevations(np.arange(15.0, -15.5, -2.0), **kwargs)
 
+    @classmethod
+    def hdl32(cls, **kwargs) -> LidarModel:
+        """Velodyne HDL-32E: 32 beams from +10.67 to -30.67 deg (4/3 deg apart), 0.16 deg."""
+        kwargs.setdefault("name", "hdl32")
+        kwargs.setdefault("azimuth_resolution_deg", 0.16)
+        kwargs.setdefault("min_range", 1.0)
+        kwargs.setdefault("max_range", 100.0)
+        return cls.from_elevations(np.linspace(10.67, -30.67, 32), **kwargs)
+
+    @classmethod
+    def vls128(cls, **kwargs) -> LidarModel:
+        """A 128-beam sensor like the Velodyne VLS-128: +15 to -25 deg, 0.2 deg azimuth.
+
+        The real sensor packs its beams tighter near the horizon; an even spacing (0.31 deg) keeps
+        the model simple and is what most simulators use.
+        """
+        kwargs.setdefault("name", "vls128")
+        kwargs.setdefault("azimuth_resolution_deg", 0.2)
+        kwargs.setdefault("max_range", 200.0)
+        return cls.from_elevations(np.linspace(15.0, -25.0, 128), **kwargs)
+
     def with_(self, **changes) -> LidarModel:
         """A copy with some fields changed (e.g. ``hdl64().with_(range_noise_std=0.02)``)."""
         return replace(self, **changes)
@@ -174,6 +198,95 @@ class LidarModel:
         return self.azimuth_center_deg + self.azimuth_fov_deg / 2.0 - (j + 0.5) * step
 
 
+@dataclass(frozen=True)
+class RosetteModel:
+    """A non-repetitive solid-state LiDAR (Livox-like): a rosette drawn by two Risley prisms.
+
+    The beam's off-axis angle vector is ``(fov/4) * (exp(i w1 t) + exp(i w2 t))``, with the two
+    prisms turning in opposite directions at incommensurate rates, so the pattern never repeats:
+    each frame (``n_points`` rays over ``frame_time_s`` from ``start_time_s``) draws a few petals,
+    and successive frames (``start_time_s`` advancing) fill the circular field of view. The
+    sensor looks along its +x axis (the LiDAR frame's forward). Defaults are Livox-Avia-like:
+    70.4 deg field of view, 240k points/s at 10 Hz.
+
+    Compatible with ``cast``: one "beam" (``ring`` = 0) and ``column`` = ray index in time order.
+    """
+
+    fov_deg: float = 70.4
+    n_points: int = 24000
+    frame_time_s: float = 0.1
+    start_time_s: float = 0.0
+    prism_hz: tuple[float, float] = (131.7, -83.3)
+    min_range: float = 1.0
+    max_range: float = 200.0
+    range_noise_std: float = 0.0
+    dropout_prob: float = 0.0
+    seed: int | None = None
+    name: str = field(default="solid_state", compare=False)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.fov_deg < 180.0:
+            raise ValueError(f"RosetteModel fov_deg={self.fov_deg} must be in (0, 180) degrees.")
+        if self.n_points < 1 or self.frame_time_s <= 0.0:
+            raise ValueError(
+                f"RosetteModel needs n_points >= 1 and frame_time_s > 0, got {self.n_points} "
+                f"and {self.frame_time_s}."
+            )
+        if not 0.0 <= self.min_range < self.max_range:
+            raise ValueError(
+                f"Need 0 <= min_range < max_range, got min_range={self.min_range}, "
+                f"max_range={self.max_range} (metres)."
+            )
+        if self.range_noise_std < 0.0:
+            raise ValueError(f"range_noise_std={self.range_noise_std} must be >= 0 (metres).")
+
+    def with_(self, **changes) -> RosetteModel:
+        return replace(self, **changes)
+
+    @property
+    def n_beams(self) -> int:
+        return 1
+
+    @property
+    def n_columns(self) -> int:
+        return int(self.n_points)
+
+    @property
+    def n_rays(self) -> int:
+        return int(self.n_points)
+
+    def directions(self) -> np.ndarray:
+        """(n_points, 3) float32 unit rays of this frame, in firing order."""
+        t = self.start_time_s + np.arange(self.n_points) * (self.frame_time_s / self.n_points)
+        w1, w2 = 2.0 * np.pi * np.asarray(self.prism_hz, dtype=np.float64)
+        half = np.deg2rad(self.fov_deg) / 4.0  # each prism deflects by a quarter of the fov
+        offset = half * (np.exp(1j * w1 * t) + np.exp(1j * w2 * t))
+        theta, phi = np.abs(offset), np.angle(offset)
+        dirs = np.stack(
+            [np.cos(theta), np.sin(theta) * np.cos(phi), np.sin(theta) * np.sin(phi)], axis=-1
+        )
+        return dirs.astype(np.float32)
+
+
+#: ``lidar_preset`` names: beam counts 16/32/64/128 and the solid-state rosette.
+LIDAR_PRESETS = ("vlp16", "hdl32", "hdl64", "vls128", "solid_state")
+_PRESET_ALIASES = {"16": "vlp16", "32": "hdl32", "64": "hdl64", "128": "vls128"}
+
+
+def lidar_preset(name: str, **kwargs) -> LidarModel | RosetteModel:
+    """A sensor by name: ``vlp16``/``16``, ``hdl32``/``32``, ``hdl64``/``64``,
+    ``vls128``/``128`` or ``solid_state``; ``kwargs`` override its fields."""
+    key = _PRESET_ALIASES.get(str(name), str(name))
+    if key == "solid_state":
+        return RosetteModel(**kwargs)
+    if key not in LIDAR_PRESETS:
+        raise ValueError(
+            f"Unknown LiDAR '{name}': choose one of {', '.join(LIDAR_PRESETS)} "
+            f"(or 16, 32, 64, 128)."
+        )
+    return getattr(LidarModel, key)(**kwargs)
+
+
 @functools.lru_cache(maxsize=16)
 def _ray_directions_cached(model: LidarModel) -> np.ndarray:
     elev = np.deg2rad(np.asarray(model.elevations_deg, dtype=np.float64))[:, None]
@@ -187,12 +300,15 @@ def _ray_directions_cached(model: LidarModel) -> np.ndarray:
     return dirs
 
 
-def ray_directions(model: LidarModel) -> np.ndarray:
+def ray_directions(model: LidarModel | RosetteModel) -> np.ndarray:
     """Unit ray directions, (n_beams * n_columns, 3) float32, in the LiDAR frame.
 
     Row-major over (beam, column): ``reshape(n_beams, n_columns, 3)`` gives a range-image grid.
-    Cached per model and read-only, since every scan of a sequence reuses it.
+    Cached per model and read-only, since every scan of a sequence reuses it (a rosette frame is
+    computed afresh: its start time changes every frame).
     """
+    if isinstance(model, RosetteModel):
+        return model.directions()
     return _ray_directions_cached(model)
 
 
@@ -274,7 +390,7 @@ def cast(
     scene_or_mesh: o3d.t.geometry.RaycastingScene
     | o3d.geometry.TriangleMesh
     | o3d.t.geometry.TriangleMesh,
-    model: LidarModel,
+    model: LidarModel | RosetteModel,
     pose: np.ndarray | None = None,
     *,
     rng: np.random.Generator | None = None,
@@ -331,7 +447,7 @@ def cast(
     )
 
 
-def range_image(scan: LidarScan, model: LidarModel) -> np.ndarray:
+def range_image(scan: LidarScan, model: LidarModel | RosetteModel) -> np.ndarray:
     """(n_beams, n_columns) float32 ranges in metres, 0 where the ray returned nothing."""
     img = np.zeros((model.n_beams, model.n_columns), dtype=np.float32)
     img[scan.ring, scan.column] = scan.ranges
