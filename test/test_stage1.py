@@ -564,10 +564,10 @@ def test_a_teacher_cache_is_read_as_disparity(nyu_layout, tmp_path: Path) -> Non
 def test_teacher_end_to_end(tmp_path: Path, nyu_layout) -> None:
     """--teacher with a tiny random-weight Depth Anything V2 (the teachers module's own test
     model): the teacher runs in the main process, the samples come out like any others, and an
-    unreadable image is counted. Skipped until training/teachers.py is merged beside this."""
-    pytest.importorskip("training.teachers")
-    tiny_teachers = pytest.importorskip("tiny_teachers")
-    model = tiny_teachers.build_depth_anything(tmp_path / "tiny_da")
+    unreadable image is counted."""
+    from training.tiny_models import build_depth_anything
+
+    model = build_depth_anything(tmp_path / "tiny_da")
     images = tmp_path / "images"
     images.mkdir()
     for path in sorted(nyu_layout[0].iterdir())[:2]:

@@ -148,14 +148,14 @@ def _items(
             yield list(zip(good, teacher.predict_disparity(rgbs), strict=True))
 
 
-def _load_teacher(name: str, device: str) -> Any:
+def _load_teacher(name: str, device: str, input_size: int = 518) -> Any:
     try:
         from training.teachers import DepthTeacher
     except ImportError as err:
         raise SystemExit(
             f"--teacher needs training/teachers.py ({err}); give --depth-maps instead"
         ) from None
-    return DepthTeacher(name, device)
+    return DepthTeacher(name, device, input_size=input_size)
 
 
 def run(
@@ -273,6 +273,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--device", default="auto", help="teacher device: auto (cuda:LOCAL_RANK if any), cpu, cuda"
     )
     p.add_argument("--batch-size", type=int, default=8, help="teacher batch size")
+    p.add_argument(
+        "--input-size", type=int, default=518, help="teacher input: shorter side (DA-V2: 518)"
+    )
     p.add_argument("--mesh", choices=MESH_METHODS, default=MeshConfig.method)
     p.add_argument("--grid-stride", type=int, default=MeshConfig.grid_stride)
     p.add_argument("--grid-max-jump", type=float, default=MeshConfig.grid_max_jump)
@@ -367,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if torch.cuda.is_available():
             device = f"cuda:{env.local_rank}"  # one GPU per torchrun process
-    teacher = _load_teacher(args.teacher, device) if args.teacher else None
+    teacher = _load_teacher(args.teacher, device, args.input_size) if args.teacher else None
     run(
         job,
         env,
