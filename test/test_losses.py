@@ -559,7 +559,7 @@ def test_totals_reject_unknown_terms_and_missing_inputs():
 
 
 def test_selfdc_claim_dc_alone_leaves_the_map_unfilled_and_gc_sms_fill_it():
-    """The script itself, as a user runs it, at a quarter of its pixels and a quarter of its
+    """The script itself, as a user runs it, at a quarter of its pixels and half its
     steps: L_dc alone leaves every pixel without a LiDAR point at exactly 0; + L_gc fills the
     map with a much lower error; + L_sms lowers it again (full-size numbers in the README)."""
     import json
@@ -571,7 +571,7 @@ def test_selfdc_claim_dc_alone_leaves_the_map_unfilled_and_gc_sms_fill_it():
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(repo)}
     cmd = [sys.executable, str(repo / "benchmarks" / "selfdc_claim.py"), "--width", "208",
-           "--height", "64", "--steps", "150", "--setups", "dc", "dc+gc", "dc+gc+sms"]  # fmt: skip
+           "--height", "64", "--steps", "300", "--setups", "dc", "dc+gc", "dc+gc+sms"]  # fmt: skip
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=True)
     report = json.loads(out.stdout)
     r = report["results"]
