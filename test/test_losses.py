@@ -244,6 +244,21 @@ def test_least_squares_fit_is_the_optimum_envelope_theorem():
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-9, atol=1e-12)
 
 
+def test_ssi_detached_scale_shift_is_the_l1_with_fixed_least_squares_s_b():
+    """Same value either way; with s, b detached the gradient is that of mean |pred - (s t + b)|
+    for s, b fixed at their least-squares values (numpy's polyfit here)."""
+    pred = _rand((1, 1, 5, 7), seed=31).requires_grad_()
+    teacher = _rand((1, 1, 5, 7), seed=32)
+    mask = torch.ones_like(pred, dtype=torch.bool)
+    full = L.ssi_loss(pred, teacher, mask, "depth")
+    fixed = L.ssi_loss(pred, teacher, mask, "depth", detach_scale_shift=True)
+    assert full.item() == pytest.approx(fixed.item(), rel=1e-12)
+    s, b = np.polyfit(teacher.flatten().numpy(), pred.detach().flatten().numpy(), 1)
+    expected = torch.autograd.grad((pred - (s * teacher + b)).abs().mean(), pred)[0]
+    torch.testing.assert_close(torch.autograd.grad(fixed, pred)[0], expected)
+    assert not torch.allclose(torch.autograd.grad(full, pred)[0], expected)  # L1 after LS
+
+
 def test_ssi_degenerate_images_are_left_out():
     pred = _rand((2, 1, 4, 5), seed=12).requires_grad_()
     teacher = _rand((2, 1, 4, 5), seed=13)
