@@ -490,6 +490,21 @@ def test_float32_gradients_finite_and_float64_gradcheck():
                 assert torch.autograd.gradcheck(fn, (pred,), eps=1e-7, atol=1e-6), name
 
 
+def test_half_precision_inputs_are_computed_in_float32():
+    """AMP hands the losses float16/bfloat16 maps: sums of squared depths would overflow there
+    (80 m deep, 128 x 128 pixels: 1e8 > 65504); every loss computes in float32 instead."""
+    pred = _rand((1, 1, 128, 128), seed=33, low=60, high=80, dtype=torch.float32)
+    teacher = 1.0 / _rand((1, 1, 128, 128), seed=34, low=60, high=80, dtype=torch.float32)
+    mask = torch.ones_like(pred, dtype=torch.bool)
+    segs = _segments(1, 128, 128, seed=35)
+    sparse = torch.where(segs[:, None] == 0, pred, 0)
+    for name, fn in _all_losses(pred, teacher, mask, segs, sparse).items():
+        reference = fn(pred.bfloat16().float())
+        value = fn(pred.bfloat16())
+        assert value.dtype == torch.float32, name
+        assert torch.isfinite(value) and value.item() == pytest.approx(reference.item()), name
+
+
 # --- totals ----------------------------------------------------------------------------------------
 
 

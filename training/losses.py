@@ -83,6 +83,12 @@ def _check_segments(segments: Tensor, pred: Tensor) -> None:
         raise ValueError(f"segments must be integer labels (int64), got {segments.dtype}")
 
 
+def _wide(x: Tensor) -> Tensor:
+    """float16/bfloat16 -> float32: sums of squared depths over an image overflow half
+    precision (80 m^2 x 300k pixels > 65504), so losses never compute in it (AMP outputs)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     """Mean of ``values`` over ``mask`` (all images together); 0 on an empty mask."""
     count = mask.sum()
@@ -100,6 +106,7 @@ def masked_l1(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     _check_map("pred", pred)
     _check_same("target", target, pred)
     _check_same("mask", mask, pred)
+    pred, target = _wide(pred), _wide(target)
     diff = torch.where(mask, pred - target, torch.zeros_like(pred))
     return _masked_mean(diff.abs(), mask)
 
@@ -115,6 +122,7 @@ def masked_mse(pred: Tensor, target: Tensor, mask: Tensor, denominator: str = "v
     _check_map("pred", pred)
     _check_same("target", target, pred)
     _check_same("mask", mask, pred)
+    pred, target = _wide(pred), _wide(target)
     diff = torch.where(mask, pred - target, torch.zeros_like(pred))
     if denominator == "valid":
         return _masked_mean(diff.square(), mask)
@@ -209,6 +217,7 @@ def align_teacher(
     _check_map("pred", pred)
     _check_same("teacher", teacher, pred)
     _check_same("mask", mask, pred)
+    pred, teacher = _wide(pred), _wide(teacher)
     mask = mask & torch.isfinite(teacher)
     teacher = torch.where(mask, teacher, torch.zeros_like(teacher))
     if teacher_kind == "disparity" and disparity_mode == "inverse":
@@ -248,6 +257,7 @@ def ssi_loss(
     little, and neither is wrong. Degenerate images (< 2 valid pixels, constant teacher) are
     left out; none left gives 0. See :func:`align_teacher` for the teacher's conversion.
     """
+    pred, teacher = _wide(pred), _wide(teacher)
     aligned, ok = align_teacher(
         pred, teacher, mask, teacher_kind, disparity_mode, detach_scale_shift
     )
@@ -275,6 +285,7 @@ def gradient_matching_loss(
     """
     if scales < 1:
         raise ValueError(f"scales must be >= 1, got {scales}")
+    pred, teacher = _wide(pred), _wide(teacher)
     aligned, ok = align_teacher(
         pred, teacher, mask, teacher_kind, disparity_mode, detach_scale_shift
     )
@@ -358,6 +369,7 @@ def ssi_loss_release(
     if mask is None:
         mask = torch.ones_like(pred, dtype=torch.bool)
     _check_same("mask", mask, pred)
+    pred, teacher_disparity = _wide(pred), _wide(teacher_disparity)
     mask = mask & torch.isfinite(teacher_disparity)
     d = torch.where(mask, teacher_disparity, torch.zeros_like(teacher_disparity))
     if normalise:
@@ -396,7 +408,7 @@ def gradient_magnitude(pred: Tensor, segments: Tensor | None = None) -> Tensor:
     is 0: depth may jump at object boundaries for free.
     """
     _check_map("pred", pred)
-    d = pred[:, 0]
+    d = _wide(pred)[:, 0]
     dx = d[:, :, 1:] - d[:, :, :-1]
     dy = d[:, 1:, :] - d[:, :-1, :]
     if segments is not None:
@@ -512,7 +524,7 @@ def segmentation_loss(logits: Tensor, segments: Tensor) -> Tensor:
             f"segment label {top} needs {top + 1} classes but the head has {logits.shape[1]}: "
             "raise the head's class count or cap the labels when they are made"
         )
-    return F.cross_entropy(logits, torch.where(valid, segments, -100), ignore_index=-100)
+    return F.cross_entropy(_wide(logits), torch.where(valid, segments, -100), ignore_index=-100)
 
 
 # --- totals --------------------------------------------------------------------------------------
