@@ -526,10 +526,11 @@ def test_dmd3c_total_is_the_weighted_sum_of_its_terms():
     outs = [
         _rand((2, 1, 16, 24), seed=40 + k, low=2, high=20, dtype=torch.float32) for k in range(6)
     ]
-    weights = {"l1": 1.0, "mse": 0.3, "ssi": 0.7, "grad": 0.5, "ssi_release": 0.0}
-    total, logged = L.dmd3c_loss(outs, batch, weights)
+    batch["teacher"][..., :3, :] = 0.0  # "sky": disparity 0, left out of ssi and grad
+    weights = {"l1": 1.0, "mse": 0.3, "ssi": 0.7, "grad": 0.5, "ssi_release": 0.2}
+    total, logged = L.dmd3c_loss(outs, batch, weights, generator=torch.Generator().manual_seed(7))
     valid = batch["gt"] > 0
-    tmask = torch.ones_like(valid)
+    tmask = batch["teacher"] > 0
     l1 = L.multi_scale(L.masked_l1, outs, batch["gt"], valid)
     mse = sum(
         w * L.masked_mse(o, batch["gt"], valid, "all")
@@ -540,10 +541,22 @@ def test_dmd3c_total_is_the_weighted_sum_of_its_terms():
         for o, w in zip(outs, L.MULTI_SCALE_WEIGHTS, strict=True)
     )
     grad = L.multi_scale(L.gradient_matching_loss, outs, batch["teacher"], tmask)
-    assert set(logged) == {"l1", "mse", "ssi", "grad", "total"}
-    for name, v in (("l1", l1), ("mse", mse), ("ssi", ssi), ("grad", grad)):
+    g = torch.Generator().manual_seed(7)  # the release masks nothing: every pixel, sky too
+    release = sum(
+        w * L.ssi_loss_release(o, batch["teacher"], None, generator=g)
+        for o, w in zip(outs, L.MULTI_SCALE_WEIGHTS, strict=True)
+    )
+    assert set(logged) == {"l1", "mse", "ssi", "grad", "ssi_release", "total"}
+    for name, v in (
+        ("l1", l1),
+        ("mse", mse),
+        ("ssi", ssi),
+        ("grad", grad),
+        ("ssi_release", release),
+    ):
         assert logged[name] == pytest.approx(v.item(), rel=1e-6)
-    assert total.item() == pytest.approx((l1 + 0.3 * mse + 0.7 * ssi + 0.5 * grad).item(), rel=1e-6)
+    total_expected = l1 + 0.3 * mse + 0.7 * ssi + 0.5 * grad + 0.2 * release
+    assert total.item() == pytest.approx(total_expected.item(), rel=1e-6)
     single, _ = L.dmd3c_loss(outs[-1], batch, {"l1": 1.0})
     assert single.item() == pytest.approx(L.masked_l1(outs[-1], batch["gt"], valid).item())
 

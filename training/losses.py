@@ -546,9 +546,10 @@ def _need(batch: Mapping[str, Any], key: str, term: str) -> Any:
     return batch[key]
 
 
-def _teacher_mask(teacher: Tensor, kind: str) -> Tensor:
-    valid = torch.isfinite(teacher)
-    return valid & (teacher > 0) if kind == "depth" else valid
+def _teacher_mask(teacher: Tensor) -> Tensor:
+    """Where a teacher map says something: finite and > 0. Depth Anything V2's head ends in a
+    ReLU, so sky comes out as disparity 0 (infinitely far), which no metric depth can match."""
+    return torch.isfinite(teacher) & (teacher > 0)
 
 
 def dmd3c_loss(
@@ -568,7 +569,9 @@ def dmd3c_loss(
     ``output_weights``: 'l1' (eq. 2 on valid ``gt``; eq. 6 in stage 1, where ``gt`` is the dense
     target), 'mse' (the releases' MSE, divided by all pixels as they do unless
     ``mse_denominator='valid'``), 'ssi' (eq. 7 against ``teacher``), 'grad'
-    (eq. 8), 'ssi_release' (the release's crop-normalised term). Returns the total and the
+    (eq. 8), 'ssi_release' (the release's crop-normalised term). 'ssi' and 'grad' use the
+    pixels where the teacher is finite and > 0 (zero disparity is sky: no metric depth);
+    'ssi_release' uses every pixel, as the release does. Returns the total and the
     unweighted value of each active term (floats, for logging).
     """
     preds = [outputs] if isinstance(outputs, Tensor) else list(outputs)
@@ -586,7 +589,7 @@ def dmd3c_loss(
         term = next(t for t in ("ssi", "grad", "ssi_release") if t in active)
         teacher = _need(batch, "teacher", term)
         kind = batch.get("teacher_kind", "disparity")
-        tmask = _teacher_mask(teacher, kind)
+        tmask = _teacher_mask(teacher)
         if "ssi" in active:
             terms["ssi"] = multi_scale(
                 ssi_loss, preds, teacher, tmask, kind, disparity_mode, weights=ow
@@ -599,8 +602,8 @@ def dmd3c_loss(
         if "ssi_release" in active:
             if kind != "disparity":
                 raise ValueError("'ssi_release' needs a disparity teacher (teacher_kind)")
-            terms["ssi_release"] = multi_scale(
-                ssi_loss_release, preds, teacher, tmask, generator=generator, weights=ow
+            terms["ssi_release"] = multi_scale(  # the release masks nothing, sky included
+                ssi_loss_release, preds, teacher, None, generator=generator, weights=ow
             )
     return _total(terms, active, preds[-1])
 
@@ -647,7 +650,7 @@ def selfdc_loss(
     if "ssi" in active:
         teacher = _need(batch, "teacher", "ssi")
         kind = batch.get("teacher_kind", "disparity")
-        tmask = _teacher_mask(teacher, kind)
+        tmask = _teacher_mask(teacher)
         terms["ssi"] = ssi_loss(pred, teacher, tmask, kind, disparity_mode)
     return _total(terms, active, pred)
 
