@@ -49,9 +49,7 @@ def load_fill_in_fast(checkout: Path) -> Callable:
 
 
 def dc_path(frame: Path, release: str, kind: str) -> Path:
-    return (
-        frame / release / "train" / DRIVE / "proj_depth" / kind / "image_02" / "0000000005.png"
-    )
+    return frame / release / "train" / DRIVE / "proj_depth" / kind / "image_02" / "0000000005.png"
 
 
 def summary(times: list[float]) -> dict[str, float]:
@@ -79,7 +77,9 @@ def main() -> None:
     scan = read_velodyne_bin(raw_drive / "velodyne_points" / "data" / "0000000005.bin")
     gt = read_kitti_depth(dc_path(frame, "data_depth_annotated", "groundtruth"))
     inputs = {
-        "kitti_velodyne_raw": read_kitti_depth(dc_path(frame, "data_depth_velodyne", "velodyne_raw")),
+        "kitti_velodyne_raw": read_kitti_depth(
+            dc_path(frame, "data_depth_velodyne", "velodyne_raw")
+        ),
         "node_projection_of_raw_scan": project_points(
             scan, calibration.T_cam_lidar, camera.P, camera.width, camera.height
         ),
