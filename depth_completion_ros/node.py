@@ -111,8 +111,9 @@ PARAMETERS: tuple[_Param, ...] = (
     ),
     _Param(
         "support_band",
-        8,
-        "columns per band when finding the LiDAR's highest and lowest return",
+        3,
+        "columns per band when finding the LiDAR's highest and lowest return (a band needs 2 "
+        "returns in itself and its 2 neighbours); about the LiDAR's column spacing in pixels",
         int_range=(1, 256),
     ),
     _Param(
