@@ -129,6 +129,11 @@ def test_gaps_between_sparse_columns_make_no_holes():
     sparse[40:90:3, ::11] = 20.0  # a return every 11 columns: many 8-column bands get none
     first, last = support_rows(sparse, SupportConfig(band=8, margin=0))
     assert (first <= 40).all() and (last >= 88).all()
+    # pairs of columns 16 apart: with 4-column bands, some bands and both neighbours have none
+    sparse = np.zeros((100, 160), np.float32)
+    sparse[40:90:3, 0::16] = sparse[40:90:3, 1::16] = 20.0
+    first, last = support_rows(sparse, SupportConfig(band=4, margin=0))
+    assert (first[:146] <= 40).all() and (last[:146] >= 88).all()  # 145: the last return
 
 
 def test_band_and_margin_and_empty_input():
