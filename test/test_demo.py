@@ -46,6 +46,7 @@ def test_demo_three_synthetic_frames(tmp_path: Path, ros_domain_id: int) -> None
     )
     empty = depth == 0
     assert grey[:10].all() and empty[:10].all()
+    assert (dense_panel[:10] >= 20).all()  # the shaded camera image, not black ("no depth")
     assert (grey == empty).mean() > 0.99
     header = (output / "cloud.ply").read_bytes()[:300].decode("ascii", errors="replace")
     vertices = int(header.split("element vertex ")[1].split()[0])

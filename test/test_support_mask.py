@@ -178,3 +178,11 @@ def test_bad_parameters_are_refused_by_name(name: str, value) -> None:
 def test_limit_parameter_must_be_boolean() -> None:
     with pytest.raises(ConfigurationError, match="limit_to_lidar_support"):
         pipeline_from_parameters(_node_defaults() | {"limit_to_lidar_support": "no"})
+
+
+def test_node_defaults_are_the_support_defaults() -> None:
+    """The demo marks the unsupported region with SupportConfig(); the node must agree."""
+    defaults = _node_defaults()
+    assert defaults["limit_to_lidar_support"] is True
+    assert defaults["support_band"] == SupportConfig().band
+    assert defaults["support_margin"] == SupportConfig().margin
