@@ -12,7 +12,13 @@ import numpy as np
 
 from depth_completion_ros.backends.base import DepthCompletionBackend
 from depth_completion_ros.calibration import PinholeCamera
-from depth_completion_ros.projection import ProjectionConfig, backproject, project_points
+from depth_completion_ros.projection import (
+    ProjectionConfig,
+    SensorMotion,
+    backproject,
+    deskew,
+    project_points,
+)
 from depth_completion_ros.support import SupportConfig, outside_support
 
 
@@ -56,11 +62,20 @@ class DepthPipeline:
         self._mask: np.ndarray | None = None  # reused: a fresh image-sized mask costs page faults
 
     def sparse_depth(
-        self, points: np.ndarray, camera: PinholeCamera, T_cam_lidar: np.ndarray
+        self,
+        points: np.ndarray,
+        camera: PinholeCamera,
+        T_cam_lidar: np.ndarray,
+        motion: SensorMotion | None = None,
     ) -> np.ndarray:
-        """LiDAR points (N x 3+, cloud frame) -> sparse depth in the camera image."""
+        """LiDAR points (N x 3+, cloud frame) -> sparse depth in the camera image.
+
+        With ``motion`` (the LiDAR's velocity during the sweep), the sweep is deskewed first.
+        """
         if points.ndim != 2 or points.shape[1] < 3:
             raise InputError(f"points must be N x 3 or wider, got shape {points.shape}")
+        if motion is not None:
+            points = deskew(points, motion.velocity, motion.yaw_rate, motion.sweep_period)
         return project_points(
             points, T_cam_lidar, camera.P, camera.width, camera.height, self.projection
         )
@@ -71,8 +86,9 @@ class DepthPipeline:
         points: np.ndarray,
         camera: PinholeCamera,
         T_cam_lidar: np.ndarray,
+        motion: SensorMotion | None = None,
     ) -> FrameResult:
-        """One frame through the whole path."""
+        """One frame through the whole path (``motion``: see :meth:`sparse_depth`)."""
         if rgb.shape[:2] != (camera.height, camera.width):
             raise InputError(
                 f"image is {rgb.shape[1]}x{rgb.shape[0]} but camera_info says "
@@ -81,7 +97,7 @@ class DepthPipeline:
             )
         if len(points) == 0:
             raise InputError("point cloud has no finite points (empty or all NaN)")
-        sparse = self.sparse_depth(points, camera, T_cam_lidar)
+        sparse = self.sparse_depth(points, camera, T_cam_lidar, motion)
         count = int(np.count_nonzero(sparse))
         if count == 0:
             raise InputError(
