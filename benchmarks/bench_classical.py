@@ -1,12 +1,13 @@
 """The classical fill against IP-Basic's reference ``fill_in_fast``, same input, same process; JSON.
 
-Inputs (the real KITTI frame, drive 0001 frame 5): KITTI's own ``velodyne_raw`` map, and the
-node's own projection of the raw scan (projection.py, default occlusion filter). Each is filled
-by our ClassicalBackend and, with ``--ip-basic DIR`` (a checkout of kujason/ip_basic; its code is
-imported at run time, never copied here), by IP-Basic's ``fill_in_fast`` with its defaults
-(diamond kernel, no extrapolation, bilateral blur). Timings alternate the two methods run by run,
-so both see the same load; IP-Basic fills its argument in place, so it gets a copy made outside
-the timed region (in its favour). Errors: depth_completion_ros.metrics (KITTI devkit
+Inputs (the real KITTI frame, drive 0001 frame 5): KITTI's own ``velodyne_raw`` map, the node's
+own projection of the raw scan (projection.py, default occlusion filter), and the same deskewed
+with the frame's odometry (oxts velocity and yaw rate; KITTI's map is motion-corrected). Each is
+filled by our ClassicalBackend and, with ``--ip-basic DIR`` (a checkout of kujason/ip_basic; its
+code is imported at run time, never copied here), by IP-Basic's ``fill_in_fast`` with its
+defaults (diamond kernel, no extrapolation, bilateral blur). Timings alternate the two methods
+run by run, so both see the same load; IP-Basic fills its argument in place, so it gets a copy
+made outside the timed region (in its favour). Errors: depth_completion_ros.metrics (KITTI devkit
 definitions, holes filled as the devkit does) against KITTI's ground truth.
 
 Usage: python benchmarks/bench_classical.py [--ip-basic ~/ip_basic] [--repeats 50]
@@ -33,7 +34,7 @@ from depth_completion_ros.calibration import load_kitti_calibration  # noqa: E40
 from depth_completion_ros.depth_io import read_kitti_depth, read_rgb  # noqa: E402
 from depth_completion_ros.kitti import read_velodyne_bin  # noqa: E402
 from depth_completion_ros.metrics import kitti_metrics  # noqa: E402
-from depth_completion_ros.projection import project_points  # noqa: E402
+from depth_completion_ros.projection import SensorMotion, deskew, project_points  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DRIVE = "2011_09_26_drive_0001_sync"
@@ -46,6 +47,18 @@ def load_fill_in_fast(checkout: Path) -> Callable:
             sys.path.insert(0, str(folder))
             return importlib.import_module("depth_map_utils").fill_in_fast
     raise SystemExit(f"--ip-basic {checkout}: no depth_map_utils.py there or in ip_basic/")
+
+
+def kitti_motion(drive: Path, calib_dir: Path) -> SensorMotion:
+    """Frame 5's velocity (vf, vl, vu) and yaw rate (wu) from oxts, in the Velodyne frame."""
+    values = np.loadtxt(drive / "oxts" / "data" / "0000000005.txt")
+    rotation = next(
+        line.split()[1:]
+        for line in (calib_dir / "calib_imu_to_velo.txt").read_text().splitlines()
+        if line.startswith("R:")
+    )
+    velocity = np.asarray(rotation, float).reshape(3, 3) @ values[8:11]
+    return SensorMotion(velocity=tuple(velocity), yaw_rate=float(values[22]))
 
 
 def dc_path(frame: Path, release: str, kind: str) -> Path:
@@ -76,12 +89,20 @@ def main() -> None:
     rgb = read_rgb(raw_drive / "image_02" / "data" / "0000000005.png")
     scan = read_velodyne_bin(raw_drive / "velodyne_points" / "data" / "0000000005.bin")
     gt = read_kitti_depth(dc_path(frame, "data_depth_annotated", "groundtruth"))
+    motion = kitti_motion(raw_drive, frame / "raw" / "2011_09_26")
     inputs = {
         "kitti_velodyne_raw": read_kitti_depth(
             dc_path(frame, "data_depth_velodyne", "velodyne_raw")
         ),
         "node_projection_of_raw_scan": project_points(
             scan, calibration.T_cam_lidar, camera.P, camera.width, camera.height
+        ),
+        "node_projection_of_deskewed_scan": project_points(
+            deskew(scan, motion.velocity, motion.yaw_rate, motion.sweep_period),
+            calibration.T_cam_lidar,
+            camera.P,
+            camera.width,
+            camera.height,
         ),
     }
     ours = ClassicalBackend()
