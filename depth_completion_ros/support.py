@@ -71,10 +71,11 @@ def support_rows(
     # linear between band centres, then the margin
     centres = np.minimum(np.arange(bands) * band + (band - 1) / 2.0, width - 1)
     columns = np.arange(width)
-    first = np.floor(np.interp(columns, centres, top)).astype(np.intp) - int(config.margin)
-    last = np.ceil(np.interp(columns, centres, bottom)).astype(np.intp) + int(config.margin)
-    first = np.clip(first, 0, height)
-    last = np.clip(last, -1, height - 1)
+    first = np.floor(np.interp(columns, centres, top)).astype(np.intp)
+    last = np.ceil(np.interp(columns, centres, bottom)).astype(np.intp)
+    none = first >= height  # columns without support get no margin either
+    first = np.where(none, height, np.clip(first - int(config.margin), 0, height))
+    last = np.where(none, -1, np.clip(last + int(config.margin), -1, height - 1))
     return first, last
 
 

@@ -142,6 +142,7 @@ def test_band_and_margin_and_empty_input():
     mask = outside_support(sparse, SupportConfig(band=4, margin=3))
     assert not mask[17:42, :28].any() and mask[:17, :28].all() and mask[42:, :28].all()
     assert mask[:, 40:].all()  # no returns, no support
+    assert outside_support(sparse, SupportConfig(band=4, margin=1000))[:, 44:].all()
     assert outside_support(np.zeros((10, 12), np.float32)).all()
     with pytest.raises(ValueError, match="band"):
         SupportConfig(band=0)
