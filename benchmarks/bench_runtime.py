@@ -2,8 +2,8 @@
 
 Items (targets from the issue, 2 CPU cores): projection of the 120k-point scan into 1242x375,
 PointCloud2 -> numpy, dense depth -> organised XYZRGB PointCloud2 (backproject + message),
-classical fill, and numpy -> 32FC1 Image. Each item: median and p95 of ``--repeats`` runs after
-``--warmup`` runs.
+classical fill, the mask of pixels without LiDAR support, and numpy -> 32FC1 Image. Each item:
+median and p95 of ``--repeats`` runs after ``--warmup`` runs.
 
 Usage: python benchmarks/bench_runtime.py [--repeats 50] [--warmup 5] [--data ../shared/data]
 """
@@ -32,6 +32,7 @@ from depth_completion_ros.messages import (
     xyz_array_to_pointcloud2,
 )
 from depth_completion_ros.projection import ProjectionConfig, backproject, project_points
+from depth_completion_ros.support import SupportConfig, outside_support
 
 REPO = Path(__file__).resolve().parents[1]
 DRIVE = "2011_09_26_drive_0001_sync"
@@ -83,6 +84,7 @@ def main() -> None:
     sparse = project()
     backend = ClassicalBackend()
     dense = backend.complete(rgb, sparse, camera.intrinsics)
+    mask = np.empty(sparse.shape, dtype=bool)  # reused, as the pipeline does
     cloud_msg = xyz_array_to_pointcloud2(scan)  # x, y, z, intensity float32, 16-byte points
 
     def depth_to_cloud() -> object:
@@ -93,6 +95,7 @@ def main() -> None:
         "pointcloud2_to_array": (lambda: pointcloud2_to_array(cloud_msg), 1.0),
         "depth_to_xyzrgb_cloud": (depth_to_cloud, 15.0),
         "classical_fill": (lambda: backend.complete(rgb, sparse, camera.intrinsics), 20.0),
+        "lidar_support_mask": (lambda: outside_support(sparse, SupportConfig(), mask), 5.0),
         "numpy_to_image_32FC1": (lambda: numpy_to_image(dense, "32FC1"), None),
     }
     results = {}

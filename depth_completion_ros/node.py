@@ -103,6 +103,25 @@ PARAMETERS: tuple[_Param, ...] = (
         "pixels searched on each side by the occlusion filter (0 = off)",
         int_range=(0, 64),
     ),
+    _Param(
+        "limit_to_lidar_support",
+        True,
+        "publish depth only between the highest and lowest LiDAR return of each column band "
+        "(NaN above and below: sky, bridges); false = the whole image",
+    ),
+    _Param(
+        "support_band",
+        3,
+        "columns per band when finding the LiDAR's highest and lowest return (a band needs 2 "
+        "returns in itself and its 2 neighbours); about the LiDAR's column spacing in pixels",
+        int_range=(1, 256),
+    ),
+    _Param(
+        "support_margin",
+        2,
+        "pixels published beyond the LiDAR's highest and lowest return",
+        int_range=(0, 1000),
+    ),
     _Param("publish_points", True, "publish the organised XYZRGB cloud on 'depth/points'"),
     _Param("publish_sparse", False, "publish the projected LiDAR depth on 'sparse_depth/image'"),
     _Param("publish_colored", False, "publish a colour-mapped rgb8 view on 'depth/colored'"),

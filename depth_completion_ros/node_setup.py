@@ -21,6 +21,7 @@ from depth_completion_ros.messages import (
 )
 from depth_completion_ros.pipeline import DepthPipeline, FrameResult
 from depth_completion_ros.projection import ProjectionConfig
+from depth_completion_ros.support import SupportConfig
 from depth_completion_ros.visualization import colorize_depth
 
 
@@ -30,6 +31,7 @@ class ConfigurationError(ValueError):
 
 def pipeline_from_parameters(config: dict) -> DepthPipeline:
     """The DepthPipeline for a node parameter dict."""
+    support = support_from_parameters(config)
     try:
         backend = make_backend(
             model=config["model"],
@@ -51,7 +53,26 @@ def pipeline_from_parameters(config: dict) -> DepthPipeline:
         ),
         min_depth=config["min_depth"],
         max_depth=config["max_depth"],
+        support=support,
     )
+
+
+def support_from_parameters(config: dict) -> SupportConfig | None:
+    """limit_to_lidar_support, support_band, support_margin -> SupportConfig (None = off)."""
+    for name, low in (("support_band", 1), ("support_margin", 0)):
+        value = config[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigurationError(
+                f"parameter '{name}' is {value!r}; it must be an integer >= {low} (pixels)"
+            )
+    if not isinstance(config["limit_to_lidar_support"], bool):
+        raise ConfigurationError(
+            f"parameter 'limit_to_lidar_support' is {config['limit_to_lidar_support']!r}; "
+            "it must be true or false"
+        )
+    if not config["limit_to_lidar_support"]:
+        return None
+    return SupportConfig(band=config["support_band"], margin=config["support_margin"])
 
 
 def extrinsics_from_parameters(config: dict) -> tuple[np.ndarray | None, str]:

@@ -12,7 +12,14 @@ import numpy as np
 
 from depth_completion_ros.backends.base import DepthCompletionBackend
 from depth_completion_ros.calibration import PinholeCamera
-from depth_completion_ros.projection import ProjectionConfig, backproject, project_points
+from depth_completion_ros.projection import (
+    ProjectionConfig,
+    SensorMotion,
+    backproject,
+    deskew,
+    project_points,
+)
+from depth_completion_ros.support import SupportConfig, outside_support
 
 
 class InputError(ValueError):
@@ -29,7 +36,13 @@ class FrameResult:
 
 
 class DepthPipeline:
-    """Projection + completion + output range, with the checks every caller needs."""
+    """Projection + completion + what may be published, with the checks every caller needs.
+
+    What may be published is decided here, once for every backend: depth in
+    [min_depth, max_depth], and (``support`` set, the default) only where the LiDAR supports it,
+    between its highest and lowest return per column band (:mod:`depth_completion_ros.support`).
+    ``support=None`` publishes the backend's whole image.
+    """
 
     def __init__(
         self,
@@ -37,6 +50,7 @@ class DepthPipeline:
         projection: ProjectionConfig = ProjectionConfig(),
         min_depth: float = 0.1,
         max_depth: float = 100.0,
+        support: SupportConfig | None = SupportConfig(),
     ) -> None:
         if not 0 <= min_depth < max_depth:
             raise ValueError(f"need 0 <= min_depth < max_depth, got {min_depth}, {max_depth}")
@@ -44,13 +58,24 @@ class DepthPipeline:
         self.projection = projection
         self.min_depth = float(min_depth)
         self.max_depth = float(max_depth)
+        self.support = support
+        self._mask: np.ndarray | None = None  # reused: a fresh image-sized mask costs page faults
 
     def sparse_depth(
-        self, points: np.ndarray, camera: PinholeCamera, T_cam_lidar: np.ndarray
+        self,
+        points: np.ndarray,
+        camera: PinholeCamera,
+        T_cam_lidar: np.ndarray,
+        motion: SensorMotion | None = None,
     ) -> np.ndarray:
-        """LiDAR points (N x 3+, cloud frame) -> sparse depth in the camera image."""
+        """LiDAR points (N x 3+, cloud frame) -> sparse depth in the camera image.
+
+        With ``motion`` (the LiDAR's velocity during the sweep), the sweep is deskewed first.
+        """
         if points.ndim != 2 or points.shape[1] < 3:
             raise InputError(f"points must be N x 3 or wider, got shape {points.shape}")
+        if motion is not None:
+            points = deskew(points, motion.velocity, motion.yaw_rate, motion.sweep_period)
         return project_points(
             points, T_cam_lidar, camera.P, camera.width, camera.height, self.projection
         )
@@ -61,8 +86,9 @@ class DepthPipeline:
         points: np.ndarray,
         camera: PinholeCamera,
         T_cam_lidar: np.ndarray,
+        motion: SensorMotion | None = None,
     ) -> FrameResult:
-        """One frame through the whole path."""
+        """One frame through the whole path (``motion``: see :meth:`sparse_depth`)."""
         if rgb.shape[:2] != (camera.height, camera.width):
             raise InputError(
                 f"image is {rgb.shape[1]}x{rgb.shape[0]} but camera_info says "
@@ -71,7 +97,7 @@ class DepthPipeline:
             )
         if len(points) == 0:
             raise InputError("point cloud has no finite points (empty or all NaN)")
-        sparse = self.sparse_depth(points, camera, T_cam_lidar)
+        sparse = self.sparse_depth(points, camera, T_cam_lidar, motion)
         count = int(np.count_nonzero(sparse))
         if count == 0:
             raise InputError(
@@ -79,13 +105,27 @@ class DepthPipeline:
                 "extrinsics (calibration_dir / extrinsics parameters) and the cloud's frame_id"
             )
         dense = self.backend.complete(rgb, sparse, camera.intrinsics)
-        return FrameResult(sparse=sparse, dense=self.clip(dense), points_in_image=count)
+        return FrameResult(
+            sparse=sparse, dense=self.publishable(dense, sparse), points_in_image=count
+        )
+
+    def publishable(self, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
+        """A new float32 array of what is published: NaN outside the range and the support."""
+        out = self.clip(dense)
+        if self.support is not None:
+            if self._mask is None or self._mask.shape != sparse.shape:
+                self._mask = np.empty(sparse.shape, dtype=bool)
+            np.copyto(
+                out, np.float32(np.nan), where=outside_support(sparse, self.support, self._mask)
+            )
+        return out
 
     def clip(self, dense: np.ndarray) -> np.ndarray:
-        """Depth outside [min_depth, max_depth] (and 0 = no estimate) becomes NaN."""
-        dense = np.asarray(dense, dtype=np.float32)
-        out = dense.copy()
-        out[~((dense >= self.min_depth) & (dense <= self.max_depth))] = np.nan
+        """A new float32 array: depth outside [min_depth, max_depth] (and 0 = none) becomes NaN."""
+        out = np.array(dense, dtype=np.float32)  # a copy: backends may reuse their buffers
+        with np.errstate(invalid="ignore"):
+            keep = (out >= self.min_depth) & (out <= self.max_depth)  # NaN: False
+        np.copyto(out, np.float32(np.nan), where=~keep)
         return out
 
     @staticmethod

@@ -25,6 +25,15 @@ class ProjectionConfig:
     occlusion_absolute: float = 0.3  # metres
 
 
+@dataclass(frozen=True)
+class SensorMotion:
+    """The LiDAR's motion during one sweep, in its own frame (from odometry), for :func:`deskew`."""
+
+    velocity: tuple[float, float, float]  # m/s
+    yaw_rate: float = 0.0  # rad/s about +z
+    sweep_period: float = 0.1  # s per turn (10 Hz)
+
+
 _NO_POINT = np.float32(1e9)  # "infinitely far": what an empty pixel counts as in the filter
 
 
@@ -140,6 +149,39 @@ def remove_occluded(
     flat = near.reshape(-1)
     occluded |= nearer(flat[index - step]) & nearer(flat[index + reach * step])
     out[ys[occluded] + top, xs[occluded]] = 0.0
+    return out
+
+
+def deskew(
+    points: np.ndarray,
+    velocity: np.ndarray,
+    yaw_rate: float = 0.0,
+    sweep_period: float = 0.1,
+    clockwise: bool = True,
+) -> np.ndarray:
+    """Undo the ego-motion during a spinning LiDAR's sweep: each point where it would have been
+    seen when the LiDAR faced forward (+x, when KITTI's camera is triggered).
+
+    A scan is not a snapshot: at 13 m/s the car moves 0.13 m while a Velodyne turns once, so a
+    point seen 30 degrees to the side of the forward direction is 1 cm off per m/s. Uncorrected,
+    the projected depth disagrees with the image (and with KITTI's own maps, which are
+    corrected). ``velocity`` (m/s, LiDAR frame) and ``yaw_rate`` (rad/s about +z) are the
+    sensor's motion, e.g. from odometry; a point at azimuth ``a`` was seen ``-a / 2 pi`` sweeps
+    after the forward direction (the HDL-64E turns clockwise seen from above). Returns a new
+    float32 N x 3+ array (extra columns copied).
+    """
+    points = np.asarray(points)
+    out = points.astype(np.float32, copy=True)
+    x, y = out[:, 0].copy(), out[:, 1].copy()
+    azimuth = np.arctan2(y, x)
+    seconds = (-azimuth if clockwise else azimuth) * np.float32(sweep_period / (2.0 * np.pi))
+    if yaw_rate:
+        angle = seconds * np.float32(yaw_rate)
+        cos, sin = np.cos(angle), np.sin(angle)
+        out[:, 0] = cos * x - sin * y
+        out[:, 1] = sin * x + cos * y
+    for axis in range(3):
+        out[:, axis] += seconds * np.float32(velocity[axis])
     return out
 
 

@@ -79,3 +79,30 @@ def test_without_extrapolation_sky_stays_empty(frame) -> None:
     out = ClassicalBackend(extrapolate_top=False).complete(rgb, sparse, K)
     assert not out[:20].any()  # above the highest LiDAR return there is no estimate
     assert (out[200:] > 0).mean() > 0.99
+
+
+def test_filling_only_the_scan_rows_equals_filling_the_whole_image(frame, kitti_frame) -> None:
+    """complete() skips the rows the dilations cannot reach; the whole-image fill is the same."""
+    rgb, sparse, K, _ = frame
+    for depth in (sparse, kitti_frame[1]):
+        for extrapolate in (True, False):
+            backend = ClassicalBackend(extrapolate_top=extrapolate)
+            whole = backend._fill(
+                np.asarray(depth, np.float32), 0, depth.shape[0], np.zeros(depth.shape, np.float32)
+            )
+            assert whole.any()
+            np.testing.assert_array_equal(backend.complete(rgb, depth, K), whole)
+
+
+def test_reused_buffers_do_not_leak_between_frames(frame, kitti_frame) -> None:
+    """One backend over different frames (and sizes) gives what fresh backends give, and every
+    result is the caller's own array."""
+    rgb, sparse, K, _ = frame
+    shifted = np.zeros_like(sparse)
+    shifted[60:] = sparse[:-60]  # returns higher up: a different band of rows
+    small = np.ascontiguousarray(sparse[100:300, 200:900])
+    backend = ClassicalBackend()
+    results = [backend.complete(rgb, s, K) for s in (sparse, shifted, small, kitti_frame[1])]
+    for s, got in zip((sparse, shifted, small, kitti_frame[1]), results, strict=True):
+        np.testing.assert_array_equal(got, ClassicalBackend().complete(rgb, s, K))
+    assert not np.shares_memory(results[0], results[1])

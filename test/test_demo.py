@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 
 from depth_completion_ros.tools import demo
+from depth_completion_ros.visualization import BAR_HEIGHT, TITLE_HEIGHT
 
 
 def test_demo_three_synthetic_frames(tmp_path: Path, ros_domain_id: int) -> None:
@@ -33,8 +34,20 @@ def test_demo_three_synthetic_frames(tmp_path: Path, ros_domain_id: int) -> None
     assert sorted(p.name for p in (output / "pictures").iterdir()) == names
     depth = cv2.imread(str(output / "depth" / names[0]), cv2.IMREAD_ANYDEPTH)
     assert depth.dtype == np.uint16 and (depth > 0).mean() > 0.5
-    picture = cv2.imread(str(output / "pictures" / names[0]))
-    assert picture.shape == (3 * depth.shape[0], depth.shape[1], 3)  # image, LiDAR, depth
+    picture = cv2.imread(str(output / "pictures" / names[0]))[:, :, ::-1]
+    height, width = depth.shape
+    panel = height + TITLE_HEIGHT  # image, LiDAR, depth: each under a title; then a colour bar
+    assert picture.shape == (3 * panel + BAR_HEIGHT, width, 3)
+    # the dense panel: no depth above the LiDAR's top beam (the sky), shown grey (hatched camera
+    # image), distinct from the colour-mapped depth below it
+    dense_panel = picture[2 * panel + TITLE_HEIGHT : 3 * panel].astype(int)
+    grey = (dense_panel[..., 0] == dense_panel[..., 1]) & (
+        dense_panel[..., 1] == dense_panel[..., 2]
+    )
+    empty = depth == 0
+    assert grey[:10].all() and empty[:10].all()
+    assert (dense_panel[:10] >= 20).all()  # the shaded camera image, not black ("no depth")
+    assert (grey == empty).mean() > 0.99
     header = (output / "cloud.ply").read_bytes()[:300].decode("ascii", errors="replace")
     vertices = int(header.split("element vertex ")[1].split()[0])
     assert vertices > 0.5 * depth.size

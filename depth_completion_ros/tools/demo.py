@@ -5,8 +5,9 @@ open3d ray casting (exact ground truth) and written in the KITTI raw layout, so 
 fresh machine with no data. Both go the same way: ``kitti_to_bag`` converts the drive into a bag
 (in a temporary folder), the node runs in its own process, ``play_bag`` replays the bag into it
 (reliable QoS) from a third process, and a subscriber here collects what the node publishes.
-Writes to the output folder: ``depth/NNNNNN.png`` (KITTI uint16), ``pictures/NNNNNN.png`` (image,
-LiDAR points, dense depth), ``cloud.ply`` (one frame's coloured cloud) and ``summary.json``.
+Writes to the output folder: ``depth/NNNNNN.png`` (KITTI uint16), ``pictures/NNNNNN.png`` (titled
+panels: image, LiDAR points, dense depth with the region without LiDAR support hatched; a colour
+bar in metres), ``cloud.ply`` (one frame's coloured cloud) and ``summary.json``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from depth_completion_ros.bag_io import BagReader
 from depth_completion_ros.depth_io import write_atomic, write_kitti_depth, write_ply, write_rgb
 from depth_completion_ros.messages import image_to_depth
 from depth_completion_ros.metrics import kitti_metrics
+from depth_completion_ros.support import SupportConfig, outside_support
 from depth_completion_ros.tools import kitti_to_bag
 from depth_completion_ros.tools.graph import (
     ros_environment,
@@ -35,7 +37,7 @@ from depth_completion_ros.tools.graph import (
     stop_process,
     use_ros_environment,
 )
-from depth_completion_ros.visualization import colorize_depth, draw_sparse, side_by_side
+from depth_completion_ros.visualization import demo_picture
 
 GROUND_TRUTH_MAX_DEPTH = 80.0  # metres; KITTI's ground truth ends near here (5-85 m)
 IMAGE_TOPIC = kitti_to_bag.image_topic(2)
@@ -360,7 +362,9 @@ def run(args: argparse.Namespace) -> dict:
             if "sparse_depth/image" in outputs
             else np.zeros_like(dense)
         )
-        picture = side_by_side([frame.rgb, draw_sparse(frame.rgb, sparse), colorize_depth(dense)])
+        # the node runs with its default support settings: the same mask marks what it left NaN
+        unsupported = outside_support(sparse, SupportConfig())
+        picture = demo_picture(frame.rgb, sparse, dense, unsupported, GROUND_TRUTH_MAX_DEPTH)
         write_rgb(output / "pictures" / f"{frame.name}.png", picture)
         entry = {
             "frame": frame.name,
