@@ -54,7 +54,7 @@ class PairingStats:
     rejected_offset: int = 0  # nearest image was further than max_offset
     no_image: int = 0  # no image at all when the scan had to be decided
     time_jumps: int = 0  # a stream went back by more than the horizon (bag loop, sim restart)
-    last_jump: float = 0.0  # seconds of the last jump (negative: backwards)
+    last_jump: float = 0.0  # seconds of the last backwards jump (negative)
     last_jump_stream: str = ""  # 'image' or 'scan'
     last_rejected_offset: float | None = None
     recent_offsets: deque = field(default_factory=lambda: deque(maxlen=50))
@@ -108,7 +108,7 @@ class StampPairer(Generic[ImageT, CloudT]):
     def _note_jump(self, stream: str, stamp: float) -> None:
         last = self._last_stamp.get(stream)
         self._last_stamp[stream] = stamp
-        if last is not None and abs(stamp - last) > self.horizon:
+        if last is not None and last - stamp > self.horizon:
             self.stats.time_jumps += 1
             self.stats.last_jump = stamp - last
             self.stats.last_jump_stream = stream
@@ -185,6 +185,11 @@ class LatestSlot(Generic[ImageT]):
         self._condition = threading.Condition()
         self.dropped = 0
         self._closed = False
+
+    @property
+    def pending(self) -> int:
+        """1 while an item waits to be taken, else 0."""
+        return int(self._item is not None)
 
     def put(self, item: ImageT) -> None:
         with self._condition:
