@@ -175,13 +175,11 @@ def main() -> None:
     final = last_counts(log, "stopping: ")
     if final is None:
         raise SystemExit(f"no shutdown summary in the node log:\n{log[-3000:]}")
-    accounted = (
-        final["published"]
-        + final["dropped_busy"]
-        + final["rejected"]
-        + final["failed"]
-        + final["waiting"]
-    )
+
+    def accounted(c: dict[str, int]) -> int:
+        return c["published"] + c["dropped_busy"] + c["rejected"] + c["failed"] + c["waiting"]
+
+    status = [c for line in log.splitlines() if (c := parse_summary(line)) is not None]
     rss = [s["node_rss_mb"] for s in samples if s["node_rss_mb"]] + [final_rss or 0.0]
     after_first_minute = [s["node_rss_mb"] for s in samples if s["t_s"] >= 60 and s["node_rss_mb"]]
     result = {
@@ -201,7 +199,8 @@ def main() -> None:
         "losses": {
             "rejected": final["rejected"],
             "failed": final["failed"],
-            "unaccounted": final["received"] - accounted,
+            "unaccounted": final["received"] - accounted(final),
+            "status_lines_not_adding_up": sum(accounted(c) != c["received"] for c in status),
             "on_wire_not_received_by_node": on_wire[0] - final["received"],
         },
         "loops": final["time_jumps"] // 2,

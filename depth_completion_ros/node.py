@@ -191,6 +191,7 @@ class DepthCompletionNode(Node):
 
         self.pairer: StampPairer[Image, PointCloud2] = StampPairer(self.config["max_time_offset"])
         self.slot: LatestSlot[Pair[Image, PointCloud2]] = LatestSlot()
+        # guards the pairer, the slot hand-over and the counts, so a snapshot adds up exactly
         self._lock = threading.Lock()
         self._camera_info: CameraInfo | None = None
         self._last_warning: dict[str, float] = {}
@@ -286,16 +287,25 @@ class DepthCompletionNode(Node):
     def _on_image(self, msg: Image) -> None:
         self._last_message["image"] = time.monotonic()
         with self._lock:
-            pairs = self.pairer.add_image(stamp_to_seconds(msg.header.stamp), msg)
-        self._dispatch(pairs)
+            self._dispatch(self.pairer.add_image(stamp_to_seconds(msg.header.stamp), msg))
+        self._report_pairing()
 
     def _on_cloud(self, msg: PointCloud2) -> None:
         self._last_message["points"] = time.monotonic()
         with self._lock:
-            pairs = self.pairer.add_cloud(stamp_to_seconds(msg.header.stamp), msg)
-        self._dispatch(pairs)
+            self._dispatch(self.pairer.add_cloud(stamp_to_seconds(msg.header.stamp), msg))
+        self._report_pairing()
 
     def _dispatch(self, pairs: list[Pair[Image, PointCloud2]]) -> None:
+        """Hand new pairs to the worker (under ``_lock``: paired and handed over at once)."""
+        now = time.monotonic()
+        if pairs:
+            self._last_pair_time = now
+        for pair in pairs:
+            pair.received = now
+            self.slot.put(pair)
+
+    def _report_pairing(self) -> None:
         stats = self.pairer.stats
         if stats.rejected > self._reported_rejections:
             self._reported_rejections = stats.rejected
@@ -317,28 +327,28 @@ class DepthCompletionNode(Node):
                 f"({stats.time_jumps} jumps so far)",
                 info=True,
             )
-        if pairs:
-            self._last_pair_time = time.monotonic()
-        for pair in pairs:
-            pair.received = time.monotonic()
-            self.slot.put(pair)
 
     # --- processing -------------------------------------------------------------------------
 
     def _work(self) -> None:
         while self._running:
-            pair = self.slot.take(timeout=0.2)
+            if not self.slot.wait(timeout=0.2):
+                continue
+            with self._lock:  # taken and counted as in process at once
+                pair = self.slot.take(timeout=0.0)
+                self._counts["in_process"] = int(pair is not None)
             if pair is None:
                 continue
-            self._counts["in_process"] = 1
+            outcome = "failed"
             try:
                 self._process(pair)
-                self._counts["processed"] += 1
+                outcome = "processed"
             except FrameFailure as exc:
-                self._counts["failed"] += 1
                 self._warn(f"{exc.stage}:{_cause_of(str(exc))}", f"skipping frame: {exc}")
             finally:
-                self._counts["in_process"] = 0
+                with self._lock:
+                    self._counts[outcome] += 1
+                    self._counts["in_process"] = 0
 
     def _stage(self, stage: str, what: str, run, *args):
         """``run(*args)``, with any failure turned into a FrameFailure naming ``what``."""
@@ -480,28 +490,21 @@ class DepthCompletionNode(Node):
 
     def counts(self) -> dict[str, int]:
         """Where every scan went: received == published + dropped_busy + rejected + failed +
-        waiting (exact once the worker is idle; within one frame while it runs)."""
+        waiting (in the pairing buffer, handed to the worker or in process); one snapshot."""
         with self._lock:
             stats = self.pairer.stats
-            waiting_pairing = self.pairer.waiting
-            scans, images, rejected = stats.scans, stats.images, stats.rejected
-            rejected_offset, no_image, jumps = (
-                stats.rejected_offset,
-                stats.no_image,
-                stats.time_jumps,
-            )
-        return {
-            "received": scans,
-            "published": self._counts["processed"],
-            "dropped_busy": self.slot.dropped,
-            "rejected": rejected,
-            "rejected_offset": rejected_offset,
-            "rejected_no_image": no_image,
-            "failed": self._counts["failed"],
-            "waiting": waiting_pairing + self.slot.pending + self._counts["in_process"],
-            "images_received": images,
-            "time_jumps": jumps,
-        }
+            return {
+                "received": stats.scans,
+                "published": self._counts["processed"],
+                "dropped_busy": self.slot.dropped,
+                "rejected": stats.rejected,
+                "rejected_offset": stats.rejected_offset,
+                "rejected_no_image": stats.no_image,
+                "failed": self._counts["failed"],
+                "waiting": self.pairer.waiting + self.slot.pending + self._counts["in_process"],
+                "images_received": stats.images,
+                "time_jumps": stats.time_jumps,
+            }
 
     def _report(self) -> None:
         counts = self.counts()

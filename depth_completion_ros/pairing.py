@@ -198,6 +198,13 @@ class LatestSlot(Generic[ImageT]):
             self._item = item
             self._condition.notify()
 
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until an item is there (without taking it); False on timeout or close."""
+        with self._condition:
+            if self._item is None and not self._closed:
+                self._condition.wait(timeout)
+            return self._item is not None
+
     def take(self, timeout: float | None = None) -> ImageT | None:
         """Wait for an item (or close); returns None on timeout or close."""
         with self._condition:

@@ -248,6 +248,10 @@ def test_status_lines_and_no_pair_warning_keep_their_periods(drive, ros_domain_i
     assert 0.5 < first_warning - ready < 1.4, log
     status = _stamped_lines(log, "status: ")
     assert len(status) >= 3, log
+    for line in log.splitlines():  # every line adds up, taken while frames flow
+        if (c := parse_summary(line)) is not None:
+            parts = ("published", "dropped_busy", "rejected", "failed", "waiting")
+            assert sum(c[k] for k in parts) == c["received"], line
     gaps = np.diff(status)
     assert np.all((gaps > 1.5) & (gaps < 3.0)), (gaps, log)
 

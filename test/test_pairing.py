@@ -205,3 +205,13 @@ def test_latest_slot_close_releases_the_consumer() -> None:
     slot.close()
     consumer.join(timeout=5.0)
     assert got == [None] and time.monotonic() - started < 2.0
+
+
+def test_latest_slot_wait_does_not_take() -> None:
+    slot: LatestSlot[str] = LatestSlot()
+    assert slot.wait(timeout=0.01) is False
+    slot.put("pair")
+    assert slot.wait(timeout=0.01) is True and slot.pending == 1
+    assert slot.take(timeout=0.0) == "pair" and slot.pending == 0
+    slot.close()
+    assert slot.wait(timeout=5.0) is False  # closed: returns at once
