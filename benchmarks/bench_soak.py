@@ -3,10 +3,13 @@
 The bag is written by ``kitti_to_bag`` and played by ``play_bag --loop`` (both real processes
 over DDS, reliable QoS), so the stamps jump back 1.9 s every 2 s as with any looped bag. Every
 ``--sample`` seconds the node's resident memory (/proc) and its own counts (its status line) are
-recorded. A second subscriber in this process counts the scans on the wire, so a scan the node
-never got shows up too. Losses (must be 0): scans rejected or failed, scans the node's counts do
-not account for, and scans on the wire the node did not receive. Scans dropped while the node was
-busy are by design (newest pair wins) and reported apart.
+recorded. A second subscriber in this process counts the scans on the wire (play_bag waits for
+both subscribers), so a scan the node never got shows up too. Topics are renamed for this run,
+so a test elsewhere on the machine that drew the same domain id cannot add frames.
+
+Losses (must be 0): scans rejected or failed, scans the node's counts do not account for, status
+lines that do not add up, and scans on the wire the node did not receive. Scans dropped while the
+node was busy are by design (newest pair wins) and reported apart.
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_soak.py [--minutes 2] [--sample 10]
 """
@@ -15,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,7 +29,7 @@ from pathlib import Path
 import rclpy
 from machine import machine_info  # benchmarks/machine.py (scripts run from here)
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import PointCloud2
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from depth_completion_ros.node import parse_summary
 from depth_completion_ros.tools import kitti_to_bag
@@ -91,12 +96,13 @@ def main() -> None:
         finally:
             sys.stdout = saved
     drive = Path(args.drive)
+    topics = {bag_topic: f"/soak{os.getpid()}{bag_topic}" for bag_topic in (IMAGE, INFO, POINTS)}
     parameters = {
         "calibration_dir": str(drive.parent),
         "model": args.model,
-        "image_topic": IMAGE,
-        "camera_info_topic": INFO,
-        "points_topic": POINTS,
+        "image_topic": topics[IMAGE],
+        "camera_info_topic": topics[INFO],
+        "points_topic": topics[POINTS],
         "input_reliability": "reliable",  # count the node's losses, not best-effort drops
         "diagnostics_period": args.sample,
     }
@@ -113,7 +119,9 @@ def main() -> None:
     qos = QoSProfile(
         history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE
     )
-    listener.create_subscription(PointCloud2, POINTS, count, qos, raw=True)
+    listener.create_subscription(PointCloud2, topics[POINTS], count, qos, raw=True)
+    for topic, kind in ((IMAGE, Image), (INFO, CameraInfo)):  # so play_bag waits for this node
+        listener.create_subscription(kind, topics[topic], lambda _msg: None, qos, raw=True)
     player = None
     samples = []
     try:
@@ -133,8 +141,12 @@ def main() -> None:
                 IMAGE,
                 INFO,
                 POINTS,
+                "--remap",
+                *(f"{source}:={target}" for source, target in topics.items()),
                 "--wait-for-subscribers",
                 "60",
+                "--min-subscribers",
+                "2",
             ],
             env=ros_environment(args.domain_id),
             stdout=subprocess.DEVNULL,
@@ -171,6 +183,7 @@ def main() -> None:
         listener.destroy_node()
         rclpy.try_shutdown()
         returncode = stop_process(node)
+        shutil.rmtree(bag, ignore_errors=True)  # 64 MB; the logs stay in the work folder
     log = log_path.read_text(errors="replace")
     final = last_counts(log, "stopping: ")
     if final is None:
@@ -194,6 +207,7 @@ def main() -> None:
             "sample_s": args.sample,
         },
         "node_exit_code": returncode,
+        "logs": str(work),
         "scans_on_wire": on_wire[0],
         "final": final,
         "losses": {

@@ -201,6 +201,7 @@ class DepthCompletionNode(Node):
         self._last_pair_time = now
         self._last_message = {"image": 0.0, "camera_info": 0.0, "points": 0.0}
         self._reported_rejections = 0
+        self._reported_no_image = 0
         self._reported_jumps = 0
         self._points_scale = self.config["points_scale"] or None
 
@@ -307,16 +308,22 @@ class DepthCompletionNode(Node):
 
     def _report_pairing(self) -> None:
         stats = self.pairer.stats
-        if stats.rejected > self._reported_rejections:
-            self._reported_rejections = stats.rejected
-            offset = stats.last_rejected_offset
-            nearest = "no image" if offset is None else f"nearest image is {offset:+.3f} s away"
+        if stats.rejected_offset > self._reported_rejections:
+            self._reported_rejections = stats.rejected_offset
             self._warn(
                 "pairing:offset",
-                f"scan dropped: {nearest}, more than max_time_offset "
-                f"{self.config['max_time_offset']} s ({stats.rejected} so far); are the clocks in "
-                "sync (use_sim_time for bags)? raise max_time_offset if the sensors are not "
-                "triggered together",
+                f"scan dropped: nearest image is {stats.last_rejected_offset:+.3f} s away, more "
+                f"than max_time_offset {self.config['max_time_offset']} s "
+                f"({stats.rejected_offset} so far); are the clocks in sync (use_sim_time for "
+                "bags)? raise max_time_offset if the sensors are not triggered together",
+            )
+        if stats.no_image > self._reported_no_image:
+            self._reported_no_image = stats.no_image
+            self._warn(
+                "pairing:no_image",
+                f"scan dropped: no image on {self._topic('image_topic')} at all while "
+                f"{self.pairer.buffer_size} scans waited ({stats.no_image} so far); is the camera "
+                "publishing (topic name, QoS input_reliability)?",
             )
         if stats.time_jumps > self._reported_jumps:
             self._reported_jumps = stats.time_jumps
