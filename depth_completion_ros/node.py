@@ -547,8 +547,9 @@ class DepthCompletionNode(Node):
         else:
             status.level = DiagnosticStatus.OK
             status.message = "publishing"
-        status.values = [KeyValue(key=k, value=str(v)) for k, v in counts.items()]
-        status.values.append(KeyValue(key="seconds_since_pair", value=f"{since_pair:.2f}"))
+        values = [KeyValue(key=k, value=str(v)) for k, v in counts.items()]
+        values.append(KeyValue(key="seconds_since_pair", value=f"{since_pair:.2f}"))
+        status.values = values
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = self.get_clock().now().to_msg()
         return msg
