@@ -14,7 +14,7 @@ import numpy as np
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from std_msgs.msg import Header
 
-from depth_completion_ros.calibration import PinholeCamera
+from depth_completion_ros.calibration import CalibrationError, PinholeCamera
 
 
 class MessageError(ValueError):
@@ -111,20 +111,31 @@ def numpy_to_image(pixels: np.ndarray, encoding: str, header: Header | None = No
 def camera_info_to_camera(msg: CameraInfo) -> PinholeCamera:
     """CameraInfo -> PinholeCamera (P as image_geometry uses it; K kept for reference)."""
     P = np.asarray(msg.p, dtype=np.float64).reshape(3, 4)
+    K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
+    for name, matrix in (("p", P), ("k", K)):
+        bad = np.flatnonzero(~np.isfinite(matrix))
+        if bad.size:
+            raise MessageError(
+                f"camera_info field '{name}' holds NaN/inf at {name}[{', '.join(map(str, bad))}]: "
+                "the camera driver publishes a broken calibration; fix its calibration file"
+            )
     if not np.any(P):
         raise MessageError(
             "camera_info has an all-zero projection matrix P: the camera is not calibrated "
             "(calibrate it, or publish CameraInfo with P filled)"
         )
-    return PinholeCamera(
-        width=int(msg.width),
-        height=int(msg.height),
-        P=P,
-        K=np.asarray(msg.k, dtype=np.float64).reshape(3, 3),
-        D=np.asarray(msg.d, dtype=np.float64),
-        R=np.asarray(msg.r, dtype=np.float64).reshape(3, 3),
-        distortion_model=msg.distortion_model,
-    )
+    try:
+        return PinholeCamera(
+            width=int(msg.width),
+            height=int(msg.height),
+            P=P,
+            K=K,
+            D=np.asarray(msg.d, dtype=np.float64),
+            R=np.asarray(msg.r, dtype=np.float64).reshape(3, 3),
+            distortion_model=msg.distortion_model,
+        )
+    except CalibrationError as exc:
+        raise MessageError(f"camera_info fields width/height/p: {exc}") from exc
 
 
 def camera_to_camera_info(camera: PinholeCamera, header: Header | None = None) -> CameraInfo:
@@ -153,41 +164,88 @@ _FIELD_DTYPES: dict[int, str] = {
     PointField.FLOAT32: "f4",
     PointField.FLOAT64: "f8",
 }
+_FIELD_TYPE_NAMES: dict[int, str] = {
+    PointField.INT8: "INT8",
+    PointField.UINT8: "UINT8",
+    PointField.INT16: "INT16",
+    PointField.UINT16: "UINT16",
+    PointField.INT32: "INT32",
+    PointField.UINT32: "UINT32",
+    PointField.FLOAT32: "FLOAT32",
+    PointField.FLOAT64: "FLOAT64",
+}
+_AXES = ("x", "y", "z")
 
 
-def _cloud_dtype(msg: PointCloud2, names: tuple[str, ...]) -> np.dtype:
-    """A structured dtype that picks ``names`` out of each point_step-sized record."""
+def _cloud_dtype(msg: PointCloud2, names: tuple[str, ...], scale: float | None) -> np.dtype:
+    """A structured dtype that picks ``names`` out of each point_step-sized record; every field
+    must lie inside the record, x/y/z must not overlap, and integer x/y/z need a ``scale``."""
     fields = {f.name: f for f in msg.fields}
     endian = ">" if msg.is_bigendian else "<"
-    formats, offsets = [], []
+    point_step = int(msg.point_step)
+    formats, offsets, spans = [], [], {}
     for name in names:
         field = fields[name]
         if field.datatype not in _FIELD_DTYPES:
-            raise MessageError(f"point field {name!r} has unknown datatype {field.datatype}")
+            raise MessageError(
+                f"point field {name!r} has unknown datatype {field.datatype} (PointField "
+                "datatypes are 1-8: INT8, UINT8, INT16, UINT16, INT32, UINT32, FLOAT32, FLOAT64)"
+            )
+        kind = _FIELD_TYPE_NAMES[field.datatype]
         if field.count != 1:
-            raise MessageError(f"point field {name!r} has count {field.count}, expected 1")
-        formats.append(endian + _FIELD_DTYPES[field.datatype])
-        offsets.append(int(field.offset))
+            raise MessageError(f"point field {name!r} ({kind}) has count {field.count}, expected 1")
+        dtype = np.dtype(endian + _FIELD_DTYPES[field.datatype])
+        start, end = int(field.offset), int(field.offset) + dtype.itemsize
+        if end > point_step:
+            raise MessageError(
+                f"point field {name!r} ({kind}, {dtype.itemsize} bytes at offset {start}) ends at "
+                f"byte {end}, beyond point_step {point_step}: the cloud's field list does not "
+                "match its data (wrong datatype or offsets in the driver)"
+            )
+        if name in _AXES:
+            for other, (other_start, other_end) in spans.items():
+                if start < other_end and other_start < end:
+                    raise MessageError(
+                        f"point fields {other!r} and {name!r} overlap (bytes {other_start}-"
+                        f"{other_end - 1} and {start}-{end - 1}, {kind}): the offsets do not fit "
+                        "the datatype"
+                    )
+            spans[name] = (start, end)
+            if dtype.kind in "iu" and scale is None:
+                raise MessageError(
+                    f"point field {name!r} is {kind}: integer coordinates have no unit; set the "
+                    "parameter points_scale to metres per unit (0.001 for millimetres, 0.01 for "
+                    "centimetres)"
+                )
+        formats.append(dtype)
+        offsets.append(start)
     return np.dtype(
-        {"names": list(names), "formats": formats, "offsets": offsets, "itemsize": msg.point_step}
+        {"names": list(names), "formats": formats, "offsets": offsets, "itemsize": point_step}
     )
 
 
-def pointcloud2_to_array(msg: PointCloud2, with_intensity: bool = False) -> np.ndarray:
+def pointcloud2_to_array(
+    msg: PointCloud2, with_intensity: bool = False, scale: float | None = None
+) -> np.ndarray:
     """PointCloud2 -> N x 3 (or N x 4 with intensity) float32; NaN/inf points are dropped.
 
     Works for any field order and point_step, organised or not, with or without intensity
-    (missing intensity reads as 0), and row_step padding.
+    (missing intensity reads as 0), and row_step padding. x, y, z may be FLOAT32 or FLOAT64
+    (metres); integer coordinates (e.g. INT16 millimetres) need ``scale``, metres per unit, which
+    multiplies x, y and z of any type. A field list that does not fit the data is refused with a
+    message naming the field.
     """
+    if scale is not None and not (np.isfinite(scale) and scale > 0):
+        raise MessageError(f"points_scale must be a positive number of metres per unit: {scale}")
     names = {f.name for f in msg.fields}
-    missing = [axis for axis in ("x", "y", "z") if axis not in names]
+    missing = [axis for axis in _AXES if axis not in names]
     if missing:
         raise MessageError(
             f"point cloud has no {'/'.join(missing)} field(s) (fields: {sorted(names) or 'none'}); "
             "a Velodyne-type cloud with float32 x, y, z is required"
         )
-    wanted = ("x", "y", "z") + (("intensity",) if with_intensity and "intensity" in names else ())
-    dtype = _cloud_dtype(msg, wanted)
+    wanted = _AXES + (("intensity",) if with_intensity and "intensity" in names else ())
+    dtype = _cloud_dtype(msg, wanted, scale)
     width, height = int(msg.width), int(msg.height)
     count = width * height
     if count == 0:
@@ -207,8 +265,12 @@ def pointcloud2_to_array(msg: PointCloud2, with_intensity: bool = False) -> np.n
         rows = raw[: row_step * height].reshape(height, row_step)[:, : width * msg.point_step]
         records = np.ascontiguousarray(rows).reshape(-1).view(dtype)
     out = np.empty((count, len(wanted) if not with_intensity else 4), dtype=np.float32)
-    for column, name in enumerate(wanted):
-        out[:, column] = records[name]
+    with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf: dropped
+        for column, name in enumerate(wanted):
+            if scale is not None and name in _AXES:
+                out[:, column] = records[name] * scale
+            else:
+                out[:, column] = records[name]
     if with_intensity and len(wanted) == 3:
         out[:, 3] = 0.0
     if np.isfinite(out[:, :3]).all():  # the common case, checked without a per-row reduction

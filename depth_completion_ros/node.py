@@ -3,11 +3,14 @@
 Callbacks only buffer messages and pair them by stamp; one worker thread runs the newest pair
 through :class:`~depth_completion_ros.pipeline.DepthPipeline` (older pairs are dropped and
 counted), so a slow network never builds a queue. Every bad input is logged once per cause
-(throttled) and skipped; the node keeps running.
+(throttled per cause key, not by text) and skipped; the node keeps running. Every scan received
+is accounted for: published + dropped while busy + rejected + failed + waiting = received, in the
+status line, on ``/diagnostics`` (where diagnostic_msgs is installed) and at shutdown.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
@@ -62,6 +65,13 @@ PARAMETERS: tuple[_Param, ...] = (
     _Param("image_topic", "image", "camera image topic (rgb8, bgr8, mono8, rgba8, bgra8)"),
     _Param("camera_info_topic", "camera_info", "CameraInfo of the image topic"),
     _Param("points_topic", "points", "LiDAR PointCloud2 topic (float32 x, y, z)"),
+    _Param(
+        "points_scale",
+        0.0,
+        "metres per unit of the cloud's x, y, z; 0 = float32/float64 fields are metres and "
+        "integer fields are refused (0.001 for INT16/INT32 millimetres)",
+        float_range=(0.0, 1000.0),
+    ),
     _Param(
         "input_reliability",
         "best_effort",
@@ -128,7 +138,7 @@ PARAMETERS: tuple[_Param, ...] = (
     _Param(
         "diagnostics_period",
         5.0,
-        "seconds between status lines in the log",
+        "seconds between status lines in the log (and /diagnostics messages)",
         float_range=(0.5, 3600.0),
     ),
     _Param(
@@ -162,6 +172,20 @@ def _reliability(name: str) -> ReliabilityPolicy:
     return ReliabilityPolicy.RELIABLE if name == "reliable" else ReliabilityPolicy.BEST_EFFORT
 
 
+def _cause_of(text: str) -> str:
+    """A message without its numbers and quoted values: the same fault with other values (a
+    stamp, a count, a size) shares a key; another fault gets its own."""
+    return re.sub(r"'[^']*'|\"[^\"]*\"|[-+]?\d[\d.e+-]*", "#", text)
+
+
+class FrameFailure(Exception):
+    """A frame failed at one input or stage; ``stage`` names it (the throttling key's start)."""
+
+    def __init__(self, stage: str, text: str) -> None:
+        super().__init__(text)
+        self.stage = stage
+
+
 def transform_to_matrix(transform) -> np.ndarray:
     """geometry_msgs/Transform -> 4x4 matrix (maps points from the child into the parent frame)."""
     t, q = transform.translation, transform.rotation
@@ -172,6 +196,7 @@ class DepthCompletionNode(Node):
     """Subscribes image + camera_info + points, publishes dense depth and a coloured cloud."""
 
     def __init__(self, **kwargs) -> None:
+        self._worker: threading.Thread | None = None  # destroy_node works after a failed init
         super().__init__("depth_completion", **kwargs)
         for param in PARAMETERS:
             self.declare_parameter(param.name, param.default, _descriptor(param))
@@ -185,15 +210,19 @@ class DepthCompletionNode(Node):
 
         self.pairer: StampPairer[Image, PointCloud2] = StampPairer(self.config["max_time_offset"])
         self.slot: LatestSlot[Pair[Image, PointCloud2]] = LatestSlot()
+        # guards the pairer, the slot hand-over and the counts, so a snapshot adds up exactly
         self._lock = threading.Lock()
         self._camera_info: CameraInfo | None = None
         self._last_warning: dict[str, float] = {}
         self._latencies: deque[float] = deque(maxlen=200)
-        self._counts = {"images": 0, "clouds": 0, "processed": 0, "failed": 0}
-        self._last_pair_time = time.monotonic()
-        self._start_time = time.monotonic()
+        self._counts = {"processed": 0, "failed": 0, "in_process": 0}
+        now = time.monotonic()
+        self._last_pair_time = now
+        self._last_message = {"image": 0.0, "camera_info": 0.0, "points": 0.0}
         self._reported_rejections = 0
-        self._reported_resets = 0
+        self._reported_no_image = 0
+        self._reported_jumps = 0
+        self._points_scale = self.config["points_scale"] or None
 
         input_qos = QoSProfile(
             history=HistoryPolicy.KEEP_LAST,
@@ -224,7 +253,10 @@ class DepthCompletionNode(Node):
             for topic, (kind, on) in enabled.items()
             if on
         }
+        self._diagnostics_pub = _diagnostics_publisher(self)
         self.create_timer(self.config["diagnostics_period"], self._report)
+        # checked often, so the first warning comes no_pair_warning s after the last pair
+        self.create_timer(min(0.25, self.config["no_pair_warning"] / 4), self._check_pairs)
 
         self._running = True
         self._worker = threading.Thread(target=self._work, name="depth_completion", daemon=True)
@@ -256,65 +288,104 @@ class DepthCompletionNode(Node):
 
     # --- logging ----------------------------------------------------------------------------
 
-    def _warn(self, cause: str, text: str, period: float = 5.0) -> None:
-        """One message per cause, at most every ``period`` seconds."""
+    def _warn(self, cause: str, text: str, period: float = 5.0, info: bool = False) -> None:
+        """One message per cause key, at most every ``period`` seconds."""
         now = time.monotonic()
         if now - self._last_warning.get(cause, -1e9) >= period:
             self._last_warning[cause] = now
-            self.get_logger().warning(text)
+            if info:  # rclpy wants one severity per call site
+                self.get_logger().info(text)
+            else:
+                self.get_logger().warning(text)
 
     # --- callbacks --------------------------------------------------------------------------
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
+        self._last_message["camera_info"] = time.monotonic()
         self._camera_info = msg
 
     def _on_image(self, msg: Image) -> None:
-        self._counts["images"] += 1
+        self._last_message["image"] = time.monotonic()
         with self._lock:
-            pairs = self.pairer.add_image(stamp_to_seconds(msg.header.stamp), msg)
-        self._dispatch(pairs)
+            self._dispatch(self.pairer.add_image(stamp_to_seconds(msg.header.stamp), msg))
+        self._report_pairing()
 
     def _on_cloud(self, msg: PointCloud2) -> None:
-        self._counts["clouds"] += 1
+        self._last_message["points"] = time.monotonic()
         with self._lock:
-            pairs = self.pairer.add_cloud(stamp_to_seconds(msg.header.stamp), msg)
-        self._dispatch(pairs)
+            self._dispatch(self.pairer.add_cloud(stamp_to_seconds(msg.header.stamp), msg))
+        self._report_pairing()
 
     def _dispatch(self, pairs: list[Pair[Image, PointCloud2]]) -> None:
+        """Hand new pairs to the worker (under ``_lock``: paired and handed over at once)."""
+        now = time.monotonic()
+        if pairs:
+            self._last_pair_time = now
+        for pair in pairs:
+            pair.received = now
+            self.slot.put(pair)
+
+    def _report_pairing(self) -> None:
         stats = self.pairer.stats
         if stats.rejected_offset > self._reported_rejections:
             self._reported_rejections = stats.rejected_offset
             self._warn(
-                "offset",
+                "pairing:offset",
                 f"scan dropped: nearest image is {stats.last_rejected_offset:+.3f} s away, more "
-                f"than max_time_offset {self.config['max_time_offset']} s ({stats.rejected_offset}"
-                " so far); are the clocks in sync (use_sim_time for bags)? raise max_time_offset "
-                "if the sensors are not triggered together",
+                f"than max_time_offset {self.config['max_time_offset']} s "
+                f"({stats.rejected_offset} so far); are the clocks in sync (use_sim_time for "
+                "bags)? raise max_time_offset if the sensors are not triggered together",
             )
-        if stats.resets > self._reported_resets:
-            self._reported_resets = stats.resets
-            self.get_logger().info("time jumped backwards (bag looped?): pairing buffers reset")
-        if pairs:
-            self._last_pair_time = time.monotonic()
-        for pair in pairs:
-            pair.received = time.monotonic()
-            self.slot.put(pair)
+        if stats.no_image > self._reported_no_image:
+            self._reported_no_image = stats.no_image
+            self._warn(
+                "pairing:no_image",
+                f"scan dropped: no image on {self._topic('image_topic')} at all while "
+                f"{self.pairer.buffer_size} scans waited ({stats.no_image} so far); is the camera "
+                "publishing (topic name, QoS input_reliability)?",
+            )
+        if stats.time_jumps > self._reported_jumps:
+            self._reported_jumps = stats.time_jumps
+            self._warn(
+                "pairing:time_jump",
+                f"the {stats.last_jump_stream} stamps jumped by {stats.last_jump:+.3f} s (bag "
+                f"looped or a wrong stamp?); pairing goes on, no frame is dropped for it "
+                f"({stats.time_jumps} jumps so far)",
+                info=True,
+            )
 
     # --- processing -------------------------------------------------------------------------
 
     def _work(self) -> None:
         while self._running:
-            pair = self.slot.take(timeout=0.2)
+            if not self.slot.wait(timeout=0.2):
+                continue
+            with self._lock:  # taken and counted as in process at once
+                pair = self.slot.take(timeout=0.0)
+                self._counts["in_process"] = int(pair is not None)
             if pair is None:
                 continue
+            outcome = "failed"
             try:
                 self._process(pair)
-            except (InputError, MessageError, CalibrationError) as exc:
-                self._counts["failed"] += 1
-                self._warn(type(exc).__name__ + str(exc)[:40], f"skipping frame: {exc}")
-            except Exception as exc:  # noqa: BLE001 - the node must survive any single frame
-                self._counts["failed"] += 1
-                self._warn("unexpected", f"skipping frame after unexpected error: {exc!r}")
+                outcome = "processed"
+            except FrameFailure as exc:
+                self._warn(f"{exc.stage}:{_cause_of(str(exc))}", f"skipping frame: {exc}")
+            finally:
+                with self._lock:
+                    self._counts[outcome] += 1
+                    self._counts["in_process"] = 0
+
+    def _stage(self, stage: str, what: str, run, *args):
+        """``run(*args)``, with any failure turned into a FrameFailure naming ``what``."""
+        try:
+            return run(*args)
+        except (InputError, MessageError, CalibrationError) as exc:
+            raise FrameFailure(stage, f"{what}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - the node must survive any single frame
+            raise FrameFailure(
+                f"{stage}:{type(exc).__name__}", f"{what}: unexpected error {exc!r}"
+            ) from exc
 
     def _start_tf(self) -> None:
         """TF listener when no fixed extrinsics are set and tf2_ros exists (a ROS distro)."""
@@ -360,25 +431,43 @@ class DepthCompletionNode(Node):
 
     def _process(self, pair: Pair[Image, PointCloud2]) -> None:
         info = self._camera_info
+        info_topic, image_topic = self._topic("camera_info_topic"), self._topic("image_topic")
+        points_topic = self._topic("points_topic")
         if info is None:
-            raise InputError(
-                f"no camera_info received yet on {self._topic('camera_info_topic')}; "
-                "frames are skipped until one arrives"
+            raise FrameFailure(
+                "camera_info:none",
+                f"no camera_info received yet on {info_topic}; frames are skipped until one "
+                "arrives",
             )
-        camera = camera_info_to_camera(info)
-        rgb = image_to_rgb(pair.image)
-        points = pointcloud2_to_array(pair.cloud)
+        camera = self._stage(
+            "camera_info", f"camera_info on {info_topic}", camera_info_to_camera, info
+        )
+        rgb = self._stage("image", f"image on {image_topic}", image_to_rgb, pair.image)
+        points = self._stage(
+            "points",
+            f"point cloud on {points_topic}",
+            pointcloud2_to_array,
+            pair.cloud,
+            False,
+            self._points_scale,
+        )
         if pair.cloud.width * pair.cloud.height == 0:
-            raise InputError(f"empty point cloud on {self._topic('points_topic')}")
+            raise FrameFailure("points:empty", f"empty point cloud on {points_topic}")
         if len(points) == 0:
-            raise InputError(
-                f"point cloud on {self._topic('points_topic')} has "
-                f"{pair.cloud.width * pair.cloud.height} points, all NaN/inf"
+            raise FrameFailure(
+                "points:nan",
+                f"point cloud on {points_topic} has {pair.cloud.width * pair.cloud.height} "
+                "points, all NaN/inf",
             )
-        T = self._extrinsics_for(pair.cloud, pair.image)
-        result = self.pipeline.run(rgb, points, camera, T)
-        self._publish(pair.image, camera, rgb, result)
-        self._counts["processed"] += 1
+        T = self._stage(
+            "extrinsics",
+            "extrinsics (calibration_dir/extrinsics/TF)",
+            self._extrinsics_for,
+            pair.cloud,
+            pair.image,
+        )
+        result = self._stage("pipeline", "completion", self.pipeline.run, rgb, points, camera, T)
+        self._stage("publish", "publishing outputs", self._publish, pair.image, camera, rgb, result)
         self._latencies.append(time.monotonic() - pair.received)
 
     def _publish(self, image: Image, camera, rgb: np.ndarray, result) -> None:
@@ -389,55 +478,139 @@ class DepthCompletionNode(Node):
 
     # --- diagnostics ------------------------------------------------------------------------
 
-    def _qos_of_publishers(self, key: str) -> str:
+    def _input_state(self, key: str, stream: str) -> str:
+        """Publishers the graph lists (a killed one stays listed until its lease ends) and when
+        a message last came, which is what tells a live publisher from a dead one."""
         infos = self.get_publishers_info_by_topic(self._topic(key))
-        if not infos:
-            return "no publisher"
-        kinds = sorted({info.qos_profile.reliability.name.lower() for info in infos})
-        return f"{len(infos)} publisher(s), {'/'.join(kinds)}"
+        if infos:
+            kinds = sorted({info.qos_profile.reliability.name.lower() for info in infos})
+            listed = f"{len(infos)} publisher(s) listed, {'/'.join(kinds)}"
+        else:
+            listed = "no publisher"
+        last = self._last_message[stream]
+        heard = f"last message {time.monotonic() - last:.1f} s ago" if last else "no message yet"
+        return f"{listed}, {heard}"
+
+    def _check_pairs(self) -> None:
+        since_pair = time.monotonic() - self._last_pair_time
+        if since_pair < self.config["no_pair_warning"]:
+            return
+        stats = self.pairer.stats
+        offsets = list(stats.recent_offsets)[-5:]
+        offset_text = (
+            ", ".join(f"{o:+.3f}" for o in offsets) if offsets else "none (no scan+image seen)"
+        )
+        self._warn(
+            "no_pair",
+            f"no synchronised pair for {since_pair:.1f} s: received {stats.images} images on "
+            f"{self._topic('image_topic')} ({self._input_state('image_topic', 'image')}), "
+            f"{stats.scans} clouds on {self._topic('points_topic')} "
+            f"({self._input_state('points_topic', 'points')}), camera_info "
+            f"{'seen' if self._camera_info else 'not seen'} on "
+            f"{self._topic('camera_info_topic')}; this node subscribes with "
+            f"{self.config['input_reliability']} QoS; recent image-scan offsets (s): "
+            f"{offset_text} vs max_time_offset {self.config['max_time_offset']}. Check topic "
+            "names, QoS reliability (input_reliability) and clocks (use_sim_time).",
+            period=max(self.config["no_pair_warning"], self.config["diagnostics_period"]),
+        )
+
+    def counts(self) -> dict[str, int]:
+        """Where every scan went: received == published + dropped_busy + rejected + failed +
+        waiting (in the pairing buffer, handed to the worker or in process); one snapshot."""
+        with self._lock:
+            stats = self.pairer.stats
+            return {
+                "received": stats.scans,
+                "published": self._counts["processed"],
+                "dropped_busy": self.slot.dropped,
+                "rejected": stats.rejected,
+                "rejected_offset": stats.rejected_offset,
+                "rejected_no_image": stats.no_image,
+                "failed": self._counts["failed"],
+                "waiting": self.pairer.waiting + self.slot.pending + self._counts["in_process"],
+                "images_received": stats.images,
+                "time_jumps": stats.time_jumps,
+            }
 
     def _report(self) -> None:
-        stats = self.pairer.stats
-        since_pair = time.monotonic() - self._last_pair_time
-        if since_pair > self.config["no_pair_warning"]:
-            offsets = list(stats.recent_offsets)[-5:]
-            offset_text = (
-                ", ".join(f"{o:+.3f}" for o in offsets) if offsets else "none (no scan+image seen)"
-            )
-            self._warn(
-                "no_pair",
-                f"no synchronised pair for {since_pair:.1f} s: received {self._counts['images']} "
-                f"images on {self._topic('image_topic')} ({self._qos_of_publishers('image_topic')})"
-                f", {self._counts['clouds']} clouds on {self._topic('points_topic')} "
-                f"({self._qos_of_publishers('points_topic')}), camera_info "
-                f"{'seen' if self._camera_info else 'not seen'} on "
-                f"{self._topic('camera_info_topic')}; this node subscribes with "
-                f"{self.config['input_reliability']} QoS; recent image-scan offsets (s): "
-                f"{offset_text} vs max_time_offset {self.config['max_time_offset']}. Check topic "
-                "names, QoS reliability (input_reliability) and clocks (use_sim_time).",
-                period=self.config["no_pair_warning"],
-            )
-        if self._counts["processed"] or self.slot.dropped or stats.rejected_offset:
-            self.get_logger().info(
-                self.latency_summary(), throttle_duration_sec=self.config["diagnostics_period"]
-            )
+        counts = self.counts()
+        if counts["received"] or counts["images_received"]:
+            self.get_logger().info(f"status: {self.latency_summary(counts)}")
+        if self._diagnostics_pub is not None:
+            self._diagnostics_pub.publish(self._diagnostic_array(counts))
 
-    def latency_summary(self) -> str:
-        """Totals and latency percentiles (scan+image received -> outputs published)."""
+    def latency_summary(self, counts: dict[str, int] | None = None) -> str:
+        """Where every scan went, and latency percentiles (scan+image received -> published)."""
+        c = counts or self.counts()
         latency = np.array(self._latencies) * 1000.0 if self._latencies else np.zeros(1)
         return (
-            f"pairs processed {self._counts['processed']}, dropped while busy "
-            f"{self.slot.dropped}, rejected by offset {self.pairer.stats.rejected_offset}, "
-            f"failed {self._counts['failed']}; latency p50 {np.percentile(latency, 50):.1f} ms, "
+            f"pairs processed {c['published']}, dropped while busy {c['dropped_busy']}, "
+            f"rejected {c['rejected']} (stamp offset {c['rejected_offset']}, no image "
+            f"{c['rejected_no_image']}), failed {c['failed']}, waiting {c['waiting']} = "
+            f"{c['received']} scans received; {c['images_received']} images received, "
+            f"{c['time_jumps']} time jumps; latency p50 {np.percentile(latency, 50):.1f} ms, "
             f"p95 {np.percentile(latency, 95):.1f} ms"
         )
 
+    def _diagnostic_array(self, counts: dict[str, int]):
+        from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+        since_pair = time.monotonic() - self._last_pair_time
+        status = DiagnosticStatus(name=f"{self.get_name()}: depth completion", hardware_id="")
+        if since_pair >= self.config["no_pair_warning"]:
+            status.level = DiagnosticStatus.ERROR
+            status.message = f"no synchronised pair for {since_pair:.1f} s"
+        elif counts["failed"] or counts["rejected"]:
+            status.level = DiagnosticStatus.WARN
+            status.message = "some scans rejected or failed (see the log)"
+        else:
+            status.level = DiagnosticStatus.OK
+            status.message = "publishing"
+        values = [KeyValue(key=k, value=str(v)) for k, v in counts.items()]
+        values.append(KeyValue(key="seconds_since_pair", value=f"{since_pair:.2f}"))
+        status.values = values
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        return msg
+
     def destroy_node(self) -> None:
-        self._running = False
-        self.slot.close()
-        self._worker.join(timeout=5.0)
-        self.get_logger().info(f"stopping: {self.latency_summary()}")
+        """Stop the worker and log the totals; safe after a failed ``__init__``."""
+        worker = getattr(self, "_worker", None)
+        if worker is not None:
+            self._running = False
+            self.slot.close()
+            worker.join(timeout=5.0)
+            self.get_logger().info(f"stopping: {self.latency_summary()}")
+            self._worker = None
         super().destroy_node()
+
+
+_SUMMARY = re.compile(
+    r"pairs processed (?P<published>\d+), dropped while busy (?P<dropped_busy>\d+), "
+    r"rejected (?P<rejected>\d+) \(stamp offset (?P<rejected_offset>\d+), no image "
+    r"(?P<rejected_no_image>\d+)\), failed (?P<failed>\d+), waiting (?P<waiting>\d+) = "
+    r"(?P<received>\d+) scans received; (?P<images_received>\d+) images received, "
+    r"(?P<time_jumps>\d+) time jumps"
+)
+
+
+def parse_summary(line: str) -> dict[str, int] | None:
+    """The counts of a status or shutdown line (:meth:`DepthCompletionNode.latency_summary`),
+    for tests and benchmarks that read the node's log; None if ``line`` holds none."""
+    match = _SUMMARY.search(line)
+    return {k: int(v) for k, v in match.groupdict().items()} if match else None
+
+
+def _diagnostics_publisher(node: Node):
+    """A publisher on /diagnostics when diagnostic_msgs is installed (not on every PyPI set-up)."""
+    try:
+        from diagnostic_msgs.msg import DiagnosticArray
+    except ImportError:
+        node.get_logger().info(
+            "diagnostic_msgs is not installed: status in the log only, nothing on /diagnostics"
+        )
+        return None
+    return node.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
 
 def main(args: list[str] | None = None) -> int:
@@ -445,15 +618,23 @@ def main(args: list[str] | None = None) -> int:
     rclpy.init(args=args)
     node = None
     try:
-        node = DepthCompletionNode()
+        try:
+            node = DepthCompletionNode()
+        except (
+            ConfigurationError,
+            InvalidParameterValueException,
+            InvalidParameterTypeException,
+        ) as exc:
+            rclpy.logging.get_logger("depth_completion").fatal(f"cannot start: {exc}")
+            return 2
+        except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
+            raise
+        except Exception as exc:  # noqa: BLE001 - one line naming the fault, not a traceback
+            rclpy.logging.get_logger("depth_completion").fatal(
+                f"cannot start: unexpected {type(exc).__name__}: {exc}"
+            )
+            return 1
         rclpy.spin(node)
-    except (
-        ConfigurationError,
-        InvalidParameterValueException,
-        InvalidParameterTypeException,
-    ) as exc:
-        rclpy.logging.get_logger("depth_completion").fatal(f"cannot start: {exc}")
-        return 2
     except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
         pass
     finally:

@@ -156,7 +156,7 @@ def test_truncated_file(tmp_path):
 def test_not_a_checkpoint(tmp_path):
     text = tmp_path / "notes.pth"
     text.write_text("these are not weights\n")
-    with pytest.raises(CheckpointError, match="not a PyTorch"):
+    with pytest.raises(CheckpointError, match="is not a checkpoint: it is not a zip"):
         read_checkpoint(text)
     numbers = tmp_path / "list.pth"
     torch.save([1, 2, 3], numbers)
@@ -220,3 +220,28 @@ def test_torch_without_safe_globals_is_named_not_called_corrupt(tmp_path, monkey
     dst = _fresh()
     load_checkpoint(dst, st)
     _assert_same(src, dst)
+
+
+def test_text_file_is_called_not_a_checkpoint(kitti_calib_dir):
+    """A KITTI calibration file starts with 'calib_time:'; read as pickle opcodes it was refused
+    as 'it contains alib_time, and unpickling it could run code'."""
+    path = kitti_calib_dir / "calib_cam_to_cam.txt"
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(path)
+    message = str(info.value)
+    assert "is not a checkpoint" in message and "(text, it begins with b'calib_time" in message
+    assert "could run code" not in message and "alib_time" not in message.replace("calib", "")
+
+
+def test_deeply_nested_safetensors_metadata_is_ignored_with_a_warning(tmp_path, caplog):
+    """json.loads of 100,000 nested lists raised RecursionError, which crashed start-up."""
+    src = _small()
+    path = tmp_path / "deep.safetensors"
+    deep = "[" * 100_000 + "]" * 100_000
+    save_file(src.state_dict(), str(path), metadata={"args": deep, "model": "small"})
+    dst = _fresh()
+    with caplog.at_level("WARNING"):
+        ckpt = load_checkpoint(dst, path)
+    _assert_same(src, dst)
+    assert ckpt.metadata["model"] == "small" and not isinstance(ckpt.metadata["args"], dict)
+    assert "nested too deeply" in caplog.text

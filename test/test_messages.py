@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import array
+import warnings
 
 import numpy as np
 import pytest
@@ -142,6 +143,23 @@ def test_camera_info_round_trip(kitti_calibration) -> None:
     assert back.distortion_model == camera.distortion_model
 
 
+@pytest.mark.parametrize(("field", "index"), [("p", 0), ("p", 6), ("k", 2)])
+def test_camera_info_with_nan_or_inf_names_the_field(kitti_calibration, field, index) -> None:
+    msg = camera_to_camera_info(kitti_calibration.camera)
+    values = np.array(getattr(msg, field))
+    values[index] = np.nan if index else np.inf
+    setattr(msg, field, values)
+    with pytest.raises(MessageError, match=rf"field '{field}' holds NaN/inf at {field}\[{index}\]"):
+        camera_info_to_camera(msg)
+
+
+def test_camera_info_with_zero_size_names_the_fields(kitti_calibration) -> None:
+    msg = camera_to_camera_info(kitti_calibration.camera)
+    msg.width = 0
+    with pytest.raises(MessageError, match="camera_info fields width/height"):
+        camera_info_to_camera(msg)
+
+
 def test_camera_info_with_zero_p_raises() -> None:
     msg = camera_to_camera_info(PinholeCamera(640, 480, np.eye(3, 4) * 500))
     msg.p = np.zeros(12)
@@ -151,7 +169,13 @@ def test_camera_info_with_zero_p_raises() -> None:
 
 # --- point clouds ---------------------------------------------------------------------------
 
-_DT = {"f4": PointField.FLOAT32, "f8": PointField.FLOAT64, "u2": PointField.UINT16}
+_DT = {
+    "f4": PointField.FLOAT32,
+    "f8": PointField.FLOAT64,
+    "u2": PointField.UINT16,
+    "i2": PointField.INT16,
+    "i4": PointField.INT32,
+}
 
 
 def _cloud(
@@ -251,6 +275,62 @@ def test_big_endian_float64_cloud(scan: np.ndarray) -> None:
     assert out.dtype == np.float32
     np.testing.assert_array_equal(out[:, :3], xyz.astype(np.float32))
     np.testing.assert_array_equal(out[:, 3], scan[:, 3])
+
+
+def test_int16_millimetres_need_points_scale(scan: np.ndarray) -> None:
+    """INT16 mm read as metres gave points 1000x too far (then blamed on the extrinsics)."""
+    scan = scan[np.abs(scan[:, :3]).max(axis=1) < 32.0]  # INT16 mm reach 32.767 m
+    mm = np.round(scan[:, :3] * 1000.0).astype(np.int16)
+    kinds = {"x": "i2", "y": "i2", "z": "i2", "intensity": "f4"}
+    columns = {"x": mm[:, 0], "y": mm[:, 1], "z": mm[:, 2], "intensity": scan[:, 3]}
+    msg = _cloud(columns, kinds, ["x", "y", "z", "intensity"])
+    with pytest.raises(MessageError, match="point field 'x' is INT16.*points_scale"):
+        pointcloud2_to_array(msg)
+    out = pointcloud2_to_array(msg, scale=0.001)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, mm * np.float32(0.001), rtol=1e-6)
+    np.testing.assert_allclose(out, scan[:, :3], atol=0.0006)  # mm rounding
+
+
+def test_int32_centimetres_and_scaled_floats(scan: np.ndarray) -> None:
+    cm = np.round(scan[:, :3] * 100.0).astype(np.int32)
+    kinds = {"x": "i4", "y": "i4", "z": "i4"}
+    msg = _cloud({"x": cm[:, 0], "y": cm[:, 1], "z": cm[:, 2]}, kinds, ["z", "x", "y"])
+    np.testing.assert_allclose(pointcloud2_to_array(msg, scale=0.01), cm * 0.01, rtol=1e-6)
+    floats = xyz_array_to_pointcloud2(scan[:, :3] * 1000.0)  # float32 millimetres
+    np.testing.assert_allclose(pointcloud2_to_array(floats, scale=1e-3), scan[:, :3], rtol=1e-5)
+    with pytest.raises(MessageError, match="points_scale must be a positive"):
+        pointcloud2_to_array(floats, scale=0.0)
+
+
+def test_field_list_that_does_not_fit_the_data_is_named(scan: np.ndarray) -> None:
+    """A FLOAT64 z at offset 8 of a 16-byte point: numpy said 'NumPy dtype descriptor requires
+    24 bytes', naming neither the field nor the message."""
+    msg = xyz_array_to_pointcloud2(scan)
+    msg.fields[2].datatype = PointField.FLOAT64
+    msg.fields[2].offset = 12
+    with pytest.raises(MessageError, match=r"point field 'z' \(FLOAT64, 8 bytes at offset 12\)"):
+        pointcloud2_to_array(msg)
+    msg = xyz_array_to_pointcloud2(scan)
+    for field in msg.fields[:3]:
+        field.datatype = PointField.FLOAT64  # offsets 0, 4, 8 stay: the fields overlap
+    with pytest.raises(MessageError, match="point fields 'x' and 'y' overlap"):
+        pointcloud2_to_array(msg)
+    msg = xyz_array_to_pointcloud2(scan)
+    msg.fields[1].datatype = 11
+    with pytest.raises(MessageError, match="point field 'y' has unknown datatype 11"):
+        pointcloud2_to_array(msg)
+
+
+def test_float64_beyond_float32_range_is_dropped_silently(scan: np.ndarray) -> None:
+    xyz = scan[:, :3].astype(np.float64)
+    xyz[5, 0] = 1e300
+    kinds = {"x": "f8", "y": "f8", "z": "f8"}
+    msg = _cloud({"x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2]}, kinds, ["x", "y", "z"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = pointcloud2_to_array(msg)
+    assert len(out) == len(xyz) - 1
 
 
 def test_missing_axis_is_named(scan: np.ndarray) -> None:

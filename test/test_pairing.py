@@ -48,8 +48,9 @@ def test_scans_without_images_are_bounded() -> None:
     pairer.add_image(0.0, "last image")
     for i in range(1, 10):
         assert pairer.add_cloud(float(i), i) == []
-    assert len(pairer._clouds) == 3
+    assert pairer.waiting == 3
     assert pairer.stats.rejected_offset == 6
+    assert _accounted(pairer)
 
 
 def test_rejects_beyond_max_offset_and_records_it() -> None:
@@ -68,16 +69,95 @@ def test_flush_without_images_counts_no_image() -> None:
     assert pairer.stats.no_image == 1
 
 
-def test_time_going_backwards_resets() -> None:
-    pairer: StampPairer[str, str] = StampPairer(max_offset=0.05, reset_jump=1.0)
-    pairer.add_image(100.0, "old image")
-    pairer.add_cloud(100.2, "old scan")
-    pairer.add_image(1.0, "new image")  # the bag looped
-    assert pairer.stats.resets == 1
-    pairs = pairer.add_cloud(1.01, "new scan")
-    pairs += pairer.flush()
-    assert [(p.image, p.cloud) for p in pairs] == [("new image", "new scan")]
-    assert pairer.stats.rejected_offset == 0  # the old scan was dropped, not paired
+def _accounted(pairer: StampPairer) -> bool:
+    """Every scan is paired, rejected or still waiting: none vanishes."""
+    stats = pairer.stats
+    return stats.scans == stats.paired + stats.rejected + pairer.waiting
+
+
+def _feed(pairer: StampPairer, events: list[tuple[str, float]]) -> list[tuple[float, float]]:
+    pairs = []
+    for kind, stamp in events:
+        add = pairer.add_image if kind == "image" else pairer.add_cloud
+        pairs += add(stamp, stamp)
+        assert _accounted(pairer), (kind, stamp, pairer.stats)
+    return [(p.image, p.cloud) for p in pairs]
+
+
+def test_loop_with_a_partner_already_arrived_loses_nothing() -> None:
+    """The issue's sequence: the old code reset twice and lost the 1.9 and 0.0 frames."""
+    pairer: StampPairer[float, float] = StampPairer(0.05)
+    events = [
+        ("image", 1.9),
+        ("image", 0.0),
+        ("cloud", 1.9),
+        ("cloud", 0.0),
+        ("image", 0.1),
+        ("cloud", 0.1),
+    ]
+    assert _feed(pairer, events) == [(1.9, 1.9), (0.0, 0.0), (0.1, 0.1)]
+    assert pairer.stats.rejected == 0 and pairer.waiting == 0
+    assert pairer.stats.time_jumps == 2  # one per stream, counted, nothing cleared
+
+
+@pytest.mark.parametrize("cloud_first", [False, True])
+def test_looped_bag_pairs_every_frame(cloud_first: bool) -> None:
+    """A 20-frame 10 Hz bag looped 5 times, scans before or after their images."""
+    pairer: StampPairer[float, float] = StampPairer(0.05)
+    events = []
+    for _ in range(5):
+        for i in range(20):
+            stamp = round(1000.0 + i * 0.1, 3)
+            frame = [("cloud", stamp), ("image", stamp)]
+            events += frame if cloud_first else frame[::-1]
+    pairs = _feed(pairer, events) + [(p.image, p.cloud) for p in pairer.flush()]
+    assert len(pairs) == 100 and all(image == cloud for image, cloud in pairs)
+    assert pairer.stats.rejected == 0 and pairer.stats.time_jumps == 8
+
+
+@pytest.mark.parametrize("cloud_first", [False, True])
+def test_one_scan_an_hour_ahead_costs_only_itself(cloud_first: bool) -> None:
+    pairer: StampPairer[float, float] = StampPairer(0.05)
+    events = []
+    for i in range(10):
+        stamp = round(100.0 + i * 0.1, 3)
+        scan = stamp + 3600.0 if i == 4 else stamp  # frame 4's scan is stamped an hour ahead
+        frame = [("cloud", scan), ("image", stamp)]
+        events += frame if cloud_first else frame[::-1]
+    pairs = _feed(pairer, events) + [(p.image, p.cloud) for p in pairer.flush()]
+    good = [round(100.0 + i * 0.1, 3) for i in range(10) if i != 4]
+    assert pairs == [(s, s) for s in good]
+    assert pairer.stats.rejected_offset == 1 and pairer.waiting == 0
+    assert pairer.stats.last_rejected_offset == pytest.approx(-3600.0, abs=1.0)
+
+
+def test_one_image_an_hour_ahead_costs_only_its_scan() -> None:
+    pairer: StampPairer[float, float] = StampPairer(0.05)
+    events = []
+    for i in range(10):
+        stamp = round(100.0 + i * 0.1, 3)
+        image = stamp + 3600.0 if i == 4 else stamp
+        events += [("cloud", stamp), ("image", image)]
+    pairs = _feed(pairer, events) + [(p.image, p.cloud) for p in pairer.flush()]
+    assert pairs == [(round(100.0 + i * 0.1, 3),) * 2 for i in range(10) if i != 4]
+    assert pairer.stats.rejected_offset == 1  # frame 4's scan: its image is the wrong one
+
+
+def test_one_stray_image_between_a_scan_and_its_image_decides_nothing() -> None:
+    pairer: StampPairer[float, float] = StampPairer(0.05)
+    events = [("image", 100.0), ("cloud", 100.0), ("cloud", 100.1), ("image", 3700.0)]
+    events += [("image", 100.1)]
+    assert _feed(pairer, events) == [(100.0, 100.0), (100.1, 100.1)]
+    assert pairer.stats.rejected == 0
+
+
+def test_scan_whose_image_never_comes_is_decided_after_a_loop() -> None:
+    """Scan 1.9 lost its image; the image stream loops: the scan is rejected, not kept forever."""
+    pairer: StampPairer[float, float] = StampPairer(0.05)
+    events = [("image", 1.8), ("cloud", 1.8), ("cloud", 1.9), ("image", 0.0), ("cloud", 0.0)]
+    events += [("image", 0.1), ("cloud", 0.1)]
+    assert _feed(pairer, events) == [(1.8, 1.8), (0.0, 0.0), (0.1, 0.1)]
+    assert pairer.stats.rejected_offset == 1 and pairer.waiting == 0
 
 
 def test_many_frames_pair_one_to_one() -> None:
@@ -125,3 +205,13 @@ def test_latest_slot_close_releases_the_consumer() -> None:
     slot.close()
     consumer.join(timeout=5.0)
     assert got == [None] and time.monotonic() - started < 2.0
+
+
+def test_latest_slot_wait_does_not_take() -> None:
+    slot: LatestSlot[str] = LatestSlot()
+    assert slot.wait(timeout=0.01) is False
+    slot.put("pair")
+    assert slot.wait(timeout=0.01) is True and slot.pending == 1
+    assert slot.take(timeout=0.0) == "pair" and slot.pending == 0
+    slot.close()
+    assert slot.wait(timeout=5.0) is False  # closed: returns at once

@@ -90,11 +90,36 @@ def _decode_metadata(meta: dict[str, str]) -> dict[str, Any]:
     if "args" in out:
         try:
             args = json.loads(out["args"])
+        except RecursionError:  # crafted or broken: nested deeper than Python's stack
+            log.warning(
+                "checkpoint metadata 'args' is JSON nested too deeply to read: ignored (the "
+                "weights load; only the training-settings check is skipped)"
+            )
+            args = None
         except ValueError:
             args = None
         if isinstance(args, dict):
             out["args"] = args
     return out
+
+
+#: how torch files begin: a zip archive (torch.save since 1.6) or a pickle (protocol 2+ opcode)
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
+def _check_torch_file(path: Path) -> None:
+    """Refuse what is not a zip, pickle or safetensors file before the unpickler reads it (a
+    text file would be read as pickle opcodes and blamed as 'could run code')."""
+    with path.open("rb") as f:
+        head = f.read(32)
+    if head.startswith(_TORCH_MAGIC):
+        return
+    kind = "text" if all(32 <= b < 127 or b in b"\t\r\n" for b in head) else "binary"
+    raise CheckpointError(
+        f"'{path}' is not a checkpoint: it is not a zip (torch.save), pickle or safetensors "
+        f"file ({kind}, it begins with {head[:16]!r}); give the path to the .pth/.pt/.safetensors "
+        "weights file"
+    )
 
 
 def _torch_load(path: Path) -> Any:
@@ -180,6 +205,7 @@ def read_checkpoint(path: str | Path, *, use_ema: bool = True) -> Checkpoint:
         if not tensors:
             raise CheckpointError(f"'{path}' is a safetensors file without tensors")
         return Checkpoint(tensors, path, "", meta)
+    _check_torch_file(path)
     obj = _torch_load(path)
     state_dict, source = _find_weights(obj, use_ema, path)
     meta: dict[str, Any] = {}
