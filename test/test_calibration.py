@@ -149,6 +149,19 @@ def test_quaternion_order_is_x_y_z_w() -> None:
     R = quaternion_to_matrix(half, 0.0, 0.0, half)  # 90 degrees about x: y -> z
     np.testing.assert_allclose(R @ [0, 1, 0], [0, 0, 1], atol=1e-12)
     np.testing.assert_allclose(quaternion_to_matrix(0, 0, 0, 2.0), np.eye(3))  # normalised
+    R = quaternion_to_matrix(0.0, half, 0.0, half)  # 90 degrees about y: z -> x, x -> -z
+    np.testing.assert_allclose(R @ [1, 0, 0], [0, 0, -1], atol=1e-15)
+
+
+def test_quaternion_matches_scipy_on_general_rotations() -> None:
+    """Every element of the matrix, on rotations about no particular axis, against scipy's
+    independent implementation (same x, y, z, w order); float64 rounding ~1e-16."""
+    from scipy.spatial.transform import Rotation
+
+    quaternions = np.random.default_rng(0).normal(size=(20, 4))
+    for q in quaternions:
+        expected = Rotation.from_quat(q).as_matrix()
+        np.testing.assert_allclose(quaternion_to_matrix(*q), expected, rtol=0, atol=1e-15)
 
 
 @pytest.mark.parametrize(

@@ -30,9 +30,10 @@ def test_velodyne_bin_is_little_endian_float32_quadruples(tmp_path: Path) -> Non
     scan = read_velodyne_bin(path)
     assert scan.dtype == np.float32 and scan.shape == (2, 4)
     np.testing.assert_array_equal(scan, points)
-    path.write_bytes(points.tobytes()[:-4])  # 28 bytes: a truncated last point
-    with pytest.raises(KittiError, match="28 bytes is not a multiple of 16"):
-        read_velodyne_bin(path)
+    for size in (28, 24, 8):  # a truncated last point, whatever its length
+        path.write_bytes(points.tobytes()[:size])
+        with pytest.raises(KittiError, match=f"{size} bytes is not a multiple of 16"):
+            read_velodyne_bin(path)
 
 
 def test_real_scan_reads_as_kitti_documents(kitti_scan_path: Path) -> None:

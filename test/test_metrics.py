@@ -176,9 +176,9 @@ def test_nyu_range_ends_and_clipping_are_exact() -> None:
 
 
 def test_holdout_metrics_exact_and_hole_filled() -> None:
-    """Held-out returns at 4 of 5 pixels, errors 3, 4, 0, 0 m, in mm as for KITTI; the hole at a
-    scored pixel (column 3) takes the nearer neighbour, min(10, 10) m, error 0."""
-    holdout = np.array([[10.0, 0.0, 6.0, 10.0, 10.0]], np.float32)
+    """Held-out returns at 4 of 5 pixels, errors 3, -4, 0, 0 m, in mm as for KITTI; the hole at
+    a scored pixel (column 3) takes the nearer neighbour, min(10, 10) m, error 0."""
+    holdout = np.array([[10.0, 0.0, 14.0, 10.0, 10.0]], np.float32)
     pred = np.array([[13.0, 2.0, 10.0, 0.0, 10.0]], np.float32)
     m = holdout_metrics(pred, holdout)
     assert m["pixels"] == 4
