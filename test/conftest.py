@@ -1,7 +1,10 @@
 """Shared fixtures: paths into the real data in ``<repo>/../shared/data`` and a unique ROS domain.
 
 The data are never copied into the repository: a test that needs them asks for one of these
-fixtures and is skipped, with the path it looked at, when the shared folder is absent.
+fixtures and is skipped, with the path it looked at, when the shared folder is absent. In CI
+(environment variable ``CI`` set to true/1/yes, as GitHub Actions and GitLab set it) a missing
+folder fails the test instead: a CI run that silently skipped every real-data test would pass
+green while testing little.
 """
 
 from __future__ import annotations
@@ -23,13 +26,26 @@ KITTI_DC_FRAME_ID = 5
 _domain_counter = itertools.count()
 
 
+def in_ci() -> bool:
+    """Whether the run is a CI run (``CI`` = true/1/yes, any case)."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
 def _require(path: Path) -> Path:
-    """Return ``path`` or skip the test, saying where the data were expected."""
+    """Return ``path``, or skip the test (fail it in CI), saying where the data were expected."""
     if not path.exists():
-        pytest.skip(
+        where = (
             f"real test data not found at {path} (expected the shared data folder at "
             f"{DATA_ROOT}, beside the repository; see shared/data/README.md)"
         )
+        if in_ci():
+            pytest.fail(
+                f"CI=true and {where}. Fix: provide the data folder at {DATA_ROOT} in the CI "
+                "job (check out or mount shared/data beside the repository); outside CI these "
+                "tests are skipped instead.",
+                pytrace=False,
+            )
+        pytest.skip(where)
     return path
 
 

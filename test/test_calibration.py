@@ -57,7 +57,9 @@ def test_kitti_projection_reproduces_kittis_formula(
     assert (calib.camera.width, calib.camera.height) == (1242, 375)
     assert calib.camera_index == camera_index
     R = calib.T_cam_lidar[:3, :3]
-    np.testing.assert_allclose(R @ R.T, np.eye(3), atol=1e-5)
+    # KITTI prints R and R_rect_00 to 7 significant digits, so R R^T is I only to ~1e-7:
+    # measured 4.6e-8 (largest element of R R^T - I on 2011_09_26), bound about 4x that
+    np.testing.assert_allclose(R @ R.T, np.eye(3), rtol=0, atol=2e-7)
 
 
 def test_parse_skips_calib_time_and_reads_numbers(kitti_calib_dir: Path) -> None:
@@ -147,6 +149,19 @@ def test_quaternion_order_is_x_y_z_w() -> None:
     R = quaternion_to_matrix(half, 0.0, 0.0, half)  # 90 degrees about x: y -> z
     np.testing.assert_allclose(R @ [0, 1, 0], [0, 0, 1], atol=1e-12)
     np.testing.assert_allclose(quaternion_to_matrix(0, 0, 0, 2.0), np.eye(3))  # normalised
+    R = quaternion_to_matrix(0.0, half, 0.0, half)  # 90 degrees about y: z -> x, x -> -z
+    np.testing.assert_allclose(R @ [1, 0, 0], [0, 0, -1], atol=1e-15)
+
+
+def test_quaternion_matches_scipy_on_general_rotations() -> None:
+    """Every element of the matrix, on rotations about no particular axis, against scipy's
+    independent implementation (same x, y, z, w order); float64 rounding ~1e-16."""
+    from scipy.spatial.transform import Rotation
+
+    quaternions = np.random.default_rng(0).normal(size=(20, 4))
+    for q in quaternions:
+        expected = Rotation.from_quat(q).as_matrix()
+        np.testing.assert_allclose(quaternion_to_matrix(*q), expected, rtol=0, atol=1e-15)
 
 
 @pytest.mark.parametrize(
@@ -194,3 +209,60 @@ def test_tf_transform_message_to_matrix() -> None:
     )  # 90 deg z
     T = transform_to_matrix(msg)
     np.testing.assert_allclose(T @ [1.0, 0.0, 0.0, 1.0], [0.1, 0.8, 0.3, 1.0], atol=1e-12)
+
+
+def _write_calibration(folder: Path, P_rect_03: np.ndarray) -> None:
+    """A calibration folder with binary-exact numbers: R_rect_00 a 90 degree turn about z,
+    velodyne -> cam0 a pure translation, camera 3 with its own P_rect_03 and size."""
+
+    def fmt(values) -> str:
+        return " ".join(repr(float(v)) for v in np.ravel(values))
+
+    K2 = np.array([[700.0, 0.0, 600.0], [0.0, 700.0, 180.0], [0.0, 0.0, 1.0]])
+    (folder / "calib_cam_to_cam.txt").write_text(
+        "calib_time: 09-Jan-2012 13:57:47\n"
+        f"R_rect_00: {fmt([[0, -1, 0], [1, 0, 0], [0, 0, 1]])}\n"
+        f"S_rect_02: {fmt([1242, 375])}\n"
+        f"P_rect_02: {fmt(np.hstack([K2, np.zeros((3, 1))]))}\n"
+        f"S_rect_03: {fmt([1224, 370])}\n"
+        f"P_rect_03: {fmt(P_rect_03)}\n"
+    )
+    (folder / "calib_velo_to_cam.txt").write_text(
+        f"calib_time: 15-Mar-2012 11:37:16\nR: {fmt(np.eye(3))}\nT: {fmt([0.25, -0.5, 2.0])}\n"
+    )
+
+
+def test_kitti_calibration_exact_in_binary(tmp_path: Path) -> None:
+    """Camera 3 (not 2) is picked, its offset K^-1 P[:, 3] = (-0.5, 0.25, 0.125) m is folded
+    into T_cam_lidar after R_rect_00, and the size is (width, height): all values exact."""
+    K3 = np.array([[512.0, 0.0, 256.0], [0.0, 512.0, 128.0], [0.0, 0.0, 1.0]])
+    offset = np.array([-0.5, 0.25, 0.125])
+    _write_calibration(tmp_path, np.hstack([K3, (K3 @ offset)[:, None]]))
+    calib = load_kitti_calibration(tmp_path, camera_index=3)
+    assert (calib.camera.width, calib.camera.height) == (1224, 370)
+    np.testing.assert_array_equal(calib.camera.P, np.hstack([K3, np.zeros((3, 1))]))
+    expected = np.eye(4)
+    expected[:3, :3] = [[0, -1, 0], [1, 0, 0], [0, 0, 1]]  # R_rect_00 @ R (R = I)
+    expected[:3, 3] = np.array([0.5, 0.25, 2.0]) + offset  # R_rect_00 @ T, then the offset
+    np.testing.assert_array_equal(calib.T_cam_lidar, expected)
+    # a LiDAR point lands where KITTI's P_rect_03 @ R_rect_00 @ Tr puts it, exactly: by hand,
+    # R_rect_00 (X + T) = (-0.5, 4.25, 1.5), + offset = (-1, 4.5, 1.625), K3 @ that below
+    X = np.array([4.0, 1.0, -0.5, 1.0])
+    np.testing.assert_array_equal(calib.camera.P @ calib.T_cam_lidar @ X, [-96.0, 2512.0, 1.625])
+
+
+def test_extrinsics_rotation_tolerance_edges() -> None:
+    """R R^T = I within 1e-3: a rotation printed to 7 digits passes (error ~1e-7), one scaled by
+    1.001 (R R^T - I = 2e-3) or sheared by 1e-2 does not."""
+    R = _rotation_z(0.3)
+    printed = np.hstack([np.round(R, 7), np.zeros((3, 1))]).ravel()
+    np.testing.assert_array_equal(extrinsics_from_values(printed)[:3, :3], np.round(R, 7))
+    for bad in (1.001 * R, R + np.array([[0, 0.01, 0], [0, 0, 0], [0, 0, 0]])):
+        with pytest.raises(CalibrationError, match="rotation"):
+            extrinsics_from_values(np.hstack([bad, np.zeros((3, 1))]).ravel())
+    bottom = np.eye(4)
+    bottom[3, 0] = 1e-5  # the bottom row must be 0 0 0 1 within 1e-6
+    with pytest.raises(CalibrationError, match="row 0 0 0 1"):
+        extrinsics_from_values(bottom.ravel())
+    bottom[3, 0] = 1e-7
+    assert extrinsics_from_values(bottom.ravel())[3, 0] == 1e-7

@@ -17,12 +17,19 @@ from depth_completion_ros.kitti import read_velodyne_bin
 from depth_completion_ros.messages import image_to_rgb, pointcloud2_to_array, stamp_to_nanoseconds
 from depth_completion_ros.tools import kitti_to_bag
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-if not DATA.is_dir():
-    DATA = Path("/work/shared/data")
-SEQ = DATA / "kitti_raw_seq" / "2011_09_26" / "2011_09_26_drive_0000_sync"
-DC = DATA / "kitti_dc_frame" / "raw" / "2011_09_26" / "2011_09_26_drive_0001_sync"
 EPOCH_NS = 1316995200 * 10**9  # 2011-09-26 00:00 UTC, the synthesised stamps' origin
+
+
+@pytest.fixture
+def seq_drive(kitti_raw_seq: Path) -> Path:
+    """The 20-frame real drive (no oxts), from the conftest's data fixture."""
+    return kitti_raw_seq / "2011_09_26_drive_0000_sync"
+
+
+@pytest.fixture
+def dc_drive(kitti_drive_dir: Path) -> Path:
+    """The complete KITTI frame's drive (with oxts and calib_imu_to_velo)."""
+    return kitti_drive_dir
 
 
 def _chain(transforms, frames: list[str]) -> np.ndarray:
@@ -114,9 +121,9 @@ def _check_metadata(bag: Path, storage: str, topics: dict[str, str]) -> None:
     assert tf_static_qos["durability"] == 1  # transient local, like a latched tf_static
 
 
-def test_sequence_to_mcap(tmp_path: Path) -> None:
+def test_sequence_to_mcap(tmp_path: Path, seq_drive: Path) -> None:
     bag = tmp_path / "seq"
-    assert kitti_to_bag.main([str(SEQ), str(bag), "--cameras", "2"]) == 0
+    assert kitti_to_bag.main([str(seq_drive), str(bag), "--cameras", "2"]) == 0
     _check_metadata(
         bag,
         "mcap",
@@ -127,15 +134,15 @@ def test_sequence_to_mcap(tmp_path: Path) -> None:
             "/kitti/velo/pointcloud": "sensor_msgs/msg/PointCloud2",
         },
     )
-    _check_frames(bag, SEQ, list(range(20)), [2])
+    _check_frames(bag, seq_drive, list(range(20)), [2])
     # a second run refuses to overwrite, and leaves no partial folder behind
-    assert kitti_to_bag.main([str(SEQ), str(bag), "--cameras", "2"]) == 1
+    assert kitti_to_bag.main([str(seq_drive), str(bag), "--cameras", "2"]) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["seq"]
 
 
-def test_dc_frame_with_oxts_to_sqlite(tmp_path: Path) -> None:
+def test_dc_frame_with_oxts_to_sqlite(tmp_path: Path, dc_drive: Path) -> None:
     bag = tmp_path / "dc"
-    assert kitti_to_bag.main([str(DC), str(bag), "--storage", "sqlite3"]) == 0
+    assert kitti_to_bag.main([str(dc_drive), str(bag), "--storage", "sqlite3"]) == 0
     _check_metadata(
         bag,
         "sqlite3",
@@ -149,10 +156,10 @@ def test_dc_frame_with_oxts_to_sqlite(tmp_path: Path) -> None:
             "/kitti/velo/pointcloud": "sensor_msgs/msg/PointCloud2",
         },
     )
-    _check_frames(bag, DC, [5], [2, 3])
+    _check_frames(bag, dc_drive, [5], [2, 3])
     messages = _read_all(bag)
     # base_link -> velodyne is the inverse of calib_imu_to_velo's velodyne <- imu transform
-    imu = parse_kitti_calib_file(DC.parent / "calib_imu_to_velo.txt")
+    imu = parse_kitti_calib_file(dc_drive.parent / "calib_imu_to_velo.txt")
     statics = parse_tf_message(messages["/tf_static"][0].data)
     T_base_velo = _chain(statics, ["base_link", "velodyne"])
     np.testing.assert_allclose(T_base_velo[:3, :3].T, imu["R"].reshape(3, 3), atol=1e-9)
@@ -162,22 +169,22 @@ def test_dc_frame_with_oxts_to_sqlite(tmp_path: Path) -> None:
     assert (tf.parent, tf.child) == ("world", "base_link")
     assert tf.stamp_ns == EPOCH_NS + 500_000_000
     np.testing.assert_allclose(tf.T[:3, 3], 0.0, atol=1e-9)
-    roll, pitch, yaw = np.loadtxt(DC / "oxts" / "data" / "0000000005.txt")[3:6]
+    roll, pitch, yaw = np.loadtxt(dc_drive / "oxts" / "data" / "0000000005.txt")[3:6]
     heading = tf.T[:3, 0]  # the vehicle's forward axis in ENU
     np.testing.assert_allclose(np.arctan2(heading[1], heading[0]), yaw, atol=1e-9)
     np.testing.assert_allclose(-np.arcsin(heading[2]), pitch, atol=1e-9)
 
 
-def test_bad_inputs(tmp_path: Path) -> None:
+def test_bad_inputs(tmp_path: Path, dc_drive: Path) -> None:
     # missing calibration: the error names the file, exit status non-zero, nothing written
     drive = tmp_path / "2011_09_26" / "2011_09_26_drive_0001_sync"
     for sub in ("image_02/data", "velodyne_points/data"):
         (drive / sub).mkdir(parents=True)
     (drive / "image_02/data/0000000000.png").write_bytes(
-        (DC / "image_02/data/0000000005.png").read_bytes()
+        (dc_drive / "image_02/data/0000000005.png").read_bytes()
     )
     (drive / "velodyne_points/data/0000000000.bin").write_bytes(
-        (DC / "velodyne_points/data/0000000005.bin").read_bytes()
+        (dc_drive / "velodyne_points/data/0000000005.bin").read_bytes()
     )
     result = subprocess.run(
         [
@@ -197,7 +204,7 @@ def test_bad_inputs(tmp_path: Path) -> None:
 
     # a truncated bag is reported as damaged, naming the bag
     bag = tmp_path / "dc"
-    assert kitti_to_bag.main([str(DC), str(bag)]) == 0
+    assert kitti_to_bag.main([str(dc_drive), str(bag)]) == 0
     storage = bag / "dc.mcap"
     storage.write_bytes(storage.read_bytes()[: storage.stat().st_size // 2])
     with pytest.raises(BagError, match=str(bag)), BagReader(bag) as reader:

@@ -18,17 +18,16 @@ from depth_completion_ros.bag_io import BagReader
 from depth_completion_ros.tools import kitti_to_bag
 from depth_completion_ros.tools.graph import ros_environment, use_ros_environment
 
-DATA = Path("/work/shared/data")
-SEQ = DATA / "kitti_raw_seq" / "2011_09_26" / "2011_09_26_drive_0000_sync"
 IMAGE = "/kitti/camera_color_left/image_raw"
 INFO = "/kitti/camera_color_left/camera_info"
 POINTS = "/kitti/velo/pointcloud"
 
 
 @pytest.fixture(scope="module")
-def bag(tmp_path_factory) -> Path:
+def bag(tmp_path_factory, kitti_raw_seq: Path) -> Path:
     path = tmp_path_factory.mktemp("play") / "seq"
-    assert kitti_to_bag.main([str(SEQ), str(path), "--cameras", "2"]) == 0
+    drive = kitti_raw_seq / "2011_09_26_drive_0000_sync"
+    assert kitti_to_bag.main([str(drive), str(path), "--cameras", "2"]) == 0
     return path
 
 

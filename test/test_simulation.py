@@ -27,7 +27,6 @@ from depth_completion_ros.simulation.street_scene import (
     write_kitti_raw,
 )
 
-KITTI_RAW = Path("/work/shared/data/kitti_dc_frame/raw/2011_09_26")
 KITTI_NUMBER = re.compile(r"^-?\d\.\d{6}e[+-]\d{2}$")
 
 
@@ -222,12 +221,12 @@ def test_make_street_rejects_short_streets() -> None:
         make_sequence(100, scene=make_street(0, length=200.0))
 
 
-def test_written_kitti_layout_reads_back(frames, tmp_path: Path) -> None:
+def test_written_kitti_layout_reads_back(frames, tmp_path: Path, kitti_calib_dir: Path) -> None:
     drive = write_kitti_raw(frames, tmp_path, date="2011_09_26", drive=7)
     assert drive == tmp_path / "2011_09_26" / "2011_09_26_drive_0007_sync"
     for name in ("calib_cam_to_cam.txt", "calib_velo_to_cam.txt"):
         ours = _parse_calib(tmp_path / "2011_09_26" / name)
-        kitti = _parse_calib(KITTI_RAW / name)
+        kitti = _parse_calib(kitti_calib_dir / name)
         assert list(ours) == list(kitti), name  # same keys, same order
         assert re.fullmatch(r"\d{2}-[A-Z][a-z]{2}-\d{4} \d{2}:\d{2}:\d{2}", ours["calib_time"])
         for key, value in ours.items():
