@@ -400,12 +400,15 @@ def test_selective_mask_smoothness_by_hand():
 def test_selective_mask_smoothness_matches_eqs_3_4_written_out():
     pred = _rand((2, 1, 9, 12), seed=21)
     segs = _segments(2, 9, 12, seed=22, classes=4)
-    segs[1, :3] = 40  # a large, sparse label id
-    for frac in (0.4, 0.13, 1.0):
-        value = L.selective_mask_smoothness_loss(pred, segs, frac)
-        assert value.item() == pytest.approx(
-            ref_sms(pred[:, 0].numpy(), segs.numpy(), frac), rel=1e-12
-        )
+    segs[1, :3] = 40  # a label id with unused ids below it (counted directly)
+    sam_like = segs.clone()
+    sam_like[0, 4:] = 60000  # ids far more than the pixels (compacted first)
+    for labels in (segs, sam_like):
+        for frac in (0.4, 0.13, 1.0):
+            value = L.selective_mask_smoothness_loss(pred, labels, frac)
+            assert value.item() == pytest.approx(
+                ref_sms(pred[:, 0].numpy(), labels.numpy(), frac), rel=1e-12
+            )
 
 
 def test_selfdc_terms_zero_on_constant_map_and_step_inside_vs_along_boundary():
