@@ -216,6 +216,24 @@ def test_ssi_and_gradient_matching_match_the_equations_written_out(kind):
     )
 
 
+def test_ssi_inverse_mode_scores_the_true_depth_zero_on_the_synthetic_street():
+    """Why 'inverse' is the default: against a Depth-Anything-like teacher d = a / z + c of the
+    street's exact depth z, the true depth is a perfect answer only when the teacher is fitted
+    in inverse depth; the release's 1/(d' + 0.5) and an affine fit of d itself both charge the
+    truth metres of error (4.7 and 6.7 m at 416x128, README.losses.md)."""
+    from depth_completion_ros.simulation.street_scene import CameraRig, make_sequence
+
+    frame = make_sequence(1, seed=0, rig=CameraRig.kitti(width=208, height=64))[0]
+    z = torch.from_numpy(frame.depth_gt).double()[None, None]
+    mask = (z > 0) & (z <= 80)
+    for a, c in ((10.0, 0.2), (3.0, -0.01)):
+        d = torch.where(z > 0, a / z.clamp(min=1e-6) + c, 0)
+        assert L.ssi_loss(z, d, mask).item() < 1e-9
+        assert L.gradient_matching_loss(z, d, mask).item() < 1e-9
+        assert L.ssi_loss(z, d, mask, disparity_mode="pseudo_depth").item() > 1.0
+        assert L.ssi_loss(z, d, mask, "depth").item() > 1.0
+
+
 def test_ssi_pseudo_depth_mode_is_the_release_conversion_then_eq7():
     pred = _rand((1, 1, 6, 7), seed=7)
     disp = _rand((1, 1, 6, 7), seed=8, low=3.0, high=40.0)
