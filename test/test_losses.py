@@ -268,8 +268,8 @@ def test_ssi_detached_scale_shift_is_the_l1_with_fixed_least_squares_s_b():
     pred = _rand((1, 1, 5, 7), seed=31).requires_grad_()
     teacher = _rand((1, 1, 5, 7), seed=32)
     mask = torch.ones_like(pred, dtype=torch.bool)
-    full = L.ssi_loss(pred, teacher, mask, "depth")
-    fixed = L.ssi_loss(pred, teacher, mask, "depth", detach_scale_shift=True)
+    full = L.ssi_loss(pred, teacher, mask, "depth", detach_scale_shift=False)
+    fixed = L.ssi_loss(pred, teacher, mask, "depth")  # the default
     assert full.item() == pytest.approx(fixed.item(), rel=1e-12)
     s, b = np.polyfit(teacher.flatten().numpy(), pred.detach().flatten().numpy(), 1)
     expected = torch.autograd.grad((pred - (s * teacher + b)).abs().mean(), pred)[0]
@@ -462,13 +462,15 @@ def test_segmentation_loss_by_hand_and_ignored_labels():
 
 
 def _all_losses(pred, teacher, mask, segs, sparse):
+    full = {"detach_scale_shift": False}  # gradcheck checks the function's own gradient; the
+    # detached one is checked against fixed s, b in test_ssi_detached_scale_shift_...
     return {
         "l1": lambda p: L.masked_l1(p, teacher, mask),
         "mse": lambda p: L.masked_mse(p, teacher, mask),
-        "ssi_depth": lambda p: L.ssi_loss(p, teacher, mask, "depth"),
-        "ssi_inverse": lambda p: L.ssi_loss(p, teacher, mask),
-        "ssi_pseudo": lambda p: L.ssi_loss(p, teacher, mask, disparity_mode="pseudo_depth"),
-        "grad": lambda p: L.gradient_matching_loss(p, teacher, mask, scales=2),
+        "ssi_depth": lambda p: L.ssi_loss(p, teacher, mask, "depth", **full),
+        "ssi_inverse": lambda p: L.ssi_loss(p, teacher, mask, **full),
+        "ssi_pseudo": lambda p: L.ssi_loss(p, teacher, mask, disparity_mode="pseudo_depth", **full),
+        "grad": lambda p: L.gradient_matching_loss(p, teacher, mask, scales=2, **full),
         "release": lambda p: L.ssi_loss_release(
             p,
             teacher,
