@@ -234,6 +234,18 @@ def test_ssi_inverse_mode_scores_the_true_depth_zero_on_the_synthetic_street():
         assert L.ssi_loss(z, d, mask, "depth").item() > 1.0
 
 
+def test_ssi_inverse_fit_ignores_near_zero_predictions():
+    """Pixels predicted below 0.1 m stay in the L1 but not in the inverse-depth fit (1/pred
+    would dominate it): the fit on the rest is exact, so only those pixels cost."""
+    disparity = _rand((1, 1, 8, 9), seed=36, low=0.5, high=2.0)
+    mask = torch.ones_like(disparity, dtype=torch.bool)
+    exact = 1.0 / (0.1 * disparity + 0.02)
+    pred = exact.clone()
+    pred[0, 0, 0, :3] = 1e-3  # e.g. not yet filled early in training
+    expected = (exact[0, 0, 0, :3] - 1e-3).abs().sum() / 72
+    assert L.ssi_loss(pred, disparity, mask).item() == pytest.approx(expected.item(), rel=1e-9)
+
+
 def test_ssi_pseudo_depth_mode_is_the_release_conversion_then_eq7():
     pred = _rand((1, 1, 6, 7), seed=7)
     disp = _rand((1, 1, 6, 7), seed=8, low=3.0, high=40.0)
