@@ -104,16 +104,22 @@ def lower_median(values: list[float]) -> float:
     return sorted(values)[(len(values) - 1) // 2]
 
 
-def ref_release(pred, disparity, crops) -> float:
+def ref_release(pred, disparity, crops, mask=None) -> float:
     """The DMD3C release's term written out: per crop and image, median/MAD-normalise pred and
-    1/(d' + 0.5) (d' min-max normalised per image), mean |difference|; mean over both."""
+    1/(d' + 0.5) (d' min-max normalised per image), mean |difference|; mean over both. With a
+    mask, only its pixels (the release has none); crops with no valid pixel are skipped."""
+    mask = np.ones(pred.shape, bool) if mask is None else mask
     terms = []
     for b in range(pred.shape[0]):
         d = disparity[b]
-        t = 1.0 / ((d - d.min()) / (d.max() - d.min()) + 0.5)
+        lo, hi = d[mask[b]].min(), d[mask[b]].max()
+        t = 1.0 / ((d - lo) / (hi - lo) + 0.5)
         for top, left, h, w in crops:
-            p = pred[b, top : top + h, left : left + w].ravel().tolist()
-            q = t[top : top + h, left : left + w].ravel().tolist()
+            inside = mask[b, top : top + h, left : left + w]
+            if not inside.any():
+                continue
+            p = pred[b, top : top + h, left : left + w][inside].tolist()
+            q = t[top : top + h, left : left + w][inside].tolist()
             pm, qm = lower_median(p), lower_median(q)
             pd = lower_median([abs(v - pm) for v in p])
             qd = lower_median([abs(v - qm) for v in q])
@@ -342,6 +348,13 @@ def test_ssi_release_with_a_mask_uses_only_valid_pixels():
     disp = _rand((1, 1, 16, 16), seed=17, low=1.0, high=9.0)
     mask = torch.zeros_like(pred, dtype=torch.bool)
     mask[..., :, :8] = True
+    mask[..., 3, 2] = mask[..., 9, 5] = False
+    crops = L.release_crops(16, 16, 8, generator=torch.Generator().manual_seed(5))
+    value = L.ssi_loss_release(
+        pred, disp, mask, crops=8, generator=torch.Generator().manual_seed(5)
+    )
+    expected = ref_release(pred[:, 0].numpy(), disp[:, 0].numpy(), crops, mask[:, 0].numpy())
+    assert value.item() == pytest.approx(expected, rel=1e-9)
     other = pred.clone()
     other[..., :, 8:] = 1e3  # masked-out values change nothing
     g = lambda: torch.Generator().manual_seed(5)
