@@ -188,8 +188,8 @@ def align_teacher(
     mask: Tensor,
     teacher_kind: str = "disparity",
     disparity_mode: str = "inverse",
-    detach_scale_shift: bool = False,
-    min_depth: float = 1e-3,
+    detach_scale_shift: bool = True,
+    min_depth: float = 0.1,
     max_depth: float = 1000.0,
 ) -> tuple[Tensor, Tensor]:
     """The teacher brought to ``pred``'s metric depth by a per-image scale and shift.
@@ -201,7 +201,9 @@ def align_teacher(
       any fixed 1/(d + const), is metric depth, but an affine map of d is metric inverse depth. So
       s, b fit s * d + b to 1 / pred (MiDaS's alignment, exact for this teacher) and the aligned
       teacher depth is 1 / (s * d + b), clamped to [min_depth, max_depth]; the loss stays an
-      L1 in metres as eq. 7 writes it.
+      L1 in metres as eq. 7 writes it. The fit uses only pixels where pred >= ``min_depth``:
+      1 / pred explodes near 0, and a few near-zero predictions (early in training) would
+      otherwise decide s and b for the whole image.
     - ``'disparity'``, ``disparity_mode='pseudo_depth'``: the release's conversion,
       D_m = 1 / (d' + 0.5) with d' the disparity min-max normalised to [0, 1] per image on the
       mask (the release reads 8-bit PNGs that Depth Anything's script normalised that way), then
@@ -222,7 +224,7 @@ def align_teacher(
     teacher = torch.where(mask, teacher, torch.zeros_like(teacher))
     if teacher_kind == "disparity" and disparity_mode == "inverse":
         inv_pred = 1.0 / pred.clamp(min=min_depth)
-        s, b, ok = fit_scale_shift(teacher, inv_pred, mask)
+        s, b, ok = fit_scale_shift(teacher, inv_pred, mask & (pred.detach() >= min_depth))
         if detach_scale_shift:
             s, b = s.detach(), b.detach()
         aligned_inv = (s * teacher + b).clamp(min=1.0 / max_depth, max=1.0 / min_depth)
@@ -245,17 +247,21 @@ def ssi_loss(
     mask: Tensor,
     teacher_kind: str = "disparity",
     disparity_mode: str = "inverse",
-    detach_scale_shift: bool = False,
+    detach_scale_shift: bool = True,
 ) -> Tensor:
     """DMD3C eq. 7: L_SSI = min_{s,b} |D_f - (s * D_m + b)|, mean over the valid pixels.
 
     s, b are solved per image in closed form by least squares on the valid pixels (the issue's
     and MiDaS's choice; eq. 7's L1 minimiser has no closed form), then the L1 is taken. The
-    closed form is computed in-graph, so autograd returns the exact gradient of this function
-    (checked by gradcheck); ``detach_scale_shift=True`` holds s, b fixed instead. For a squared
-    error the two agree at the optimum (envelope theorem); for this L1-after-LS they differ a
-    little, and neither is wrong. Degenerate images (< 2 valid pixels, constant teacher) are
-    left out; none left gives 0. See :func:`align_teacher` for the teacher's conversion.
+    closed form is computed in-graph, so with ``detach_scale_shift=False`` autograd returns the
+    exact gradient of this function (checked by gradcheck). The default holds s, b fixed in the
+    backward (the aligned teacher is a target, re-fitted every step). For a squared error the
+    two gradients agree at the optimum (envelope theorem); for this L1 after a least-squares fit
+    they do not, and the extra term rewards flattening the prediction (eq. 7 is 0 for a constant
+    prediction, with s = 0): with a perfect teacher, a free depth map trained on L_dc + L_SSI
+    ends 5-10x further from the truth with it (README.losses.md). Degenerate images (< 2 valid
+    pixels, constant teacher) are left out; none left gives 0. See :func:`align_teacher` for the
+    teacher's conversion.
     """
     pred, teacher = _wide(pred), _wide(teacher)
     aligned, ok = align_teacher(
@@ -273,7 +279,7 @@ def gradient_matching_loss(
     scales: int = 4,
     teacher_kind: str = "disparity",
     disparity_mode: str = "inverse",
-    detach_scale_shift: bool = False,
+    detach_scale_shift: bool = True,
 ) -> Tensor:
     """DMD3C eq. 8: sum over K = ``scales`` scales of (1/N_k) sum (|dx R^k| + |dy R^k|).
 
@@ -384,9 +390,11 @@ def ssi_loss_release(
         p = pred[:, 0, top : top + h, left : left + w].reshape(batch, -1)
         t = target[:, 0, top : top + h, left : left + w].reshape(batch, -1)
         m = mask[:, 0, top : top + h, left : left + w].reshape(batch, -1)
-        p_med, t_med = _masked_lower_median(p, m), _masked_lower_median(t, m)
-        p_mad = _masked_lower_median((p - p_med).abs(), m)
-        t_mad = _masked_lower_median((t - t_med).abs(), m)
+        median = _masked_lower_median
+        if bool(m.all()):  # the release's case: torch.median selects, no sort needed
+            median = lambda x, _: x.median(dim=1, keepdim=True).values
+        p_med, t_med = median(p, m), median(t, m)
+        p_mad, t_mad = median((p - p_med).abs(), m), median((t - t_med).abs(), m)
         diff = (p - p_med) / (p_mad + eps) - (t - t_med) / (t_mad + eps)
         n = m.sum(dim=1)
         has = n > 0
@@ -479,8 +487,10 @@ def selective_mask_smoothness_loss(
 
     S: the (image, segment) pairs of the batch (negative labels ignored); Q_s: the
     ceil(top_fraction * n_s) pixels of segment s with the largest gradient magnitude (basis M
-    gradients, :func:`gradient_magnitude`). Vectorised: pixels sorted by (segment, -value), and
-    each keeps the ones whose rank within its segment is below its segment's count.
+    gradients, :func:`gradient_magnitude`). Vectorised: one sort of the pixels by
+    (segment, -value), and each keeps the ones whose rank within its segment is below its
+    segment's count. The sort key is segment + 0.5 * (1 - value / max value) in float64, so
+    values closer than ~1e-10 of the largest may swap places: a change below 1e-10 of the loss.
     """
     if not 0 < top_fraction <= 1:
         raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}")
@@ -491,12 +501,17 @@ def selective_mask_smoothness_loss(
     keep = labels >= 0
     if not keep.any():
         return _zero(pred)
-    image = torch.arange(batch, device=grad.device).unsqueeze(1).expand_as(labels)
-    key = (image * (labels.max() + 1) + labels)[keep]
+    n_labels = int(labels.max()) + 1
+    image = torch.arange(batch, device=grad.device).unsqueeze(1)
+    segment = (image * n_labels + labels)[keep]  # (image, label) -> one id
     values = values[keep]
-    _, segment, counts = torch.unique(key, return_inverse=True, return_counts=True)
-    by_value = torch.argsort(values.detach(), descending=True, stable=True)
-    order = by_value[torch.argsort(segment[by_value], stable=True)]
+    if batch * n_labels <= 4 * segment.numel() + 4096:  # ids dense enough: count directly
+        counts = torch.bincount(segment, minlength=batch * n_labels)
+    else:  # few segments with large ids (SAM instance numbers): compact them first
+        _, segment, counts = torch.unique(segment, return_inverse=True, return_counts=True)
+    v = values.detach().double()
+    top = v.max().clamp(min=torch.finfo(torch.float64).tiny)
+    order = torch.argsort(segment.double() + 0.5 * (1.0 - v / top))
     segment, values = segment[order], values[order]
     starts = torch.cumsum(counts, 0) - counts
     rank = torch.arange(len(segment), device=grad.device) - starts[segment]
@@ -504,7 +519,8 @@ def selective_mask_smoothness_loss(
     chosen = rank < n_top[segment]
     sums = torch.zeros(len(counts), dtype=values.dtype, device=values.device)
     sums = sums.index_add(0, segment[chosen], values[chosen])
-    return (sums / n_top.to(values.dtype)).mean()
+    present = counts > 0
+    return (sums[present] / n_top[present].to(values.dtype)).mean()
 
 
 def segmentation_loss(logits: Tensor, segments: Tensor) -> Tensor:
@@ -560,6 +576,7 @@ def dmd3c_loss(
     output_weights: Sequence[float] = MULTI_SCALE_WEIGHTS,
     scales: int = 4,
     disparity_mode: str = "inverse",
+    detach_scale_shift: bool = True,
     mse_denominator: str = "all",
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
@@ -592,12 +609,13 @@ def dmd3c_loss(
         tmask = _teacher_mask(teacher)
         if "ssi" in active:
             terms["ssi"] = multi_scale(
-                ssi_loss, preds, teacher, tmask, kind, disparity_mode, weights=ow
-            )
+                ssi_loss, preds, teacher, tmask, kind, disparity_mode, detach_scale_shift,
+                weights=ow,
+            )  # fmt: skip
         if "grad" in active:
             terms["grad"] = multi_scale(
                 gradient_matching_loss, preds, teacher, tmask, scales, kind, disparity_mode,
-                weights=ow,
+                detach_scale_shift, weights=ow,
             )  # fmt: skip
         if "ssi_release" in active:
             if kind != "disparity":
@@ -618,6 +636,7 @@ def selfdc_loss(
     sms_top_fraction: float = 0.4,
     gc_basis: str = "mask",
     disparity_mode: str = "inverse",
+    detach_scale_shift: bool = True,
 ) -> tuple[Tensor, dict[str, float]]:
     """SelfDC eq. 7: L_dc + alpha L_seg + L_gc + L_sms, every term weighted by ``weights``.
 
@@ -651,7 +670,7 @@ def selfdc_loss(
         teacher = _need(batch, "teacher", "ssi")
         kind = batch.get("teacher_kind", "disparity")
         tmask = _teacher_mask(teacher)
-        terms["ssi"] = ssi_loss(pred, teacher, tmask, kind, disparity_mode)
+        terms["ssi"] = ssi_loss(pred, teacher, tmask, kind, disparity_mode, detach_scale_shift)
     return _total(terms, active, pred)
 
 
