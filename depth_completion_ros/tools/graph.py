@@ -32,7 +32,6 @@ from depth_completion_ros.messages import (
     xyz_array_to_pointcloud2,
 )
 
-
 DDS_PROFILES = {
     "localhost": "config/fastdds_large_data.xml",
     "robot": "config/fastdds_robot.xml",
