@@ -164,14 +164,14 @@ def test_no_subscriber_is_said_and_play_goes_on(bag: Path, ros_domain_id: int) -
     assert f"{IMAGE}: 20" in stdout
 
 
-@pytest.mark.parametrize("after_images", [0, 3])
+@pytest.mark.parametrize(("after_images", "rate"), [(0, "2"), (3, "2"), (30, "20")])
 def test_ctrl_c_with_a_subscriber_prints_the_summary(
-    bag: Path, ros_domain_id: int, after_images: int
+    bag: Path, ros_domain_id: int, after_images: int, rate: str
 ) -> None:
     """SIGINT while a reader is connected (while waiting, or mid-play with --loop): exit 0, the
     counts printed, no RCLError ("publisher's context is invalid")."""
     context, node, executor, got = _subscriber(ros_domain_id)
-    process = _play(bag, ros_domain_id, "--rate", "2", "--loop", "--topics", IMAGE, INFO, POINTS)
+    process = _play(bag, ros_domain_id, "--rate", rate, "--loop", "--topics", IMAGE, INFO, POINTS)
     try:
         deadline = time.monotonic() + 60
         while len(got["image"]) < after_images and time.monotonic() < deadline:
