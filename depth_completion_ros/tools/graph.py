@@ -221,6 +221,11 @@ class FramePlayer(Node):
                 )
                 and self.count_publishers("depth/image") > 0
             ):
+                # matching is not symmetric: the node's readers may not have matched our
+                # writers yet (a first camera_info sent now could be lost); let them catch up
+                settle = time.monotonic() + 0.5
+                while time.monotonic() < settle:
+                    executor.spin_once(timeout_sec=0.05)
                 return True
             executor.spin_once(timeout_sec=0.05)
         return False
