@@ -27,12 +27,12 @@ from depth_completion_ros.bag_io import (
     qos_profile,
     tf_message_bytes,
 )
-from depth_completion_ros.cli_help import DefaultsFormatter
 from depth_completion_ros.calibration import (
     CalibrationError,
     load_kitti_calibration,
     parse_kitti_calib_file,
 )
+from depth_completion_ros.cli_help import DefaultsFormatter
 from depth_completion_ros.depth_io import read_rgb
 from depth_completion_ros.kitti import (
     KITTI_RATE_HZ,
