@@ -55,8 +55,7 @@ def test_launch_file_matches_node_parameters_and_topics():
     declared = {
         node.args[0].value: {k.arg: k.value for k in node.keywords}
         for node in ast.walk(tree)
-        if isinstance(node, ast.Call)
-        and getattr(node.func, "id", "") == "DeclareLaunchArgument"
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "DeclareLaunchArgument"
     }
     # traffic stays on the machine unless the operator asks for the robot-facing profile
     assert declared["dds_profile"]["default_value"].value == "localhost"
