@@ -258,3 +258,34 @@ def test_docs_literally_node_then_play_bag(bag: Path, ros_domain_id: int, tmp_pa
     # and later ones the node may drop while busy (it keeps the newest pair; 2 loaded cores)
     assert first_two & stamps, f"{len(depth)} depth images; play_bag: {stderr}\nnode: {log}"
     assert len(depth) >= 5, f"{len(depth)} of 20 depth images; node: {log}"
+
+
+def test_topics_nobody_reads_do_not_hold_the_replay(bag: Path, ros_domain_id: int) -> None:
+    """A reader on the image only (like a node that ignores a bag's /tf): play_bag starts once
+    discovery settles (2 s without a new match), names the unread topics, and the image arrives."""
+    use_ros_environment(ros_domain_id)
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=ros_domain_id)
+    node = rclpy.create_node("image_only", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    got: list = []
+    qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+    node.create_subscription(Image, IMAGE, got.append, qos, raw=True)
+    started = time.monotonic()
+    process = _play(bag, ros_domain_id, "--rate", "10", "--topics", IMAGE, POINTS, "--wait-for-subscribers", "30")  # fmt: skip
+    try:
+        while process.poll() is None and time.monotonic() < started + 60:
+            executor.spin_once(timeout_sec=0.05)
+        for _ in range(20):
+            executor.spin_once(timeout_sec=0.05)
+        stdout, stderr = process.communicate(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+    assert process.returncode == 0, stderr
+    assert f"no (or too few) subscribers on {POINTS}: playing anyway" in stderr
+    assert time.monotonic() - started < 25  # not the whole 30 s timeout
+    assert len(got) == 20
