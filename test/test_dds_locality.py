@@ -115,7 +115,7 @@ def test_localhost_profile_read_back():
         if t.findtext("dds:type", namespaces=NS) == "UDPv4"
     ]
     assert len(udp) == 1
-    allowed = [i.get("name") for i in udp[0].iterfind(".//dds:allowlist/dds:interface", NS)]
+    allowed = [a.text for a in udp[0].iterfind("dds:interfaceWhiteList/dds:address", NS)]
     assert allowed == ["127.0.0.1"]
     kinds = {t.text for t in root.iterfind(".//dds:transport_descriptor/dds:type", NS)}
     assert kinds == {"SHM", "UDPv4"}
@@ -159,7 +159,7 @@ def test_node_process_binds_only_loopback(ros_domain_id, tmp_path):
 def test_robot_profile_reaches_the_network():
     """The robot-facing profile is the other one: UDP on every interface, multicast discovery."""
     root = ET.parse(dds_profile_path("robot")).getroot()
-    assert root.find(".//dds:allowlist", NS) is None
+    assert root.find(".//dds:interfaceWhiteList", NS) is None
     assert root.find(".//dds:initialPeersList", NS) is None
     env = ros_environment(0, transport="robot")
     assert env["FASTDDS_DEFAULT_PROFILES_FILE"].endswith("fastdds_robot.xml")
