@@ -70,8 +70,13 @@ def subscribe(count: int, timeout: float = 60.0) -> dict:
     node.create_subscription(PointCloud2, TOPIC, counter("reliable"), _qos(True), raw=True)
     print("ready", flush=True)
     deadline = time.monotonic() + timeout
+    last, last_total = time.monotonic(), 0
     while min(got.values()) < count and time.monotonic() < deadline:
         rclpy.spin_once(node, timeout_sec=0.05)
+        if sum(got.values()) != last_total:
+            last, last_total = time.monotonic(), sum(got.values())
+        if got["reliable"] >= count and time.monotonic() - last > 3.0:
+            break  # best-effort samples that did not come by now were lost
     end = time.monotonic() + 0.5
     while time.monotonic() < end:
         rclpy.spin_once(node, timeout_sec=0.05)

@@ -68,15 +68,29 @@ def off_host(sockets: list[str]) -> list[str]:
     return [s for s in sockets if not (" 127.0.0.1:" in s or " ::1:" in s)]
 
 
-def run_transfer(count: int, transport: str = "localhost", domain: int = 0) -> dict:
-    """Publisher and subscriber processes; returns the counts and the sockets both held."""
-    env = ros_environment(domain, transport=transport)
+def _probe_env(domain: int, transport: str) -> dict[str, str]:
+    """ "default" = Fast DDS's own defaults (no profile), as a camera driver would run."""
+    if transport == "default":
+        env = ros_environment(domain, transport="inherit")
+        env.pop("FASTDDS_DEFAULT_PROFILES_FILE", None)
+        env.pop("FASTDDS_BUILTIN_TRANSPORTS", None)
+    else:
+        env = ros_environment(domain, transport=transport)
     env["PYTHONPATH"] = os.pathsep.join(
         [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")]
     )
-    common = {"env": env, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
-    sub = subprocess.Popen([sys.executable, str(PROBE), "sub", str(count)], **common)
-    pub = subprocess.Popen([sys.executable, str(PROBE), "pub", str(count)], **common)
+    return env
+
+
+def run_transfer(
+    count: int, transport: str = "localhost", domain: int = 0, publisher_transport: str = ""
+) -> dict:
+    """Publisher and subscriber processes; returns the counts and the sockets both held."""
+    common = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    sub_env = _probe_env(domain, transport)
+    pub_env = _probe_env(domain, publisher_transport or transport)
+    sub = subprocess.Popen([sys.executable, str(PROBE), "sub", str(count)], env=sub_env, **common)
+    pub = subprocess.Popen([sys.executable, str(PROBE), "pub", str(count)], env=pub_env, **common)
     sockets: dict[str, set[str]] = {"pub": set(), "sub": set()}
     try:
         assert sub.stdout.readline().strip() == "ready", sub.stderr.read()
@@ -154,6 +168,14 @@ def test_node_process_binds_only_loopback(ros_domain_id, tmp_path):
         stop_process(node)
     assert sockets, (tmp_path / "node.log").read_text()
     assert not off_host(sockets), sockets
+
+
+def test_a_driver_with_fast_dds_defaults_still_finds_the_graph(ros_domain_id):
+    """A process without the profile (a camera driver on this machine) and a localhost one
+    discover each other: the driver listens for discovery on every interface, loopback too."""
+    result = run_transfer(3, "localhost", ros_domain_id, publisher_transport="default")
+    assert result["received_reliable"] == 3  # (best effort: multi-MB over default transports
+    assert not off_host(result["sockets"]["sub"])  # is what the profile is for)
 
 
 def test_robot_profile_reaches_the_network():
