@@ -229,7 +229,20 @@ def test_docs_literally_node_then_play_bag(bag: Path, ros_domain_id: int, tmp_pa
             f"points:={POINTS}",
         ],  # fmt: skip
     )
-    process = _play(bag, ros_domain_id)  # at once, as a user types the next command
+    try:
+        # the listener (a test artefact) must hear the node before anything is published; the
+        # race under test is between the node and play_bag, a new participant, as in the docs
+        deadline = time.monotonic() + 60
+        while listener.count_publishers("/depth/image") == 0 and time.monotonic() < deadline:
+            assert node.poll() is None, (tmp_path / "node.log").read_text()
+            executor.spin_once(timeout_sec=0.05)
+        settle = time.monotonic() + 1.0
+        while time.monotonic() < settle:
+            executor.spin_once(timeout_sec=0.05)
+    except BaseException:
+        stop_process(node)
+        raise
+    process = _play(bag, ros_domain_id)  # then play_bag with no option, as the docs say
     try:
         deadline = time.monotonic() + 90
         while process.poll() is None and time.monotonic() < deadline:
