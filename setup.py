@@ -1,6 +1,16 @@
 """ament_python package: installs the runtime package, console scripts, launch/config/models files.
 
 Works both with colcon on a ROS 2 distro and with pip in a venv holding the PyPI ROS 2 wheels.
+
+Requirements: ``install_requires`` holds every plain-PyPI library the runtime and its tools import.
+Three groups are extras because a machine often has its own build that pip must not replace:
+  ros      the ROS 2 Kilted wheels from PyPI (rclpy, messages), for a venv without a ROS distro;
+           on a distro (colcon, rosdep: package.xml) rclpy comes from the distro
+  torch    the network models (bpnet, selfdc); a Jetson or CUDA machine keeps its own torch
+  open3d   the demo's synthetic street and fuse_rgbd (open3d-cpu; CUDA machines may have open3d)
+    pip install ".[ros,torch,open3d]"      # a venv on a laptop or CI machine: everything
+    pip install ".[ros,open3d]"            # a robot whose own torch stays
+colcon never installs Python requirements; console scripts do not check them at run time.
 """
 
 from glob import glob
@@ -23,7 +33,28 @@ setup(
         ),
         (f"share/{PACKAGE}/models", glob("models/*.md") + glob("models/*.yaml")),
     ],
-    install_requires=["setuptools", "numpy", "opencv-python-headless", "pyyaml"],
+    install_requires=[
+        "numpy>=1.24",
+        "opencv-python-headless>=4.8",
+        "pyyaml>=6.0",
+        "scipy>=1.10",
+        "tqdm>=4.60",
+        "rosbags>=0.10",
+        "safetensors>=0.4",
+    ],
+    extras_require={
+        "ros": [
+            "ros-kilted-rclpy[fastrtps]",
+            "ros-kilted-sensor-msgs",
+            "ros-kilted-std-msgs",
+            "ros-kilted-geometry-msgs",
+            "ros-kilted-nav-msgs",
+            "ros-kilted-rosgraph-msgs",
+        ],
+        "torch": ["torch>=2.5"],
+        "open3d": ["open3d-cpu>=0.18"],
+        "test": ["pytest>=8", "pytest-timeout>=2"],
+    },
     zip_safe=True,
     maintainer="depth_completion_ros developers",
     maintainer_email="depth-completion-ros@users.noreply.github.com",

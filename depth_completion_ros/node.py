@@ -615,6 +615,9 @@ def _diagnostics_publisher(node: Node):
 
 def main(args: list[str] | None = None) -> int:
     """Console script ``depth_completion_node``: init, spin, clean shutdown."""
+    from depth_completion_ros.cli_help import prepare_node_arguments
+
+    args = prepare_node_arguments(args)  # --help, unknown/bad -p values: one line, before rclpy
     rclpy.init(args=args)
     node = None
     try:

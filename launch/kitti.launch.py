@@ -6,6 +6,11 @@
 
 Topics are remapped to the names of the bags written by ``kitti_to_bag``; change them with the
 image/camera_info/points arguments for other drivers.
+
+DDS: ``dds_profile:=localhost`` (default) keeps all traffic on this machine (shared memory and
+loopback UDP); ``dds_profile:=robot`` lets other machines read the topics (RViz on a laptop).
+Every other process of the graph needs the same profile in FASTDDS_DEFAULT_PROFILES_FILE.
+``rviz:=true`` needs rviz2 installed (it is not a dependency: headless robots do not get Qt).
 """
 
 import os
@@ -14,7 +19,7 @@ from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
 from launch.conditions import IfCondition
-from launch.substitutions import LaunchConfiguration
+from launch.substitutions import LaunchConfiguration, PythonExpression
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 
@@ -22,7 +27,10 @@ from launch_ros.parameter_descriptions import ParameterValue
 def generate_launch_description() -> LaunchDescription:
     share = get_package_share_directory("depth_completion_ros")
     config = os.path.join(share, "config", "kitti.yaml")
-    fastdds_profile = os.path.join(share, "config", "fastdds_large_data.xml")
+    profiles = dict(  # noqa: C408 - the parameter dict below is the only dict literal
+        localhost=os.path.join(share, "config", "fastdds_large_data.xml"),
+        robot=os.path.join(share, "config", "fastdds_robot.xml"),
+    )
     rviz_config = os.path.join(share, "config", "depth_completion.rviz")
 
     arguments = [
@@ -60,7 +68,18 @@ def generate_launch_description() -> LaunchDescription:
             default_value="false",
             description="true when replaying a bag with --clock",
         ),
-        DeclareLaunchArgument("rviz", default_value="false", description="start RViz"),
+        DeclareLaunchArgument(
+            "rviz",
+            default_value="false",
+            description="start RViz (needs rviz2 installed: apt install ros-$ROS_DISTRO-rviz2)",
+        ),
+        DeclareLaunchArgument(
+            "dds_profile",
+            default_value="localhost",
+            choices=list(profiles),
+            description="localhost: DDS traffic stays on this machine; robot: other machines "
+            "reach the topics (UDP and multicast discovery on every interface)",
+        ),
     ]
     node = Node(
         package="depth_completion_ros",
@@ -96,8 +115,11 @@ def generate_launch_description() -> LaunchDescription:
     return LaunchDescription(
         [
             *arguments,
-            # multi-megabyte images and clouds between processes need Fast DDS's large-data setup
-            SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", fastdds_profile),
+            # multi-megabyte images and clouds between processes need the shared-memory profile
+            SetEnvironmentVariable(
+                "FASTDDS_DEFAULT_PROFILES_FILE",
+                PythonExpression([repr(profiles), "['", LaunchConfiguration("dds_profile"), "']"]),
+            ),
             node,
             rviz,
         ]

@@ -50,7 +50,7 @@ def node_graph(
     domain_id: int,
     tmp_path: Path,
     reliable_inputs: bool = True,
-    transport: str = "profile",
+    transport: str = "localhost",
     extra_args: list[str] | None = None,
 ):
     """Start the node with ``parameters``; yield a connected :class:`Graph`; stop everything."""

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from depth_completion_ros.tools import demo
 from depth_completion_ros.visualization import BAR_HEIGHT, TITLE_HEIGHT
@@ -51,3 +52,53 @@ def test_demo_three_synthetic_frames(tmp_path: Path, ros_domain_id: int) -> None
     header = (output / "cloud.ply").read_bytes()[:300].decode("ascii", errors="replace")
     vertices = int(header.split("element vertex ")[1].split()[0])
     assert vertices > 0.5 * depth.size
+
+
+def test_help_shows_defaults_and_outputs_are_kept_apart(capsys) -> None:
+    with pytest.raises(SystemExit):
+        demo.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "frames to play (0 = all) (default: 10)" in text
+    synthetic = demo.parse_args([])
+    kitti = demo.parse_args(["--kitti-drive", "/data/2011_09_26/2011_09_26_drive_0001_sync"])
+    assert synthetic.output == "output/demo"
+    assert kitti.output == "output/demo_kitti/2011_09_26_drive_0001_sync"
+
+
+def test_replacing_an_earlier_run_is_said(tmp_path: Path) -> None:
+    output = tmp_path / "demo"
+    (output / "pictures").mkdir(parents=True)
+    (output / "pictures" / "000019.png").write_bytes(b"old")
+    (output / "summary.json").write_text(json.dumps({"source": "synthetic street scene"}))
+    (output / "mine.txt").write_text("not the demo's")
+    said: list[str] = []
+    demo.clear_previous_run(output, "KITTI drive X", log=said.append)
+    assert said and "replacing the run on synthetic street scene" in said[0]
+    assert "KITTI drive X" in said[0] and "--output" in said[0]
+    assert not (output / "pictures").exists() and not (output / "summary.json").exists()
+    assert (output / "mine.txt").exists()  # only the demo's own outputs are removed
+    said.clear()
+    demo.clear_previous_run(tmp_path / "fresh", "x", log=said.append)
+    assert not said
+
+
+def test_a_failed_demo_prints_the_node_log(tmp_path: Path, ros_domain_id: int, capsys) -> None:
+    """A network model without weights: the node refuses to start; its reason is printed."""
+    output = tmp_path / "demo"
+    code = demo.main(
+        [
+            "--frames",
+            "1",
+            "--output",
+            str(output),
+            "--domain-id",
+            str(ros_domain_id),
+            "--model",
+            "selfdc_r18",
+        ]  # fmt: skip
+    )
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "the node exited" in err and "node.log" in err
+    tail = [line for line in err.splitlines() if line.startswith("  | ")]
+    assert tail and any("checkpoint" in line for line in tail), err

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 from ros_graph import node_graph
 
 from depth_completion_ros.bag_io import BagReader, to_ros
@@ -20,7 +21,9 @@ from depth_completion_ros.tools import export_rgbd, kitti_to_bag, process_bag
 from depth_completion_ros.tools.graph import SensorFrame, ros_environment
 
 
-def test_tum_and_droid_layouts(tmp_path: Path, kitti_drive_dir: Path, kitti_calib_dir: Path):
+def test_tum_and_droid_layouts(
+    tmp_path: Path, kitti_drive_dir: Path, kitti_calib_dir: Path, capsys
+):
     raw, bag = tmp_path / "raw", tmp_path / "processed"
     assert kitti_to_bag.main([str(kitti_drive_dir), str(raw), "--cameras", "2"]) == 0
     assert (
@@ -38,7 +41,24 @@ def test_tum_and_droid_layouts(tmp_path: Path, kitti_drive_dir: Path, kitti_cali
         ).k
     ).reshape(3, 3)
 
+    capsys.readouterr()
     assert export_rgbd.main([str(bag), str(tmp_path / "tum"), "--depth-scale", "1000"]) == 0
+    far = int((np.nan_to_num(dense) * 1000 > 65535).sum())
+    said = capsys.readouterr().err
+    keeping = f"--depth-scale {export_rgbd.suggest_depth_scale(float(np.nanmax(dense))):g} keeps"
+    assert np.nanmax(dense) * 500 <= 65535 and "--depth-scale 500 keeps" in keeping
+    assert (f"{far} of " in said and keeping in said) if far else not said, said
+    # TUM's own 5000/m: everything beyond 13.1 m becomes 0, counted and the fix named
+    assert export_rgbd.main([str(bag), str(tmp_path / "tum5000")]) == 0
+    said = capsys.readouterr().err
+    clipped = int((np.round(np.nan_to_num(dense) * 5000) > 65535).sum())
+    valid = int((np.isfinite(dense) & (dense > 0)).sum())
+    assert clipped > 0.05 * valid  # a street: many pixels beyond 13.1 m
+    assert f"{clipped} of {valid} depth pixels" in said and "beyond 13.1 m" in said, said
+    assert keeping in said
+    with pytest.raises(SystemExit):
+        export_rgbd.main([str(bag), str(tmp_path / "x"), "--depth-scale", "-1"])
+    assert "--depth-scale must be positive" in capsys.readouterr().err
     tum = tmp_path / "tum"
     (line,) = [x for x in (tum / "associations.txt").read_text().splitlines() if x]
     t_rgb, rgb_name, t_depth, depth_name = line.split()

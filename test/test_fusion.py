@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import open3d as o3d
+import pytest
 
 from depth_completion_ros.fusion import PoseTrack
 from depth_completion_ros.tools import fuse_rgbd, kitti_to_bag, process_bag
@@ -26,7 +29,9 @@ def test_icp_fusion_agrees_with_lidar(tmp_path: Path, kitti_raw_seq: Path, capsy
     bag = _processed(tmp_path, kitti_raw_seq / "2011_09_26_drive_0000_sync", kitti_raw_seq)
     capsys.readouterr()
     assert fuse_rgbd.main([str(bag), str(tmp_path / "map"), "--evaluate"]) == 0
-    summary = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert "fuse_rgbd" in captured.err and "20/20" in captured.err  # the progress bar
     print("fusion summary:", summary)  # the median point-to-mesh distance, for the report
     assert summary["pose_source"] == "LiDAR ICP odometry"  # the sequence has no oxts
     assert summary["frames"] == 20
@@ -60,3 +65,23 @@ def test_pose_track_interpolates() -> None:
     mid = track.at(50)
     np.testing.assert_allclose(mid[:3, 3], (1.0, 0.0, 0.0))
     np.testing.assert_allclose(np.degrees(np.arctan2(mid[1, 0], mid[0, 0])), 45.0)
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--voxel", "-1"], "--voxel must be in (0, 10]"),
+        (["--stride", "0"], "--stride must be >= 1"),
+        (["--max-depth", "0.2"], "must exceed 4 voxels"),
+    ],
+)
+def test_bad_numbers_are_refused(tmp_path: Path, option: list[str], message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "depth_completion_ros.tools.fuse_rgbd", "bag", "out", *option],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists()

@@ -50,7 +50,16 @@ def test_launch_file_matches_node_parameters_and_topics():
     }
     assert {"image", "camera_info", "points"} <= remapped
     text = (REPO / "launch" / "kitti.launch.py").read_text()
-    assert "fastdds_large_data.xml" in text and "IfCondition" in text
+    assert "fastdds_large_data.xml" in text and "fastdds_robot.xml" in text
+    assert "IfCondition" in text
+    declared = {
+        node.args[0].value: {k.arg: k.value for k in node.keywords}
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "DeclareLaunchArgument"
+    }
+    # traffic stays on the machine unless the operator asks for the robot-facing profile
+    assert declared["dds_profile"]["default_value"].value == "localhost"
+    assert all(getattr(v.get("description"), "value", "x") for v in declared.values())
 
 
 def test_node_runs_with_params_file_and_xml_profile(

@@ -222,3 +222,75 @@ def test_kitti_png_folder_and_bad_inputs(bag: Path, kitti_raw_seq: Path, tmp_pat
     assert str(broken) in result.stderr
     assert not (tmp_path / "from_broken").exists()
     assert not list(tmp_path.glob(".from_broken*"))
+
+
+def _run_tool(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "depth_completion_ros.tools.process_bag", *args, "--no-progress"],
+        capture_output=True,
+        text=True,
+    )
+
+
+def _shifted_copy(bag: Path, out: Path, seconds: float) -> Path:
+    """The bag with every image's header stamp moved by ``seconds`` (scans unchanged)."""
+    from depth_completion_ros.bag_io import BagWriter, connection_definitions
+
+    image_topic = TOPICS["image_topic"]
+    with BagReader(bag) as reader, BagWriter(out) as writer:
+        for topic, (msgtype, msgdef, digest) in connection_definitions(reader).items():
+            writer.add_topic(topic, msgtype, None, msgdef, digest)
+        for m in reader.messages():
+            data = m.data
+            if m.topic == image_topic:
+                msg = to_ros(m.data, m.msgtype)
+                ns = stamp_to_nanoseconds(msg.header.stamp) + int(seconds * 1e9)
+                msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(ns, 1_000_000_000)
+                data = from_ros(msg)
+            writer.write(m.topic, m.timestamp, data)
+    return out
+
+
+def test_empty_bag_and_offset_stamps_are_explained(
+    bag: Path, kitti_raw_seq: Path, tmp_path: Path
+) -> None:
+    from depth_completion_ros.bag_io import BagWriter
+
+    empty = tmp_path / "empty"
+    with BagWriter(empty) as writer:
+        writer.add_topic(TOPICS["image_topic"], "sensor_msgs/msg/Image")
+        writer.add_topic(TOPICS["camera_info_topic"], "sensor_msgs/msg/CameraInfo")
+        writer.add_topic(TOPICS["points_topic"], "sensor_msgs/msg/PointCloud2")
+    result = _run_tool(str(empty), str(tmp_path / "out_empty"))
+    assert result.returncode == 1
+    assert "the bag is empty" in result.stderr and "Traceback" not in result.stderr
+
+    calib = ["--calibration-dir", str(kitti_raw_seq)]
+    far = _shifted_copy(bag, tmp_path / "far", 100.0)
+    result = _run_tool(str(far), str(tmp_path / "out_far"), *calib)
+    assert result.returncode == 1
+    assert "offset from the scan stamps by +100.000 s" in result.stderr, result.stderr
+    assert "max_time_offset 0.05 s" in result.stderr
+    assert "clocks" in result.stderr and "no image at all" not in result.stderr
+
+    # 5 s: within the parameter's range, so it is offered (the 2 s bag's nearest image: 5.0 s)
+    near = _shifted_copy(bag, tmp_path / "near", 5.0)
+    result = _run_tool(str(near), str(tmp_path / "out_near"), *calib)
+    assert result.returncode == 1
+    assert "by +5.000 s" in result.stderr and "-p max_time_offset:=5.5" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("max_depth:=-1", "outside its range"),
+        ("max_depth:=abc", "'abc' is not a double"),
+        ("modle:=classical", "did you mean model"),
+        ("occlusion_window:=1.5", "is not an integer"),
+    ],
+)
+def test_bad_parameters_end_in_one_line(bag: Path, tmp_path: Path, override, expected) -> None:
+    result = _run_tool(str(bag), str(tmp_path / "out"), "-p", override)
+    assert result.returncode == 1
+    assert expected in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists()

@@ -13,10 +13,12 @@ bar in metres), ``cloud.ply`` (one frame's coloured cloud) and ``summary.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from depth_completion_ros.bag_io import BagReader
+from depth_completion_ros.cli_help import DefaultsFormatter
 from depth_completion_ros.depth_io import write_atomic, write_kitti_depth, write_ply, write_rgb
 from depth_completion_ros.messages import image_to_depth
 from depth_completion_ros.metrics import kitti_metrics
@@ -47,26 +50,88 @@ COLLECTED = ("depth/image", "depth/points", "sparse_depth/image")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kitti-drive", default="", help="KITTI raw <date>_drive_XXXX_sync folder")
-    parser.add_argument("--output", default="output/demo", help="output folder")
+    parser = argparse.ArgumentParser(
+        prog="depth_completion_demo",
+        description=__doc__.splitlines()[0],
+        formatter_class=DefaultsFormatter,
+    )
+    parser.add_argument(
+        "--kitti-drive",
+        default="",
+        help="KITTI raw <date>_drive_XXXX_sync folder (default: a generated synthetic street)",
+    )
+    parser.add_argument(
+        "--output",
+        default="",
+        help="output folder (default: output/demo for the synthetic street, "
+        "output/demo_kitti/<drive> for a KITTI drive, so neither run replaces the other)",
+    )
     parser.add_argument("--frames", type=int, default=10, help="frames to play (0 = all)")
-    parser.add_argument("--model", default="classical", help="node 'model' parameter")
-    parser.add_argument("--checkpoint", default="", help="node 'checkpoint' parameter")
-    parser.add_argument("--device", default="auto", help="node 'device' parameter")
-    parser.add_argument("--domain-id", type=int, default=int(os.environ.get("ROS_DOMAIN_ID", 57)))
+    parser.add_argument(
+        "--model", default="classical", help="node 'model' parameter (classical, bpnet, selfdc...)"
+    )
+    parser.add_argument("--checkpoint", help="node 'checkpoint' parameter: weights of a network")
+    parser.add_argument("--device", default="auto", help="node 'device' parameter (auto|cpu|cuda)")
+    parser.add_argument(
+        "--domain-id",
+        type=int,
+        default=int(os.environ.get("ROS_DOMAIN_ID", 57)),
+        help="ROS_DOMAIN_ID of the node, player and collector (DDS stays on this machine)",
+    )
     parser.add_argument(
         "--rate",
         type=float,
         default=0.5,
         help="play_bag speed factor (1.0 = the recording's 10 Hz; default 5 Hz, 3x the classical "
-        "node's p95 latency on 2 cores). play_bag cannot wait for the node and the node keeps "
-        "only the newest pair, so a model slower than the frame period drops frames: lower it",
+        "node's p95 latency on 2 cores). The node keeps only the newest pair, so a model slower "
+        "than the frame period drops frames: lower it",
     )
     parser.add_argument(
         "--timeout", type=float, default=60.0, help="seconds to wait for outputs after playing"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.frames < 0 or args.rate <= 0 or args.timeout <= 0:
+        parser.error("--frames must be >= 0, --rate and --timeout positive")
+    args.checkpoint = args.checkpoint or ""
+    if not args.output:
+        args.output = (
+            f"output/demo_kitti/{Path(args.kitti_drive).resolve().name}"
+            if args.kitti_drive
+            else "output/demo"
+        )
+    return args
+
+
+def log_tail(path: Path, lines: int = 25) -> str:
+    """The last lines of a log, indented, for a failure message (not only its path)."""
+    try:
+        text = path.read_text(errors="replace").rstrip().splitlines()
+    except OSError:
+        return f"  ({path} could not be read)"
+    if not text:
+        return f"  ({path} is empty)"
+    return "\n".join(f"  | {line}" for line in text[-lines:])
+
+
+PREVIOUS_OUTPUTS = ("depth", "pictures", "cloud.ply", "summary.json", "node.log")
+
+
+def clear_previous_run(output: Path, source: str, log=print) -> None:
+    """Replace an earlier run's outputs in ``output`` and say so (a run with fewer frames must
+    not leave the old run's pictures behind, mixed with the new ones)."""
+    summary = output / "summary.json"
+    if not any((output / name).exists() for name in PREVIOUS_OUTPUTS):
+        return
+    previous = "an earlier run"
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        previous = f"the run on {json.loads(summary.read_text())['source']}"
+    log(f"[demo] replacing {previous} in {output} with {source} (choose another with --output)")
+    for name in PREVIOUS_OUTPUTS:
+        path = output / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 @dataclasses.dataclass
@@ -254,7 +319,11 @@ def play_into_node(
         deadline = time.monotonic() + 60.0
         while not collector.node_is_up():
             if node.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the node did not come up; see {output / 'node.log'}")
+                state = "exited" if node.poll() is not None else "is not up after 60 s"
+                raise RuntimeError(
+                    f"the node {state}; the end of {output / 'node.log'}:\n"
+                    + log_tail(output / "node.log")
+                )
             executor.spin_once(timeout_sec=0.05)
         command = [
             sys.executable,
@@ -333,6 +402,7 @@ def run(args: argparse.Namespace) -> dict:
             source += " (no timestamps.txt: stamps synthesised at 10 Hz)"
         frames = demo_frames(bag, drive)
         print(f"[demo] {len(frames)} frames from {source}", flush=True)
+        clear_previous_run(output, source, log=lambda text: print(text, flush=True))
         parameters = {
             "calibration_dir": str(drive.calibration_dir),
             "image_topic": IMAGE_TOPIC,
@@ -422,11 +492,22 @@ def main(argv: list[str] | None = None) -> int:
         summary = run(args)
     except Exception as exc:  # noqa: BLE001 - a tool reports and exits non-zero
         print(f"[demo] failed: {exc}", file=sys.stderr)
+        node_log = Path(args.output) / "node.log"
+        if node_log.exists() and "node.log" not in str(exc):
+            print(f"[demo] the end of {node_log}:\n{log_tail(node_log)}", file=sys.stderr)
         return 1
     short = {k: v for k, v in summary.items() if k not in ("frames", "machine")}
     print(json.dumps(short, indent=2))
     print(f"[demo] outputs in {Path(args.output).resolve()}")
-    return 0 if summary["frames_out"] == summary["frames_in"] else 1
+    if summary["frames_out"] == summary["frames_in"]:
+        return 0
+    node_log = Path(args.output) / "node.log"
+    print(
+        f"[demo] only {summary['frames_out']} of {summary['frames_in']} frames came back; "
+        f"the end of {node_log}:\n{log_tail(node_log)}",
+        file=sys.stderr,
+    )
+    return 1
 
 
 if __name__ == "__main__":

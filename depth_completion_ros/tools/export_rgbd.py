@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 
 from depth_completion_ros.bag_io import BagError, BagReader
+from depth_completion_ros.cli_help import DefaultsFormatter
 from depth_completion_ros.depth_io import write_rgb
 from depth_completion_ros.tools.fuse_rgbd import load_frames
 
@@ -62,14 +63,54 @@ class _First:
             yield frame
 
 
-def _write_tum(folder: Path, frames, scale: float = TUM_DEPTH_SCALE) -> None:
+class DepthRange:
+    """What the uint16 TUM depth could not hold: pixels beyond 65535 / scale metres."""
+
+    def __init__(self) -> None:
+        self.valid = 0
+        self.clipped = 0
+        self.max_depth = 0.0
+
+    def add(self, depth: np.ndarray, scaled: np.ndarray) -> None:
+        finite = np.isfinite(depth) & (depth > 0)
+        self.valid += int(finite.sum())
+        self.clipped += int((scaled > 65535).sum())
+        if finite.any():
+            self.max_depth = max(self.max_depth, float(depth[finite].max()))
+
+    def report(self, scale: float) -> str:
+        """'' when nothing was clipped; else how many and which --depth-scale keeps them."""
+        if not self.clipped:
+            return ""
+        keeping = suggest_depth_scale(self.max_depth)
+        share = 100 * self.clipped / self.valid
+        return (
+            f"{self.clipped} of {self.valid} depth pixels ({share:.1f} %) "
+            f"lie beyond {65535 / scale:.1f} m, the uint16 limit at --depth-scale {scale:g}, and "
+            f"were written as 0 (no depth); --depth-scale {keeping:g} keeps all of them "
+            f"(up to {65535 / keeping:.1f} m; the farthest was {self.max_depth:.1f} m)"
+        )
+
+
+def suggest_depth_scale(max_depth: float) -> float:
+    """The finest common scale (5000, 1000, 500, 256, 100, 10 units/m) whose uint16 range holds
+    ``max_depth``; else the exact one."""
+    for scale in (TUM_DEPTH_SCALE, 1000.0, 500.0, 256.0, 100.0, 10.0):
+        if max_depth * scale <= 65535:
+            return scale
+    return float(np.floor(65535 / max_depth * 1000) / 1000)
+
+
+def _write_tum(folder: Path, frames, scale: float = TUM_DEPTH_SCALE) -> DepthRange:
+    depth_range = DepthRange()
     (folder / "rgb").mkdir()
     (folder / "depth").mkdir()
     rgb_lines, depth_lines, pairs = ["# timestamp filename"], ["# timestamp filename"], []
     for stamp, rgb, depth, _camera, _frame in frames:
         t = f"{stamp / 1e9:.6f}"
         write_rgb(folder / "rgb" / f"{t}.png", rgb)
-        scaled = np.round(np.nan_to_num(depth, nan=0.0) * scale)
+        scaled = np.round(np.nan_to_num(depth, nan=0.0, posinf=0.0) * scale)
+        depth_range.add(depth, scaled)
         encoded = np.where((scaled > 0) & (scaled <= 65535), scaled, 0).astype(np.uint16)
         cv2.imwrite(str(folder / "depth" / f"{t}.png"), encoded)
         rgb_lines.append(f"{t} rgb/{t}.png")
@@ -78,6 +119,7 @@ def _write_tum(folder: Path, frames, scale: float = TUM_DEPTH_SCALE) -> None:
     (folder / "rgb.txt").write_text("\n".join(rgb_lines) + "\n")
     (folder / "depth.txt").write_text("\n".join(depth_lines) + "\n")
     (folder / "associations.txt").write_text("\n".join(pairs) + "\n")
+    return depth_range
 
 
 def _write_droid(folder: Path, frames) -> None:
@@ -97,8 +139,11 @@ def write_sequence(
     layout: str,
     overwrite: bool = False,
     depth_scale: float = TUM_DEPTH_SCALE,
+    log=print,
 ) -> int:
     """Write (stamp_ns, rgb, depth, camera, frame_id) frames in ``layout``; returns the count.
+    TUM depth beyond the uint16 range is written as 0 and ``log`` says how much and which
+    ``depth_scale`` would keep it.
 
     ``frames`` may be a generator that yields as frames arrive (live export): files are written
     one by one into a hidden staging folder, renamed to ``output`` only at the end, so a reader
@@ -111,8 +156,9 @@ def write_sequence(
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
     try:
         counted = _First(frames)
+        depth_range = None
         if layout == "tum":
-            _write_tum(staging, counted, depth_scale)
+            depth_range = _write_tum(staging, counted, depth_scale)
             (staging / "depth_scale.txt").write_text(f"{depth_scale:g}\n")
         elif layout == "droid":
             _write_droid(staging, counted)
@@ -128,6 +174,8 @@ def write_sequence(
         staging.rename(output)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    if depth_range is not None and depth_range.clipped:
+        log(f"export_rgbd: warning: {depth_range.report(depth_scale)}")
     return counted.count
 
 
@@ -138,13 +186,14 @@ def export(
     topics: dict[str, str],
     overwrite: bool = False,
     depth_scale: float = TUM_DEPTH_SCALE,
+    log=print,
 ) -> int:
     """Write the bag's sequence; returns the number of frames."""
     if Path(output).exists() and not overwrite:
         raise ExportError(f"output folder {output} exists already (use --overwrite)")
     with BagReader(bag) as reader:
         frames = load_frames(reader, topics["image"], topics["depth"], topics["camera_info"])
-    return write_sequence(frames, output, layout, overwrite, depth_scale)
+    return write_sequence(frames, output, layout, overwrite, depth_scale, log)
 
 
 class _StopFlag:
@@ -275,7 +324,7 @@ def export_live(
         raise ExportError(f"output folder {output} exists already (use --overwrite)")
     with _StopFlag() as stop:
         stream = live_frames(topics, frames, timeout, reliability, stop, log)
-        return write_sequence(stream, output, layout, overwrite, depth_scale)
+        return write_sequence(stream, output, layout, overwrite, depth_scale, log)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -284,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         usage="export_rgbd [options] BAG OUTPUT\n       export_rgbd --live [options] OUTPUT",
         description="Export image + dense depth + intrinsics + stamps from a processed bag or "
         "live topics in the TUM RGB-D layout or Droid-SLAM's image/depth/calib layout.",
+        formatter_class=DefaultsFormatter,
     )
     parser.add_argument(
         "paths",
@@ -295,20 +345,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--live", action="store_true", help="subscribe to live topics instead of reading a bag"
     )
-    parser.add_argument("--layout", choices=("tum", "droid"), default="tum")
     parser.add_argument(
-        "--image-topic", help="default: bag /kitti/camera_color_left/image_raw, live image"
+        "--layout",
+        choices=("tum", "droid"),
+        default="tum",
+        help="tum: rgb/ + depth/ uint16 PNGs, associations.txt; droid: image/ + depth/*.npy "
+        "float32 metres, calib.txt",
     )
-    parser.add_argument("--depth-topic", help="default: /depth/image (bag), depth/image (live)")
+    parser.add_argument(
+        "--image-topic",
+        help="camera image topic (default: /kitti/camera_color_left/image_raw from a bag, "
+        "image live)",
+    )
+    parser.add_argument(
+        "--depth-topic",
+        help="dense depth topic (default: /depth/image from a bag, depth/image live)",
+    )
     parser.add_argument(
         "--camera-info-topic",
-        help="default: /depth/camera_info (bag), depth/camera_info (live)",
+        help="depth CameraInfo topic (default: /depth/camera_info from a bag, "
+        "depth/camera_info live)",
     )
     parser.add_argument(
         "--depth-scale",
         type=float,
         default=TUM_DEPTH_SCALE,
-        help="tum: depth PNG units per metre (5000 = TUM's own, max 13.1 m)",
+        help="tum: depth PNG units per metre (5000 = TUM's own, max 13.1 m; 1000: 65.5 m, "
+        "256: 256 m); farther depth is written as 0 and counted in a warning",
     )
     parser.add_argument(
         "--frames", type=int, default=0, help="live: stop after N frames (0 = until Ctrl-C)"
@@ -325,13 +388,24 @@ def main(argv: list[str] | None = None) -> int:
         default="reliable",
         help="live: QoS of the subscriptions (best_effort for best-effort camera drivers)",
     )
-    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing output folder"
+    )
+    parser.add_argument(
+        "--dds-profile",
+        choices=("localhost", "robot", "inherit"),
+        default="localhost",
+        help="live: Fast DDS profile (localhost keeps traffic on this machine; robot reaches "
+        "other machines; inherit uses FASTDDS_DEFAULT_PROFILES_FILE as set)",
+    )
     args = parser.parse_args(argv)
     expected = 1 if args.live else 2
     if len(args.paths) != expected:
         parser.error("give BAG OUTPUT, or --live OUTPUT")
     if args.frames < 0 or args.timeout <= 0:
         parser.error("--frames must be >= 0 and --timeout > 0")
+    if not args.depth_scale > 0:
+        parser.error(f"--depth-scale must be positive, got {args.depth_scale:g}")
     defaults = LIVE_TOPICS if args.live else BAG_TOPICS
     topics = {
         "image": args.image_topic or defaults["image"],
@@ -343,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.live:
             from depth_completion_ros.tools.graph import use_ros_environment
 
-            use_ros_environment()
+            use_ros_environment(transport=args.dds_profile)
             count = export_live(
                 output,
                 args.layout,
@@ -357,7 +431,13 @@ def main(argv: list[str] | None = None) -> int:
             )
         else:
             count = export(
-                args.paths[0], output, args.layout, topics, args.overwrite, args.depth_scale
+                args.paths[0],
+                output,
+                args.layout,
+                topics,
+                args.overwrite,
+                args.depth_scale,
+                log=lambda text: print(text, file=sys.stderr, flush=True),
             )
     except (ExportError, BagError, OSError) as exc:
         print(f"export_rgbd: error: {exc}", file=sys.stderr)

@@ -16,6 +16,7 @@ import numpy as np
 
 from depth_completion_ros.bag_io import BagError, BagReader, parse_tf_message, to_ros
 from depth_completion_ros.calibration import CalibrationError, load_kitti_calibration
+from depth_completion_ros.cli_help import DefaultsFormatter
 from depth_completion_ros.depth_io import write_atomic
 from depth_completion_ros.fusion import (
     FusionError,
@@ -159,11 +160,15 @@ def run(args) -> dict:
         poses, source, scans = camera_poses(
             reader, frames, args.points_topic, args.poses, T_cam_lidar
         )
-    result = fuse(
-        ((f[1], f[2], f[3].intrinsics, T) for f, T in zip(frames, poses, strict=True)),
-        voxel=args.voxel,
-        max_depth=args.max_depth,
-    )
+    bar = _progress(len(frames), not getattr(args, "no_progress", False))
+    try:
+        result = fuse(
+            ((f[1], f[2], f[3].intrinsics, T) for f, T in bar(zip(frames, poses, strict=True))),
+            voxel=args.voxel,
+            max_depth=args.max_depth,
+        )
+    finally:
+        bar.close()
     import open3d as o3d
 
     o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)  # stdout stays JSON
@@ -197,6 +202,33 @@ def run(args) -> dict:
     return summary
 
 
+class _Progress:
+    """tqdm on stderr around an iterable (stdout stays the JSON summary); silent without tqdm."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.enabled, self._bar = total, enabled, None
+
+    def __call__(self, iterable):
+        if not self.enabled:
+            return iterable
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return iterable
+        self._bar = tqdm(
+            iterable, total=self.total, unit="frame", desc="fuse_rgbd", file=sys.stderr
+        )
+        return self._bar
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _progress(total: int, enabled: bool) -> _Progress:
+    return _Progress(total, enabled)
+
+
 def _check(ok: bool) -> None:
     if not ok:
         raise OSError("open3d could not write the file")
@@ -205,33 +237,70 @@ def _check(ok: bool) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fuse_rgbd",
-        description="Fuse RGB + dense depth from a processed bag into a TSDF mesh and cloud.",
+        description="Fuse RGB + dense depth from a processed bag into a TSDF mesh and cloud "
+        "(open3d); prints a JSON summary on stdout, progress on stderr.",
+        formatter_class=DefaultsFormatter,
     )
     parser.add_argument("bag", help="bag with dense depth (written by process_bag)")
     parser.add_argument("output", help="folder for mesh.ply and cloud.ply")
-    parser.add_argument("--image-topic", default="/kitti/camera_color_left/image_raw")
-    parser.add_argument("--depth-topic", default="/depth/image")
-    parser.add_argument("--camera-info-topic", default="/depth/camera_info")
-    parser.add_argument("--points-topic", default="/kitti/velo/pointcloud")
+    parser.add_argument(
+        "--image-topic", default="/kitti/camera_color_left/image_raw", help="camera image topic"
+    )
+    parser.add_argument("--depth-topic", default="/depth/image", help="dense depth topic (32FC1)")
+    parser.add_argument(
+        "--camera-info-topic", default="/depth/camera_info", help="the depth's CameraInfo topic"
+    )
+    parser.add_argument(
+        "--points-topic",
+        default="/kitti/velo/pointcloud",
+        help="LiDAR topic (ICP poses and --evaluate)",
+    )
     parser.add_argument(
         "--poses",
         choices=("auto", "tf", "icp"),
         default="auto",
-        help="auto: /tf when the bag has it, else LiDAR ICP",
+        help="camera poses: tf from /tf (+ /tf_static), icp between consecutive LiDAR scans, "
+        "auto: /tf when the bag has it, else ICP",
     )
-    parser.add_argument("--calibration-dir", help="KITTI calibration (else /tf_static is used)")
-    parser.add_argument("--camera-index", type=int, default=2)
-    parser.add_argument("--voxel", type=float, default=0.1, help="TSDF voxel size (m)")
-    parser.add_argument("--max-depth", type=float, default=40.0, help="depth used (m)")
-    parser.add_argument("--stride", type=int, default=1, help="use every n-th frame")
+    parser.add_argument(
+        "--calibration-dir",
+        help="KITTI calibration folder for the LiDAR -> camera transform (default: /tf_static)",
+    )
+    parser.add_argument(
+        "--camera-index", type=int, default=2, help="KITTI camera of --calibration-dir (0-3)"
+    )
+    parser.add_argument("--voxel", type=float, default=0.1, help="TSDF voxel size in metres (> 0)")
+    parser.add_argument(
+        "--max-depth", type=float, default=40.0, help="depth beyond this (m) is not fused"
+    )
+    parser.add_argument("--stride", type=int, default=1, help="use every n-th frame (>= 1)")
     parser.add_argument(
         "--evaluate", action="store_true", help="report LiDAR point-to-mesh distances"
     )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     return parser
 
 
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Numbers open3d would otherwise fail on with a traceback (or fuse into garbage)."""
+    if not args.voxel > 0 or args.voxel > 10:
+        parser.error(f"--voxel must be in (0, 10] metres, got {args.voxel:g} (try 0.05-0.2)")
+    if not args.max_depth > 0:
+        parser.error(f"--max-depth must be positive, got {args.max_depth:g}")
+    if args.max_depth <= 4 * args.voxel:
+        parser.error(
+            f"--max-depth {args.max_depth:g} m must exceed 4 voxels ({4 * args.voxel:g} m)"
+        )
+    if args.stride < 1:
+        parser.error(f"--stride must be >= 1, got {args.stride}")
+    if not 0 <= args.camera_index <= 3:
+        parser.error(f"--camera-index must be 0-3 (KITTI cameras), got {args.camera_index}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_arguments(parser, args)
     try:
         summary = run(args)
     except (BagError, FusionError, CalibrationError, OSError) as exc:

@@ -1,7 +1,8 @@
 """Run the node as its own process and talk to it over DDS: used by the demo, tools and tests.
 
-``ros_environment`` sets what every process of the graph needs: Fast DDS's large-data transport
-(multi-megabyte images otherwise rarely arrive between processes) and an isolated domain id.
+``ros_environment`` sets what every process of the graph needs: the shipped Fast DDS profile
+(shared memory for multi-megabyte images, all traffic kept on this machine) and an isolated
+domain id.
 """
 
 from __future__ import annotations
@@ -31,35 +32,55 @@ from depth_completion_ros.messages import (
     xyz_array_to_pointcloud2,
 )
 
+DDS_PROFILES = {
+    "localhost": "config/fastdds_large_data.xml",
+    "robot": "config/fastdds_robot.xml",
+}
+
+
+def dds_profile_path(profile: str = "localhost") -> str:
+    """The shipped Fast DDS profile for ``profile`` (localhost or robot) as an absolute path."""
+    from depth_completion_ros.resources import package_file
+
+    if profile not in DDS_PROFILES:
+        raise ValueError(f"unknown DDS profile {profile!r}; one of: {', '.join(DDS_PROFILES)}")
+    return str(package_file(DDS_PROFILES[profile]))
+
 
 def ros_environment(
-    domain_id: int | None = None, base: dict | None = None, transport: str = "profile"
+    domain_id: int | None = None, base: dict | None = None, transport: str = "localhost"
 ) -> dict[str, str]:
     """Environment for one process of the graph (publisher and subscriber alike).
 
-    ``transport``: "profile" (default) uses the shipped XML profile
-    (config/fastdds_large_data.xml: a 16 MB shared-memory segment + UDP), with which discovery and
-    data between processes on one machine go through shared memory; "builtin" sets
-    FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA, whose discovery needs working UDP multicast.
+    ``transport``:
+      "localhost" (default; "profile" is the same): config/fastdds_large_data.xml, shared memory
+        plus UDP bound to 127.0.0.1 and unicast discovery on 127.0.0.1, so no DDS packet leaves
+        the machine and multi-megabyte messages still arrive whole;
+      "robot": config/fastdds_robot.xml, the same shared memory plus UDP and multicast discovery
+        on every interface, for graphs that other machines read;
+      "inherit": the caller's own Fast DDS settings, unchanged.
+    Static peers and a discovery range from the caller's environment are dropped for
+    "localhost": rmw_fastrtps would add them to the profile's discovery, pointing it off the host.
     """
     env = dict(os.environ if base is None else base)
     env.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
-    # Not ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST: with it, best-effort multi-MB samples were
-    # never delivered over LARGE_DATA here (reliable ones were); see README "Large messages".
     if transport == "profile":
-        from depth_completion_ros.resources import package_file
-
+        transport = "localhost"
+    if transport in DDS_PROFILES:
         env.pop("FASTDDS_BUILTIN_TRANSPORTS", None)
-        env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(package_file("config/fastdds_large_data.xml"))
-    else:
-        env.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+        env["FASTDDS_DEFAULT_PROFILES_FILE"] = dds_profile_path(transport)
+        if transport == "localhost":
+            for key in ("ROS_STATIC_PEERS", "ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_LOCALHOST_ONLY"):
+                env.pop(key, None)
+    elif transport != "inherit":
+        raise ValueError(f"unknown transport {transport!r}; one of: localhost, robot, inherit")
     env["PYTHONUNBUFFERED"] = "1"
     if domain_id is not None:
         env["ROS_DOMAIN_ID"] = str(domain_id)
     return env
 
 
-def use_ros_environment(domain_id: int | None = None, transport: str = "profile") -> None:
+def use_ros_environment(domain_id: int | None = None, transport: str = "localhost") -> None:
     """Apply :func:`ros_environment` to this process (before ``rclpy.init``)."""
     env = ros_environment(domain_id, transport=transport)
     for key in set(os.environ) - set(env):
@@ -72,7 +93,7 @@ def start_node_process(
     domain_id: int,
     log_path: str | Path,
     extra_args: list[str] | None = None,
-    transport: str = "profile",
+    transport: str = "localhost",
 ) -> subprocess.Popen:
     """Start ``depth_completion_node`` in its own process with a generated parameter file."""
     params_file = Path(tempfile.mkstemp(prefix="depth_completion_", suffix=".yaml")[1])
@@ -200,6 +221,11 @@ class FramePlayer(Node):
                 )
                 and self.count_publishers("depth/image") > 0
             ):
+                # matching is not symmetric: the node's readers may not have matched our
+                # writers yet (a first camera_info sent now could be lost); let them catch up
+                settle = time.monotonic() + 0.5
+                while time.monotonic() < settle:
+                    executor.spin_once(timeout_sec=0.05)
                 return True
             executor.spin_once(timeout_sec=0.05)
         return False

@@ -32,6 +32,7 @@ from depth_completion_ros.calibration import (
     load_kitti_calibration,
     parse_kitti_calib_file,
 )
+from depth_completion_ros.cli_help import DefaultsFormatter
 from depth_completion_ros.depth_io import read_rgb
 from depth_completion_ros.kitti import (
     KITTI_RATE_HZ,
@@ -265,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="kitti_to_bag",
         description="Convert a KITTI raw synced drive folder into a ROS 2 bag (mcap by default).",
+        formatter_class=DefaultsFormatter,
     )
     parser.add_argument("drive", help="…/<date>/<date>_drive_XXXX_sync folder")
     parser.add_argument("output", help="bag folder to create")
@@ -274,9 +276,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cameras",
         default="2,3",
-        help="colour cameras to include, comma separated (those present are written; default 2,3)",
+        help="colour cameras to include, comma separated (those present are written)",
     )
-    parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
+    parser.add_argument(
+        "--storage", choices=("mcap", "sqlite3"), default="mcap", help="bag storage format"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output bag")
     args = parser.parse_args(argv)
     try:

@@ -5,17 +5,27 @@ and re-encoded on the way; the message classes only name the types for DDS. Timi
 bag's receive times, scaled by ``--rate``; ``--clock`` publishes the bag time on ``/clock`` so
 nodes run with ``use_sim_time:=true``. Types without a Python package here (tf2_msgs on PyPI
 installs) are skipped with a warning.
+
+By default it waits (up to ``--wait-for-subscribers`` s) for the subscribers before playing: a
+volatile reader that matches after a message was sent never gets it, so a node started just
+before play_bag would otherwise miss the first frames, or all of a short bag. Ctrl-C (or SIGTERM)
+stops playing between messages and still prints what was published; a second one aborts.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from depth_completion_ros.bag_io import BagError, BagReader, ros_message_class
-from depth_completion_ros.tools.graph import use_ros_environment
+from depth_completion_ros.cli_help import DefaultsFormatter
+from depth_completion_ros.tools.graph import DDS_PROFILES, use_ros_environment
+
+DEFAULT_WAIT = 10.0  # seconds to wait for subscribers
+SETTLE = 2.0  # seconds without a new match after which topics nobody reads are given up
 
 
 @dataclass
@@ -27,9 +37,53 @@ class PlayOptions:
     remap: dict[str, str] | None = None
     clock_hz: float = 0.0  # 0 = no /clock
     reliability: str = "bag"  # bag | reliable | best_effort
-    wait_for_subscribers: float = 0.0  # seconds to wait for each topic to have a subscriber
+    wait_for_subscribers: float = DEFAULT_WAIT  # seconds to wait for subscribers; 0 = none
     min_subscribers: int = 1  # subscribers each topic must have before playing starts
     delay: float = 0.0  # seconds to wait after creating publishers
+    dds_profile: str = "localhost"  # localhost | robot | inherit (graph.ros_environment)
+
+
+@dataclass
+class StopFlag:
+    """Set by SIGINT/SIGTERM; checked between messages, so nothing is published into a context
+    that is shutting down (rclpy's own handler would shut it down under a publish call)."""
+
+    set: bool = False
+    signal: int = 0
+    _previous: dict = field(default_factory=dict)
+
+    def install(self) -> StopFlag:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, _frame) -> None:
+        if self.set:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop waiting for anything
+        self.set, self.signal = True, signum
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def sleep(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; False as soon as the flag is set."""
+        end = time.monotonic() + seconds
+        while not self.set:
+            left = end - time.monotonic()
+            if left <= 0:
+                return True
+            time.sleep(min(left, 0.05))
+        return False
+
+
+class Interrupted(Exception):
+    """Playing stopped by a signal; ``sent`` holds what was published."""
+
+    def __init__(self, sent: dict[str, int]) -> None:
+        super().__init__("interrupted")
+        self.sent = sent
 
 
 def parse_remap(text: str) -> tuple[str, str]:
@@ -56,14 +110,21 @@ def _qos(reader: BagReader, topic: str, reliability: str):
     )
 
 
-def play(bag: str, options: PlayOptions, log=print) -> dict[str, int]:
-    """Publish the bag; returns messages published per (remapped) topic."""
+def play(bag: str, options: PlayOptions, log=print, stop: StopFlag | None = None) -> dict[str, int]:
+    """Publish the bag; returns messages published per (remapped) topic.
+
+    With ``stop`` (set by a signal handler) playing ends between two messages and
+    :class:`Interrupted` carries the counts; rclpy's own signal handling is off, so the context
+    stays valid until this function shuts it down.
+    """
     import rclpy
+    from rclpy.signals import SignalHandlerOptions
     from rosgraph_msgs.msg import Clock
 
     if options.rate <= 0:
         raise BagError(f"--rate must be positive, got {options.rate}")
-    use_ros_environment()
+    stop = stop or StopFlag()
+    use_ros_environment(transport=options.dds_profile)
     with BagReader(bag) as reader:
         available = reader.topics
         selected = options.topics or sorted(available)
@@ -84,9 +145,11 @@ def play(bag: str, options: PlayOptions, log=print) -> dict[str, int]:
         if not classes:
             raise BagError(f"{bag}: none of the selected topics can be published here")
         remap = options.remap or {}
-        rclpy.init(args=[])
-        node = rclpy.create_node("play_bag")
+        context = rclpy.Context()
+        rclpy.init(args=[], context=context, signal_handler_options=SignalHandlerOptions.NO)
+        node = rclpy.create_node("play_bag", context=context)
         sent: dict[str, int] = {}
+        interrupted = False
         try:
             publishers = {
                 topic: node.create_publisher(
@@ -95,15 +158,17 @@ def play(bag: str, options: PlayOptions, log=print) -> dict[str, int]:
                 for topic, cls in classes.items()
             }
             clock_pub = node.create_publisher(Clock, "/clock", 10) if options.clock_hz else None
-            waited = dict(publishers, **({"/clock": clock_pub} if clock_pub else {}))
+            waited = {remap.get(t, t): p for t, p in publishers.items()}
+            if clock_pub:
+                waited["/clock"] = clock_pub
             _wait_for_subscribers(
-                node, waited, options.wait_for_subscribers, log, options.min_subscribers
+                waited, options.wait_for_subscribers, log, options.min_subscribers, stop
             )
             if options.delay:
-                time.sleep(options.delay)
+                stop.sleep(options.delay)
             start = reader.start_time + int(options.start_offset * 1e9)
             clock_period = 1.0 / options.clock_hz if options.clock_hz else 0.0
-            while True:
+            while not stop.set:
                 wall0 = time.monotonic()
                 last_clock = -1e9
 
@@ -112,7 +177,7 @@ def play(bag: str, options: PlayOptions, log=print) -> dict[str, int]:
 
                 for message in reader.messages(list(publishers), start=start):
                     due = wall0 + (message.timestamp - start) / 1e9 / options.rate
-                    while True:
+                    while not stop.set:
                         now = time.monotonic()
                         if clock_pub is not None and now - last_clock >= clock_period:
                             clock_pub.publish(_clock(Clock, min(bag_now(), message.timestamp)))
@@ -120,16 +185,24 @@ def play(bag: str, options: PlayOptions, log=print) -> dict[str, int]:
                         if now >= due:
                             break
                         wait = due - now
-                        time.sleep(min(wait, clock_period) if clock_pub is not None else wait)
+                        stop.sleep(min(wait, clock_period) if clock_pub is not None else wait)
+                    if stop.set:
+                        break
                     publishers[message.topic].publish(bytes(message.data))
                     name = remap.get(message.topic, message.topic)
                     sent[name] = sent.get(name, 0) + 1
                 if not options.loop:
                     break
-            _wait_for_acks(publishers.values(), timeout=5.0)
+            interrupted = stop.set
+            # reliable writers hand over their last messages before the process goes away
+            _wait_for_acks(publishers.values(), timeout=1.0 if interrupted else 5.0)
+        except KeyboardInterrupt:  # a second signal while waiting for acks
+            interrupted = True
         finally:
             node.destroy_node()
-            rclpy.try_shutdown()
+            rclpy.try_shutdown(context=context)
+    if interrupted:
+        raise Interrupted(sent)
     return sent
 
 
@@ -148,41 +221,67 @@ def _wait_for_acks(publishers, timeout: float) -> None:
 
 
 def _wait_for_subscribers(
-    node, publishers: dict, timeout: float, log, min_subscribers: int = 1
+    publishers: dict, timeout: float, log, min_subscribers: int = 1, stop: StopFlag | None = None
 ) -> None:
-    """Wait until every topic has ``min_subscribers``: a volatile reader matched after a message
-    was sent never gets it, so replaying before all readers match loses frames."""
+    """Wait until every topic has ``min_subscribers`` readers, or, once some have, until no new
+    reader has matched for SETTLE s (a bag's /tf that the node does not read must not hold the
+    replay for the whole timeout); then 1 s more, since matching is not symmetric."""
     if timeout <= 0:
         return
+    stop = stop or StopFlag()
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if all(p.get_subscription_count() >= min_subscribers for p in publishers.values()):
-            time.sleep(1.0)  # matching is not symmetric: let the readers see the writers too
-            return
-        time.sleep(0.05)
-    lonely = [
-        f"{t} ({p.get_subscription_count()})"
-        for t, p in publishers.items()
-        if p.get_subscription_count() < min_subscribers
-    ]
     log(
-        f"play_bag: fewer than {min_subscribers} subscriber(s) after {timeout:g} s on "
-        f"{', '.join(lonely)}; playing anyway"
+        f"play_bag: waiting up to {timeout:g} s for subscribers on {len(publishers)} topic(s) "
+        "(--wait-for-subscribers 0 plays at once)"
     )
+    last_change, last_counts = time.monotonic(), None
+    while time.monotonic() < deadline and not stop.set:
+        counts = {t: p.get_subscription_count() for t, p in publishers.items()}
+        if counts != last_counts:
+            last_counts, last_change = counts, time.monotonic()
+        ready = [t for t, n in counts.items() if n >= min_subscribers]
+        if len(ready) == len(counts):
+            stop.sleep(1.0)
+            return
+        if ready and time.monotonic() - last_change >= SETTLE:
+            unread = sorted(t for t in counts if t not in ready)
+            log(f"play_bag: no (or too few) subscribers on {', '.join(unread)}: playing anyway")
+            stop.sleep(1.0)
+            return
+        stop.sleep(0.05)
+    if stop.set:
+        return
+    counts = {t: p.get_subscription_count() for t, p in publishers.items()}
+    if not any(counts.values()):
+        log(
+            f"play_bag: warning: no subscriber on any topic after {timeout:g} s; playing anyway. "
+            "Is the node running, in the same ROS_DOMAIN_ID, with the same Fast DDS profile "
+            "(FASTDDS_DEFAULT_PROFILES_FILE), its topics remapped to the bag's names?"
+        )
+    else:
+        lonely = [f"{t} ({n})" for t, n in counts.items() if n < min_subscribers]
+        log(
+            f"play_bag: fewer than {min_subscribers} subscriber(s) after {timeout:g} s on "
+            f"{', '.join(lonely)}; playing anyway"
+        )
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="play_bag",
-        description="Play a ROS 2 bag into the graph over DDS with rclpy (no ros2 bag needed).",
+        description="Play a ROS 2 bag into the graph over DDS with rclpy (no ros2 bag needed). "
+        "Waits for subscribers first; Ctrl-C stops and prints what was published.",
+        formatter_class=DefaultsFormatter,
     )
-    parser.add_argument("bag", help="bag folder")
-    parser.add_argument("-r", "--rate", type=float, default=1.0, help="playback speed factor")
+    parser.add_argument("bag", help="bag folder (rosbag2: mcap or sqlite3)")
+    parser.add_argument(
+        "-r", "--rate", type=float, default=1.0, help="playback speed factor (2 = twice as fast)"
+    )
     parser.add_argument("-l", "--loop", action="store_true", help="play again from the start")
     parser.add_argument(
         "--start-offset", type=float, default=0.0, help="seconds into the bag to start from"
     )
-    parser.add_argument("--topics", nargs="+", help="only these topics")
+    parser.add_argument("--topics", nargs="+", help="only these topics (default: all)")
     parser.add_argument(
         "--remap",
         nargs="+",
@@ -198,30 +297,51 @@ def main(argv: list[str] | None = None) -> int:
         const=100.0,
         default=0.0,
         metavar="HZ",
-        help="publish the bag time on /clock (default 100 Hz when given) for use_sim_time",
+        help="publish the bag time on /clock for use_sim_time (100 Hz when given without HZ; "
+        "0 = no /clock)",
     )
     parser.add_argument(
         "--reliability",
         choices=("bag", "reliable", "best_effort"),
         default="bag",
-        help="QoS reliability of the publishers (default: as recorded in the bag)",
+        help="QoS reliability of the publishers (bag: as recorded)",
     )
     parser.add_argument(
         "--wait-for-subscribers",
         type=float,
-        default=0.0,
+        default=DEFAULT_WAIT,
         metavar="SEC",
-        help="wait up to SEC seconds until every topic has --min-subscribers subscribers",
+        help="before playing, wait up to SEC seconds until every topic has --min-subscribers "
+        f"readers (or, once some have, until none has matched for {SETTLE:g} s); 0 = play at once",
     )
     parser.add_argument(
         "--min-subscribers",
         type=int,
         default=1,
         metavar="N",
-        help="with --wait-for-subscribers: subscribers every topic needs (default 1)",
+        help="readers every topic needs before playing starts",
     )
-    parser.add_argument("--delay", type=float, default=0.0, help="seconds to wait before playing")
+    parser.add_argument(
+        "--delay", type=float, default=0.0, help="seconds to wait after the subscribers matched"
+    )
+    parser.add_argument(
+        "--dds-profile",
+        choices=(*DDS_PROFILES, "inherit"),
+        default="localhost",
+        help="Fast DDS profile: localhost (traffic stays on this machine), robot (other machines "
+        "reach it), inherit (the environment's FASTDDS_DEFAULT_PROFILES_FILE); every process of "
+        "the graph needs the same kind",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    if args.rate <= 0:
+        parser.error(f"--rate must be positive, got {args.rate:g}")
+    if args.wait_for_subscribers < 0 or args.min_subscribers < 1 or args.delay < 0:
+        parser.error("--wait-for-subscribers and --delay must be >= 0, --min-subscribers >= 1")
     options = PlayOptions(
         rate=args.rate,
         loop=args.loop,
@@ -233,15 +353,24 @@ def main(argv: list[str] | None = None) -> int:
         wait_for_subscribers=args.wait_for_subscribers,
         min_subscribers=args.min_subscribers,
         delay=args.delay,
+        dds_profile=args.dds_profile,
     )
+    stop = StopFlag().install()
     try:
-        sent = play(args.bag, options, log=lambda text: print(text, file=sys.stderr))
+        sent = play(args.bag, options, log=lambda text: print(text, file=sys.stderr), stop=stop)
+        note = ""
     except BagError as exc:
         print(f"play_bag: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 0
-    print("published " + ", ".join(f"{t}: {n}" for t, n in sorted(sent.items())))
+    except Interrupted as exc:
+        sent, note = exc.sent, " (interrupted)"
+    except KeyboardInterrupt:  # a second Ctrl-C before anything was set up
+        print("play_bag: aborted", file=sys.stderr)
+        return 130
+    finally:
+        stop.restore()
+    summary = ", ".join(f"{t}: {n}" for t, n in sorted(sent.items())) or "nothing"
+    print(f"published {summary}{note}", flush=True)
     return 0
 
 

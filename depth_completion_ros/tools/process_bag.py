@@ -9,6 +9,7 @@ The output bag (and the optional KITTI PNG folder) appear only once complete.
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 import sys
 import tempfile
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from depth_completion_ros import node_setup
+from depth_completion_ros import cli_help, node_setup
 from depth_completion_ros.bag_io import (
     BagError,
     BagReader,
@@ -50,8 +51,8 @@ DEFAULT_TOPICS = {
 }
 
 
-class ParameterError(ValueError):
-    """A node parameter given to the tool is unknown or unusable; names the parameter."""
+# A node parameter given to the tool is unknown or unusable; the message names the parameter.
+ParameterError = cli_help.ParameterError
 
 
 # --- the node's parameters -> the pipeline (shared by node and tool) -------------------------
@@ -80,14 +81,11 @@ def load_parameters(params_file: str | Path | None, overrides: dict[str, object]
         ]
         if not sections:
             raise ParameterError(f"{path}: no '<node>: ros__parameters:' section")
-        for name, value in sections[0].items():
-            if name not in config:
-                raise ParameterError(f"{path}: unknown node parameter {name!r}")
-            config[name] = value
-    for name, value in overrides.items():
-        if name not in config:
-            raise ParameterError(f"unknown node parameter {name!r}; known: {', '.join(config)}")
-        config[name] = value
+        config.update(cli_help.check_parameters(sections[0], str(path)))
+    config.update(cli_help.check_parameters(overrides, "-p"))
+    for name in cli_help.ROS_BUILTIN_PARAMETERS:
+        config.pop(name, None)  # use_sim_time etc. mean nothing offline
+    cli_help.check_depth_range(config)
     return config
 
 
@@ -164,6 +162,57 @@ class ProcessReport:
     rejected_offset: int = 0
     no_image: int = 0
     stamps: list[int] = field(default_factory=list)
+    offset_note: str = ""  # set when scans found no image within max_time_offset
+
+
+def _require_messages(bag, counts: dict[str, int], topics: dict[str, str]) -> None:
+    """An empty bag, or one without messages on a needed topic, says so (not "0 scans ...")."""
+    empty = [topics[k] for k in ("image", "camera_info", "points") if not counts.get(topics[k])]
+    if not empty:
+        return
+    if not any(counts.values()):
+        raise BagError(f"{bag}: the bag is empty (its topics hold no messages)")
+    listing = ", ".join(f"{t} ({n})" for t, n in sorted(counts.items()))
+    raise BagError(
+        f"{bag}: no messages on {', '.join(empty)}; messages per topic: {listing}. "
+        "Name other topics with --image-topic/--camera-info-topic/--points-topic"
+    )
+
+
+def offset_note(image_stamps: list[float], cloud_stamps: list[float], max_offset: float) -> str:
+    """When scans find no image within ``max_offset``: how far the nearest images were (median)
+    and what to do, since a constant offset means the two streams' clocks differ."""
+    if not image_stamps or not cloud_stamps:
+        return ""
+    images = np.sort(np.asarray(image_stamps))
+    clouds = np.asarray(cloud_stamps)
+    right = np.clip(np.searchsorted(images, clouds), 0, len(images) - 1)
+    left = np.clip(right - 1, 0, len(images) - 1)
+    offsets = np.where(
+        np.abs(images[left] - clouds) < np.abs(images[right] - clouds),
+        images[left] - clouds,
+        images[right] - clouds,
+    )
+    far = offsets[np.abs(offsets) > max_offset]
+    if far.size == 0:
+        return ""
+    nearest = float(np.median(far))
+    shift = float(np.median(images) - np.median(clouds))
+    note = (
+        f"{far.size} of {clouds.size} scans have no image within max_time_offset {max_offset:g} s "
+        f"(nearest image {nearest:+.3f} s away, median); the image stamps are offset from the "
+        f"scan stamps by {shift:+.3f} s (median image stamp - median scan stamp)"
+    )
+    needed = math.ceil(float(np.abs(far).max()) * 1.1 * 1000) / 1000
+    if needed <= 10.0:
+        return note + (
+            f": if the sensors really are that far apart, pass -p max_time_offset:={needed:g}; "
+            "otherwise fix the stamps of one stream"
+        )
+    return note + (
+        ": more than max_time_offset's maximum (10 s), so the two sensors' clocks (or a "
+        "re-stamping step) differ; fix the stamps of one stream"
+    )
 
 
 def _topic(namespace: str, relative: str) -> str:
@@ -197,6 +246,7 @@ def process(
         )
         definitions = connection_definitions(reader)
         counts = reader.message_counts
+        _require_messages(input_bag, counts, topics)
         total = sum(counts.values()) if copy_input else sum(counts[t] for t in topics.values())
         edges = static_edges(reader) if T_fixed is None else {}
 
@@ -244,7 +294,9 @@ def process(
                                 )
                             camera = camera_info_to_camera(camera_info)
                             rgb = image_to_rgb(pair.image)
-                            points = pointcloud2_to_array(pair.cloud)
+                            points = pointcloud2_to_array(
+                                pair.cloud, scale=config["points_scale"] or None
+                            )
                             if len(points) == 0:
                                 raise InputError(f"empty point cloud on {topics['points']}")
                             T = extrinsics(pair.cloud, pair.image)
@@ -270,6 +322,8 @@ def process(
                         report.processed += 1
 
                 last_timestamp = 0
+                image_stamps: list[float] = []
+                cloud_stamps: list[float] = []
                 for message in reader.messages(wanted):
                     bar.update(1)
                     last_timestamp = message.timestamp
@@ -279,12 +333,14 @@ def process(
                         camera_info = to_ros(message.data, message.msgtype)
                     elif message.topic == topics["image"]:
                         image = to_ros(message.data, message.msgtype)
+                        image_stamps.append(stamp_to_seconds(image.header.stamp))
                         handle(
                             pairer.add_image(stamp_to_seconds(image.header.stamp), image),
                             message.timestamp,
                         )
                     elif message.topic == topics["points"]:
                         cloud = to_ros(message.data, message.msgtype)
+                        cloud_stamps.append(stamp_to_seconds(cloud.header.stamp))
                         handle(
                             pairer.add_cloud(stamp_to_seconds(cloud.header.stamp), cloud),
                             message.timestamp,
@@ -294,10 +350,17 @@ def process(
                 stats = pairer.stats
                 report.paired, report.rejected_offset = stats.paired, stats.rejected_offset
                 report.no_image = stats.no_image
+                report.offset_note = offset_note(
+                    image_stamps, cloud_stamps, float(config["max_time_offset"])
+                )
                 if report.processed == 0:
-                    reasons = "; ".join(report.failures[:3]) or (
-                        f"{stats.rejected_offset} scans had no image within max_time_offset "
-                        f"{config['max_time_offset']} s, {stats.no_image} had no image at all"
+                    reasons = (
+                        "; ".join(report.failures[:3])
+                        or report.offset_note
+                        or (
+                            f"{stats.rejected_offset} scans had no image within max_time_offset "
+                            f"{config['max_time_offset']} s, {stats.no_image} had no image at all"
+                        )
                     )
                     raise BagError(
                         f"{input_bag}: no frame could be processed from {topics['image']} + "
@@ -346,10 +409,13 @@ def main(argv: list[str] | None = None) -> int:
         prog="process_bag",
         description="Run the depth completion node's pipeline over a bag, without DDS, and write "
         "a new bag with dense depth, camera info and point clouds added.",
+        formatter_class=cli_help.DefaultsFormatter,
     )
     parser.add_argument("input", help="input bag folder")
     parser.add_argument("output", help="output bag folder to create")
-    parser.add_argument("--params-file", help="node parameter YAML (e.g. config/kitti.yaml)")
+    parser.add_argument(
+        "--params-file", help="node parameter YAML, as the node reads it (e.g. config/kitti.yaml)"
+    )
     parser.add_argument(
         "-p",
         "--param",
@@ -357,20 +423,44 @@ def main(argv: list[str] | None = None) -> int:
         type=parse_override,
         default=[],
         metavar="NAME:=VALUE",
-        help="override a node parameter (repeatable)",
+        help="override a node parameter (repeatable); checked like the node checks it "
+        "(depth_completion_node --help lists them)",
     )
-    parser.add_argument("--calibration-dir", help="shortcut for -p calibration_dir:=DIR")
-    parser.add_argument("--image-topic", default=DEFAULT_TOPICS["image"])
-    parser.add_argument("--camera-info-topic", default=DEFAULT_TOPICS["camera_info"])
-    parser.add_argument("--points-topic", default=DEFAULT_TOPICS["points"])
+    parser.add_argument(
+        "--calibration-dir",
+        help="KITTI date folder, shortcut for -p calibration_dir:=DIR (default: the params, "
+        "else the bag's /tf_static)",
+    )
+    parser.add_argument(
+        "--image-topic", default=DEFAULT_TOPICS["image"], help="camera image topic in the bag"
+    )
+    parser.add_argument(
+        "--camera-info-topic",
+        default=DEFAULT_TOPICS["camera_info"],
+        help="CameraInfo topic in the bag",
+    )
+    parser.add_argument(
+        "--points-topic", default=DEFAULT_TOPICS["points"], help="PointCloud2 topic in the bag"
+    )
     parser.add_argument(
         "--namespace", default="", help="prefix of the output topics (default: /depth/image ...)"
     )
-    parser.add_argument("--kitti-depth-dir", help="also write KITTI uint16 depth PNGs here")
-    parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
-    parser.add_argument("--outputs-only", action="store_true", help="do not copy the input topics")
-    parser.add_argument("--overwrite", action="store_true")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--kitti-depth-dir",
+        help="also write KITTI uint16 depth PNGs (metres x 256) and timestamps.txt here",
+    )
+    parser.add_argument(
+        "--storage", choices=("mcap", "sqlite3"), default="mcap", help="output bag format"
+    )
+    parser.add_argument(
+        "--outputs-only",
+        action="store_true",
+        help="write only the depth outputs, not a copy of the input topics",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing output bag / PNG folder"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     args = parser.parse_args(argv)
     overrides = dict(args.param)
     if args.calibration_dir:
@@ -403,6 +493,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     for failure in report.failures[:5]:
         print(f"  skipped: {failure}", file=sys.stderr)
+    if report.offset_note:
+        print(f"  note: {report.offset_note}", file=sys.stderr)
     return 0
 
 
