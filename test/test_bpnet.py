@@ -354,9 +354,10 @@ def _regen():
 
 
 #: pinned output may differ from a fresh run by this much, relative to the map's largest
-#: value. Measured: the project against the authors' code (different op order, float64)
-#: 1.7e-13 at the final output; the same code on 1 vs 2 threads 0. A few times that.
-PINNED_RTOL = 1e-12
+#: value. Measured (2 CPU cores): the same code
+#: on 1 vs 2 threads 3.8e-13 (the random weights amplify rounding through 6 levels); the
+#: project against the authors' code (other op order) 1.7e-13. About 5x the larger.
+PINNED_RTOL = 2e-12
 
 
 def test_output_pinned_on_real_kitti_crop(kitti_frame) -> None:
