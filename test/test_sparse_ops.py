@@ -12,14 +12,21 @@ import torch
 from depth_completion_ros.networks import sparse_ops
 from depth_completion_ros.networks.sparse_ops import dynamic_filter, nearest_valid_pixels
 
-METHODS = ("separable", "brute_force", "kdtree")
+METHODS = ("separable", "brute_force", "kdtree", "kdtree_exact")
 
 
 def _search(valid: torch.Tensor, k: int, method: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """nearest_valid_pixels through one of its three paths (torch picks brute force itself
-    for small images; the tests force each torch path in turn)."""
+    """nearest_valid_pixels through one of its four paths (torch picks brute force itself
+    for small images, the kd-tree nudged queries; the tests force each path in turn)."""
     if method == "kdtree":
         return nearest_valid_pixels(valid, k, method="kdtree")
+    if method == "kdtree_exact":  # the route of images too large for nudged queries
+        saved = sparse_ops._NUDGE_LIMIT
+        sparse_ops._NUDGE_LIMIT = 0.0
+        try:
+            return nearest_valid_pixels(valid, k, method="kdtree")
+        finally:
+            sparse_ops._NUDGE_LIMIT = saved
     if method == "brute_force" and valid[0].numel() > 6000:
         pytest.skip("brute force on this image would need over 100 MB")
     saved = sparse_ops._BRUTE_FORCE_MAX

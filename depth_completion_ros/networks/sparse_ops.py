@@ -59,6 +59,7 @@ _NONE_KEY = 1 << 62  # keys from here up mean "no point" (real ones stay below 2
 _BLOCK = 32  # columns per block for the lower bound on columns outside the window
 _BRUTE_FORCE_MAX = 1 << 26  # B * (H*W)^2 up to which every pixel pair is scored directly
 _WINDOWS = (7, 31, 127, 511)  # half-widths of the row-pass windows, then the whole row
+_NUDGE_LIMIT = 2.0**53  # kd-tree: nudged queries while d2max * H * W * 2048 stays below
 _WINDOW_CELLS = 1 << 23  # candidate-table cells per chunk of the row pass (~250 MB of temps)
 
 
@@ -338,29 +339,32 @@ def _outside_bound(
 def _kdtree_search(valid: Tensor, k: int) -> Tensor:
     """CPU path: one cKDTree per image over the valid pixels, queried at every pixel.
 
-    cKDTree breaks ties its own way, so each pixel asks for more neighbours than it needs and
-    re-ranks them by key: the answer is proven once a returned neighbour is strictly farther
-    than the k-th (then every point as near as the k-th was returned). Pixels on a tie at the
-    k-th distance ask again for more."""
+    cKDTree breaks ties its own way, so the query points are moved by a tiny (ex, ey): a point
+    dy rows and dx columns away then counts as d2 - 2 ey dy - 2 ex dx (+ const) far. With
+    ey = 1/(16 H) and ex = ey / (4 W) that changes no order between different integer d2, and
+    among equal d2 puts the later row, then the later column, first: the release's order,
+    with no ties left (the smallest gap, 2 ex, stays far above float64 rounding at these
+    sizes). Larger images, where it would not, take the exact route: ask for more neighbours
+    than needed, re-rank by key, and prove the k-th (a returned neighbour strictly farther)."""
     bsz, h, w = valid.shape
     n = h * w
     out = np.full((bsz * n, k), _NONE_KEY, dtype=np.int64)
     masks = valid.numpy()
+    ey = 1.0 / (16 * h)
+    ex = ey / (4 * w)
+    nudge = ((h - 1) ** 2 + (w - 1) ** 2 + 1) * h * w * 2048 < _NUDGE_LIMIT
     for b in range(bsz):
         pts = np.flatnonzero(masks[b])  # row-major, as the release scans them
         if pts.size == 0:
             continue
         tree = cKDTree(np.stack([pts % w, pts // w], axis=1).astype(np.float64))
         todo = np.arange(n)
-        want = k + 2  # k + 1 leaves ~19 % of a KITTI frame unproven, k + 2 ~2.5 %
+        want = k if nudge else k + 2  # k + 2: ~2.5 % of a KITTI frame unproven
         while todo.size:
             want = min(want, pts.size)
             qy, qx = np.divmod(todo, w)
-            arg = tree.query(
-                np.stack([qx, qy], axis=1).astype(np.float64),
-                k=list(range(1, want + 1)),
-                workers=-1,
-            )[1]
+            query = np.stack([qx + ex, qy + ey], axis=1) if nudge else np.stack([qx, qy], 1)
+            arg = tree.query(query.astype(np.float64), k=list(range(1, want + 1)), workers=-1)[1]
             found = pts[arg]  # m x want flat indices
             fy, fx = np.divmod(found, w)
             key = (((fy - qy[:, None]) ** 2 + (fx - qx[:, None]) ** 2) << _TIE_BITS) + (
@@ -369,7 +373,7 @@ def _kdtree_search(valid: Tensor, k: int) -> Tensor:
             key.sort(axis=1)
             kk = min(k, want)
             out[b * n + todo, :kk] = key[:, :kk]
-            if want == pts.size:
+            if nudge or want == pts.size:
                 break
             # unproven: the farthest returned is exactly as far as the k-th
             tied = (key[:, -1] >> _TIE_BITS) == (key[:, k - 1] >> _TIE_BITS)
