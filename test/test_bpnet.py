@@ -374,3 +374,16 @@ def test_output_pinned_on_real_kitti_crop(kitti_frame) -> None:
     want = stored["bpnet_depth"]
     err = np.abs(got - want).max() / np.abs(want).max()
     assert err <= PINNED_RTOL, f"relative difference {err:.3g}"
+
+
+def test_init_truncates_at_the_release_bounds() -> None:
+    """The release's weights_init calls nn.init.trunc_normal_(std=s) with its default bounds
+    [-2, 2], absolute (not 2 std): draws beyond 2 std stay, none beyond 2."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(64, 64, 3)
+    init_weights(conv)
+    std = (2.0 / (2 * 64 * 9)) ** 0.5
+    w = conv.weight.detach()
+    assert (w.abs() > 2 * std).float().mean() > 0.03  # ~4.6 % of a normal's draws
+    assert w.abs().max() <= 2.0 and conv.bias.abs().max() == 0
+    assert abs(float(w.std()) - std) < 0.03 * std
