@@ -14,7 +14,8 @@ Data flow (H x W input, multiples of 32; level l works at H/2^l x W/2^l):
            features (absent at level 5)
     wpool: pool the full-resolution sparse depth to this level with learned per-pixel weights
            (a softmax over the valid pixels of each 2^l x 2^l block; absent at level 0)
-    prop:  bilateral propagation: every pixel's depth from its 4 nearest valid pixels, each
+    prop:  bilateral propagation: every pixel's depth from its 4 nearest valid pixels (slots
+           in the release's order: nearer first, among equal distances the later pixel), each
            term (1 + a) * d + b weighted by a softmax, a, b and the weight predicted by an MLP
            from both pixels' features, the neighbour's 3-D point and the pixel offset
     fuse:  a U-Net over features + the 3-D points of that depth; a 3x3 conv adds a residual

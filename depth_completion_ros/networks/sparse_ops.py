@@ -27,7 +27,9 @@ first. Every path here ranks by the integer key
     key = d2 * 2**28 + (2**28 - 1 - (y * W + x))
 
 (smaller is nearer), which is that order exactly; the key also carries the pixel's index, so
-the searches move one int64 per candidate.
+the searches move one int64 per candidate. The window proofs are strict (a point outside as far
+as the k-th would rank ahead of it), and the kd-tree nudges its query points so that its own
+order is this one (see :func:`_kdtree_search`).
 """
 
 from __future__ import annotations
