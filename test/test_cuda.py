@@ -20,14 +20,10 @@ from depth_completion_ros.networks.sparse_ops import dynamic_filter, nearest_val
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-def _distances(offsets: torch.Tensor) -> torch.Tensor:
-    """Squared neighbour distances: what must agree exactly (ties may pick other pixels)."""
-    return (offsets.cpu() ** 2).sum(1)
-
-
 def test_neighbour_search_on_cuda_is_exact_at_kitti_size(kitti_frame) -> None:
     """The full-resolution search BP-Net runs at level 0, on the real LiDAR mask and on
-    edge cases: same distances as the CPU kd-tree, indices that point at valid pixels."""
+    edge cases: the very pixels of the CPU kd-tree, slot by slot (both follow the release's
+    tie rule, which test_sparse_ops checks against the release's kernel written out)."""
     _, sparse, _ = kitti_frame
     h, w = sparse.shape
     real = torch.from_numpy(sparse[h - 352 :, (w - 1216) // 2 :][:, :1216] > 0)[None]
@@ -43,11 +39,8 @@ def test_neighbour_search_on_cuda_is_exact_at_kitti_size(kitti_frame) -> None:
     for name, valid in masks.items():
         o_cpu, i_cpu = nearest_valid_pixels(valid, method="kdtree")
         o_gpu, i_gpu = nearest_valid_pixels(valid.cuda(), method="torch")
-        assert torch.equal(_distances(o_cpu), _distances(o_gpu)), name
-        flat = valid.view(valid.shape[0], -1)
-        if flat.any():
-            picked = torch.gather(flat, 1, i_gpu.cpu().view(valid.shape[0], -1))
-            assert picked[flat.any(1)].all(), f"{name}: an index points at an invalid pixel"
+        assert torch.equal(i_cpu, i_gpu.cpu()), name
+        assert torch.equal(o_cpu, o_gpu.cpu()), name
 
 
 def test_dynamic_filter_and_deformable_on_cuda_match_cpu() -> None:

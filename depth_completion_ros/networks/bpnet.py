@@ -14,7 +14,8 @@ Data flow (H x W input, multiples of 32; level l works at H/2^l x W/2^l):
            features (absent at level 5)
     wpool: pool the full-resolution sparse depth to this level with learned per-pixel weights
            (a softmax over the valid pixels of each 2^l x 2^l block; absent at level 0)
-    prop:  bilateral propagation: every pixel's depth from its 4 nearest valid pixels, each
+    prop:  bilateral propagation: every pixel's depth from its 4 nearest valid pixels (slots
+           in the release's order: nearer first, among equal distances the later pixel), each
            term (1 + a) * d + b weighted by a softmax, a, b and the weight predicted by an MLP
            from both pixels' features, the neighbour's 3-D point and the pixel offset
     fuse:  a U-Net over features + the 3-D points of that depth; a 3x3 conv adds a residual
@@ -533,9 +534,11 @@ class BPNet(nn.Module):
 
 
 def init_weights(module: nn.Module) -> None:
-    """Training start for BP-Net or any of its parts: convs drawn from a normal with std
-    sqrt(2 / (fan_in + fan_out)) truncated at 2 std, zero biases, and zero BN gain on the last
-    layer of every kernel head, so that propagation starts as the identity."""
+    """Training start for BP-Net or any of its parts, as the release's weights_init: convs
+    drawn from a normal with std sqrt(2 / (fan_in + fan_out)) truncated to [-2, 2] (absolute
+    bounds: nn.init.trunc_normal_'s defaults, so in practice untruncated), zero biases, and
+    zero BN gain on the last layer of every kernel head, so that propagation starts as the
+    identity."""
     with torch.no_grad():
         for m in module.modules():
             if isinstance(m, nn.Conv2d):  # transposed convs keep PyTorch's default
@@ -548,14 +551,14 @@ def init_weights(module: nn.Module) -> None:
                 nn.init.zeros_(m.conv[1].conv.bn.weight)
 
 
-def _truncated_normal_(w: Tensor, std: float) -> None:
-    """Normal(0, std) truncated to +-2 std by redrawing the outliers (exact, and much faster on
-    a CPU than nn.init.trunc_normal_'s inverse-CDF sampling)."""
+def _truncated_normal_(w: Tensor, std: float, bound: float = 2.0) -> None:
+    """Normal(0, std) truncated to [-bound, bound] by redrawing the outliers (exact, and much
+    faster on a CPU than nn.init.trunc_normal_'s inverse-CDF sampling)."""
     w.normal_(0.0, std)
-    out = w.abs() > 2 * std  # about 4.6 % of the draws
+    out = w.abs() > bound
     redraw = torch.randn(int(out.sum()), dtype=w.dtype, device=w.device) * std
     while True:
-        bad = redraw.abs() > 2 * std
+        bad = redraw.abs() > bound
         count = int(bad.sum())
         if count == 0:
             break

@@ -11,8 +11,11 @@ Data flow (H x W input, any size; decoder outputs are cropped to the skip they m
       -> conv6 (1/16) -> dec5..dec2 (transposed convs with skips, back to 1/1)
       -> heads: initial depth (id_), guidance for 8 neighbours (gd_), confidence (cf_)
       -> NLSPN: 18 x modulated deformable 3x3 propagation -> depth (clamped at 0)
-SelfDC adds seg_dec5..seg_dec0, a copy of the depth decoder with a class head, trained with
-pseudo-labels and dropped at inference (its keys exist only when ``seg_classes`` is set).
+SelfDC adds ``seg_decoder``, a second decoder of the same structure with a 1x1 class head,
+trained with pseudo-labels and dropped at inference (its keys exist only when ``seg_classes``
+> 0; :func:`strip_training_heads` removes them from a training state_dict).
+Activations follow the release: LeakyReLU(0.2) in every conv/convt block outside the ResNet
+(stems, conv6, decoder, heads), ReLU inside the torchvision-style BasicBlocks.
 ``selfdc_r18`` (``encoder_stride=4``) is this project's CPU variant: same modules, ResNet-18,
 encoder from 1/4 and heads at 1/2 resolution, propagation at full resolution (~0.75 s per
 KITTI frame on 2 CPU cores in fp32 against ~7.4 s for the ResNet-34 release layout).
@@ -32,7 +35,17 @@ from depth_completion_ros.networks.deformable import (
     sampling_grid,
 )
 
-__all__ = ["NLSPNPropagation", "SelfDCNet", "selfdc", "selfdc_r18"]
+__all__ = [
+    "NLSPNPropagation",
+    "SegDecoder",
+    "SelfDCNet",
+    "selfdc",
+    "selfdc_r18",
+    "strip_training_heads",
+]
+
+#: negative slope of the release's conv_bn_relu / convt_bn_relu blocks (common.py)
+LEAKY_SLOPE = 0.2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -43,21 +56,22 @@ __all__ = ["NLSPNPropagation", "SelfDCNet", "selfdc", "selfdc_r18"]
 def conv_bn_relu(
     cin: int, cout: int, stride: int = 1, *, bn: bool = True, relu: bool = True
 ) -> nn.Sequential:
-    """3x3 conv (+ BN) (+ ReLU); index 0 is the conv, 1 the BN, as in the release's keys."""
+    """3x3 conv (+ BN) (+ LeakyReLU(0.2), the release's "relu"); index 0 is the conv, 1 the
+    BN, as in the release's keys."""
     layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, stride, 1, bias=not bn)]
     if bn:
         layers.append(nn.BatchNorm2d(cout))
     if relu:
-        layers.append(nn.ReLU(inplace=True))
+        layers.append(nn.LeakyReLU(LEAKY_SLOPE, inplace=True))
     return nn.Sequential(*layers)
 
 
 def convt_bn_relu(cin: int, cout: int) -> nn.Sequential:
-    """3x3 stride-2 transposed conv + BN + ReLU: doubles the resolution exactly."""
+    """3x3 stride-2 transposed conv + BN + LeakyReLU(0.2): doubles the resolution exactly."""
     return nn.Sequential(
         nn.ConvTranspose2d(cin, cout, 3, 2, 1, output_padding=1, bias=False),
         nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
+        nn.LeakyReLU(LEAKY_SLOPE, inplace=True),
     )
 
 
@@ -233,23 +247,53 @@ def modulated_deform_sum_1x1(
 # ---------------------------------------------------------------------------------------------
 
 
+class SegDecoder(nn.Module):
+    """SelfDC's training-only segmentation decoder: the depth decoder's structure (transposed
+    convs meeting the encoder skips) with its own weights, and a 1x1 head to class logits."""
+
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        self.dec5 = convt_bn_relu(512, 256)
+        self.dec4 = convt_bn_relu(256 + 512, 128)
+        self.dec3 = convt_bn_relu(128 + 256, 64)
+        self.dec2 = convt_bn_relu(64 + 128, 64)
+        self.dec1 = conv_bn_relu(64 + 64, 64)
+        self.head = nn.Conv2d(64 + 64, classes, 1)
+
+    def forward(self, feats: list[torch.Tensor], up: Any) -> torch.Tensor:
+        """``feats``: the encoder's fe1..fe6; ``up``: the model's head upsampling (identity in
+        NLSPN). Logits at the resolution of fe1."""
+        fe1, fe2, fe3, fe4, fe5, fe6 = feats
+        x = self.dec5(fe6)
+        x = self.dec4(_cat(x, fe5))
+        x = self.dec3(_cat(x, fe4))
+        x = self.dec2(_cat(x, fe3))
+        x = self.dec1(_cat(x, fe2))
+        return self.head(_cat(up(x), fe1))
+
+
 class SelfDCNet(nn.Module):
     """NLSPN depth completion network with SelfDC's optional segmentation decoder.
 
     forward(rgb, dep): rgb B x 3 x H x W normalised as the weights expect (see the registry),
     dep B x 1 x H x W metric sparse depth (0 = none). Returns B x 1 x H x W depth, or with
     ``return_aux=True`` (depth, dict with 'pred_init', 'confidence', 'guidance', 'offset',
-    'aff' and, when the segmentation decoder exists, 'seg' logits B x classes x H x W).
+    'aff'). Training uses :meth:`forward_train` (or ``forward(..., train=True)``, the same
+    through a DDP wrapper), which also returns the segmentation logits.
+
+    Precision: the whole network runs in the weights' dtype (float64 included); under
+    autocast the propagation, which addresses pixels by coordinate and repeats 18 times, runs
+    in float32 at least.
     """
 
     #: prefixes of training-only parts; a checkpoint may carry them for a model built without
-    training_only_prefixes: tuple[str, ...] = ("seg_",)
+    training_only_prefixes: tuple[str, ...] = ("seg_decoder.",)
 
     def __init__(
         self,
         depth: int = 34,
         *,
-        seg_classes: int | None = None,
+        seg_classes: int = 0,
         prop_time: int = 18,
         gamma: float = 0.5,
         conf_prop: bool = True,
@@ -263,6 +307,12 @@ class SelfDCNet(nn.Module):
         if depth not in RESNET_BLOCKS:
             raise ValueError(
                 f"ResNet depth {depth} not supported; use one of {list(RESNET_BLOCKS)}"
+            )
+        if seg_classes is None:
+            seg_classes = 0
+        if seg_classes < 0 or seg_classes == 1:
+            raise ValueError(
+                f"seg_classes must be 0 (no segmentation decoder) or >= 2, got {seg_classes}"
             )
         n1, n2, n3, n4 = RESNET_BLOCKS[depth]
         self.seg_classes = seg_classes
@@ -284,15 +334,6 @@ class SelfDCNet(nn.Module):
         self.gd_dec0 = conv_bn_relu(64 + 64, 8, bn=False, relu=False)
         self.cf_dec1 = conv_bn_relu(64 + 64, 32)
         self.cf_dec0 = nn.Sequential(nn.Conv2d(32 + 64, 1, 3, 1, 1), nn.Sigmoid())
-        if seg_classes is not None:
-            if seg_classes < 2:
-                raise ValueError(f"seg_classes must be >= 2 (got {seg_classes})")
-            self.seg_dec5 = convt_bn_relu(512, 256)
-            self.seg_dec4 = convt_bn_relu(256 + 512, 128)
-            self.seg_dec3 = convt_bn_relu(128 + 256, 64)
-            self.seg_dec2 = convt_bn_relu(64 + 128, 64)
-            self.seg_dec1 = conv_bn_relu(64 + 64, 64)
-            self.seg_dec0 = nn.Conv2d(64 + 64, seg_classes, 3, 1, 1)
         self.prop_layer = NLSPNPropagation(
             8,
             3,
@@ -302,6 +343,8 @@ class SelfDCNet(nn.Module):
             preserve_input=preserve_input,
             legacy=legacy,
         )
+        # registered after the depth part, so the released key order is unchanged
+        self.seg_decoder = SegDecoder(seg_classes) if seg_classes else None
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -321,9 +364,8 @@ class SelfDCNet(nn.Module):
             return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
         return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
-    def forward(
-        self, rgb: torch.Tensor, dep: torch.Tensor, *, return_aux: bool = False
-    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]:
+    def _encode(self, rgb: torch.Tensor, dep: torch.Tensor) -> list[torch.Tensor]:
+        """fe1 .. fe6, the encoder's outputs (the skips of both decoders)."""
         fe_rgb, fe_dep = self.conv1_rgb(rgb), self.conv1_dep(dep)
         if self.encoder_stride != 1:
             # Light variant: the encoder starts at 1/2 (max-pool keeps sparse returns), the
@@ -336,6 +378,13 @@ class SelfDCNet(nn.Module):
         fe4 = self.conv4(fe3)
         fe5 = self.conv5(fe4)
         fe6 = self.conv6(fe5)
+        return [fe1, fe2, fe3, fe4, fe5, fe6]
+
+    def _depth(
+        self, feats: list[torch.Tensor], dep: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Depth decoder, heads and propagation: final depth and the intermediate maps."""
+        fe1, fe2, fe3, fe4, fe5, fe6 = feats
         fd5 = self.dec5(fe6)
         fd4 = self.dec4(_cat(fd5, fe5))
         fd3 = self.dec3(_cat(fd4, fe4))
@@ -350,14 +399,15 @@ class SelfDCNet(nn.Module):
                 self._up(t, full) for t in (pred_init, guide, confidence)
             )
 
-        # The propagation addresses pixels by coordinate: run it in float32 even under autocast.
+        # The propagation addresses pixels by coordinate and repeats 18 times: float32 at
+        # least under autocast (half precision cannot address a 1216-wide image exactly);
+        # float64 weights keep float64.
+        dtype = torch.promote_types(self.prop_layer.conv_offset_aff.weight.dtype, torch.float32)
         with torch.autocast(device_type=pred_init.device.type, enabled=False):
             depth, offset, aff = self.prop_layer(
-                pred_init.float(), guide.float(), confidence.float(), dep.float()
+                pred_init.to(dtype), guide.to(dtype), confidence.to(dtype), dep.to(dtype)
             )
         depth = depth.clamp(min=0)
-        if not return_aux:
-            return depth
         aux: dict[str, Any] = {
             "pred_init": pred_init,
             "confidence": confidence,
@@ -365,14 +415,43 @@ class SelfDCNet(nn.Module):
             "offset": offset,
             "aff": aff,
         }
-        if self.seg_classes is not None:
-            sd = self.seg_dec5(fe6)
-            sd = self.seg_dec4(_cat(sd, fe5))
-            sd = self.seg_dec3(_cat(sd, fe4))
-            sd = self.seg_dec2(_cat(sd, fe3))
-            sd = self.seg_dec1(_cat(sd, fe2))
-            aux["seg"] = self._up(self.seg_dec0(_cat(self._up(sd), fe1)), tuple(dep.shape[2:]))
         return depth, aux
+
+    def forward(
+        self,
+        rgb: torch.Tensor,
+        dep: torch.Tensor,
+        *,
+        return_aux: bool = False,
+        train: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]] | dict[str, torch.Tensor]:
+        if train:
+            return self.forward_train(rgb, dep)
+        depth, aux = self._depth(self._encode(rgb, dep), dep)
+        return (depth, aux) if return_aux else depth
+
+    def forward_train(self, rgb: torch.Tensor, dep: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Everything the SelfDC losses need, in one pass over the encoder.
+
+        Returns 'depth' (final, B x 1 x H x W), 'init_depth' (before propagation),
+        'confidence', 'guidance', 'offset', 'aff' and, with a segmentation decoder,
+        'seg_logits' (B x seg_classes x H x W, raw logits at the input's resolution).
+        """
+        feats = self._encode(rgb, dep)
+        depth, aux = self._depth(feats, dep)
+        out = {"depth": depth, "init_depth": aux.pop("pred_init"), **aux}
+        if self.seg_decoder is not None:
+            logits = self.seg_decoder(feats, self._up)
+            out["seg_logits"] = self._up(logits, (dep.shape[2], dep.shape[3]))
+        return out
+
+
+def strip_training_heads(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A copy of a training state_dict without the training-only parts (the segmentation
+    decoder), so exported weights load strictly into ``selfdc`` / ``selfdc_r18`` as built for
+    inference (``model:=selfdc``)."""
+    prefixes = SelfDCNet.training_only_prefixes
+    return {k: v for k, v in state_dict.items() if not k.startswith(prefixes)}
 
 
 # ---------------------------------------------------------------------------------------------
