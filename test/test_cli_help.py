@@ -67,11 +67,8 @@ def test_good_arguments_pass_and_integers_become_doubles(tmp_path):
     assert yaml.safe_load(Path(copy).read_text())["/**"]["ros__parameters"]["max_depth"] == 80.0
 
 
-WIRED = (
-    "import sys\n"
-    "from depth_completion_ros import cli_help, node\n"
-    "sys.exit(node.main(cli_help.prepare_node_arguments(sys.argv)))\n"
-)
+#: the console script's own entry point (node.main checks the command line first)
+NODE = "import sys\nfrom depth_completion_ros import node\nsys.exit(node.main(sys.argv))\n"
 
 
 def _start(ros_domain_id: int, code: str, *ros_args: str) -> subprocess.Popen:
@@ -84,19 +81,15 @@ def _start(ros_domain_id: int, code: str, *ros_args: str) -> subprocess.Popen:
     )
 
 
-def test_the_node_with_the_check_wired_in(ros_domain_id):
-    # an integer for a double parameter: rclpy alone refuses it (INTEGER vs DOUBLE) ...
-    plain = "import sys\nfrom depth_completion_ros import node\nsys.exit(node.main(sys.argv))\n"
-    process = _start(ros_domain_id, plain, "-p", "max_depth:=50")
-    output, _ = process.communicate(timeout=60)
-    assert process.returncode != 0, output
-    # ... with the check it is a double and the node runs until Ctrl-C
-    process = _start(ros_domain_id, WIRED, "-p", "max_depth:=50")
+def test_the_node_checks_its_command_line(ros_domain_id):
+    # an integer for a double parameter (rclpy alone refuses INTEGER vs DOUBLE): with the check
+    # it is a double and the node runs until Ctrl-C
+    process = _start(ros_domain_id, NODE, "-p", "max_depth:=50")
     time.sleep(8)
     assert process.poll() is None, process.communicate()[0]
     assert stop_process(process) == 0
     # and a bad value ends in one line, exit 2, before rclpy starts
-    process = _start(ros_domain_id, WIRED, "-p", "max_depth:=-1")
+    process = _start(ros_domain_id, NODE, "-p", "max_depth:=-1")
     output, _ = process.communicate(timeout=60)
     assert process.returncode == 2
     assert "Traceback" not in output and "'max_depth'" in output
