@@ -53,8 +53,7 @@ def build(arch: str, path: Path) -> Path:
             patch_size=14,
         )
     else:
-        sys.path.insert(0, str(REPO / "test"))
-        from tiny_teachers import build_depth_anything
+        from training.tiny_models import build_depth_anything
 
         return build_depth_anything(path)
     DepthAnythingForDepthEstimation(config).save_pretrained(path)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from training.cache import teacher_path, write_teacher_map
-from training.distributed import dist_env
+from training.distributed import dist_env, job_device
 from training.image_jobs import run_image_job
 from training.image_sources import BadImage, list_images
 from training.teachers import DEPTH_INPUT_SIZE, SMALL_LICENCE, DepthTeacher
@@ -63,10 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     env = dist_env()
     try:
         source = list_images(args.images)
-        device = args.device
-        if device == "auto" and env.distributed:
-            device = f"cuda:{env.local_rank}" if _cuda() else "cpu"
-        teacher = DepthTeacher(args.model, device, args.input_size, args.batch_size)
+        teacher = DepthTeacher(
+            args.model, job_device(args.device, env), args.input_size, args.batch_size
+        )
     except (ValueError, OSError) as err:
         print(f"cache_teacher: {err}", file=sys.stderr)
         return 2
@@ -91,12 +90,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(report.line("cache_teacher", out))
     return 0
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 if __name__ == "__main__":

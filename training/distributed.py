@@ -68,3 +68,16 @@ def shard(items: Sequence[T], env: DistEnv | None = None) -> list[T]:
     so a restarted process takes the same share and resumes from its manifest)."""
     env = env or dist_env()
     return list(items[env.rank :: env.world_size])
+
+
+def job_device(requested: str, env: DistEnv | None = None) -> str:
+    """The device of one process of a data job: under torchrun, 'auto' and 'cuda' mean this
+    process's own GPU (``cuda:LOCAL_RANK``), so N processes use N GPUs; otherwise as given."""
+    env = env or dist_env()
+    if requested in ("auto", "cuda") and env.distributed:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"cuda:{env.local_rank}"
+        return "cpu" if requested == "auto" else requested
+    return requested

@@ -30,7 +30,7 @@ import numpy as np
 from depth_completion_ros.depth_io import read_rgb, write_bytes_atomic
 from depth_completion_ros.simulation.lidar import LIDAR_PRESETS
 from training.cache import META_FILE, Manifest, read_meta
-from training.distributed import DistEnv, dist_env, shard
+from training.distributed import DistEnv, dist_env, job_device, shard
 from training.meshing import MESH_METHODS, MeshConfig
 from training.sample import BadSample, SkipCounter
 from training.stage1 import (
@@ -364,12 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     job = job_from_args(args)
     env = dist_env()
-    device = args.device
-    if device in ("auto", "cuda") and env.distributed:
-        import torch
-
-        if torch.cuda.is_available():
-            device = f"cuda:{env.local_rank}"  # one GPU per torchrun process
+    device = job_device(args.device, env)
     teacher = _load_teacher(args.teacher, device, args.input_size) if args.teacher else None
     run(
         job,

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from training.cache import segments_path, write_segments
-from training.distributed import dist_env
+from training.distributed import dist_env, job_device
 from training.image_jobs import run_image_job
 from training.image_sources import list_images
 from training.segmenters import SEGMENT_METHODS, build_segmenter
@@ -87,11 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     env = dist_env()
     try:
         source = list_images(args.images)
-        device = args.device
-        if device == "auto" and env.distributed:
-            import torch
-
-            device = f"cuda:{env.local_rank}" if torch.cuda.is_available() else "cpu"
+        device = job_device(args.device, env)
         segmenter = build_segmenter(
             args.method, args.model, device, args.num_classes, **method_options(args)
         )
