@@ -80,7 +80,7 @@ def test_bad_inputs_exit_non_zero_and_write_nothing(release_like, tmp_path, caps
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"this is not a checkpoint at all " * 10)
     assert main([str(garbage), str(out)]) == 1
-    assert "could not read" in capsys.readouterr().err
+    assert "is not a checkpoint" in capsys.readouterr().err
     other = tmp_path / "other.pth"
     torch.save(torch.nn.Linear(3, 2).state_dict(), other)
     assert main([str(other), str(out)]) == 1

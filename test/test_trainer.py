@@ -125,9 +125,42 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(kitti_dc_frame, tmp_p
 
 
 def test_ddp_with_gloo_keeps_two_processes_in_step(kitti_dc_frame, tmp_path):
+    """The whole SelfDC objective (L_dc, L_gc and L_sms on segments, L_seg through the
+    training-only decoder) on two processes: DDP must see every parameter used."""
+    import json
+
+    from training.pseudo_labels import main as pseudo_labels
+
+    segments = tmp_path / "segments"
+    assert (
+        pseudo_labels(
+            [
+                "--method",
+                "felzenszwalb",
+                "--images",
+                f"kitti:{kitti_dc_frame}:train",
+                "--out",
+                str(segments),
+                "--num-classes",
+                "8",
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "ddp"
     torchrun = Path(sys.executable).with_name("torchrun")
     env = dict(_env(), GLOO_SOCKET_IFNAME="lo", MASTER_ADDR="127.0.0.1")
+    args = _overrides(
+        kitti_dc_frame,
+        out,
+        4,
+        (
+            f"data.options.segments_root={segments}",
+            "model.seg_classes=-1",
+            "loss.weights={dc: 1.0, seg: 0.1, gc: 1.0, sms: 1.0}",
+            "loss.options={}",
+        ),
+    )
     result = subprocess.run(
         [
             str(torchrun),
@@ -137,7 +170,7 @@ def test_ddp_with_gloo_keeps_two_processes_in_step(kitti_dc_frame, tmp_path):
             "training.train",
             "--config",
             str(EMPTY_CONFIG),
-            *_overrides(kitti_dc_frame, out, 4),
+            *args,
         ],
         cwd=REPO,
         env=env,
@@ -146,12 +179,16 @@ def test_ddp_with_gloo_keeps_two_processes_in_step(kitti_dc_frame, tmp_path):
         timeout=400,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    import json
-
     summary = json.loads((out / "summary.json").read_text())
     sums = summary["rank_checksums"]
     assert len(sums) == 2 and sums[0] == sums[1]
-    assert summary["steps"] == 4
+    assert summary["steps"] == 4 and summary["bad_steps"] == 0
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {"dc", "seg", "gc", "sms"} <= set(logged[-1])
+    exported = _tensors(out / WEIGHTS)
+    assert not any(k.startswith("seg_decoder.") for k in exported)
+    state = torch.load(out / CHECKPOINT, weights_only=True)["net"]
+    assert any(k.startswith("seg_decoder.") for k in state)
 
 
 class _Frames(torch.utils.data.Dataset):
