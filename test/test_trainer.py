@@ -82,9 +82,11 @@ def _tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_killed_and_resumed_run_ends_with_the_same_weights(kitti_dc_frame, tmp_path):
+    """Random crops and flips in a DataLoader worker: a resumed run must draw the same ones."""
     steps = 8
+    worker = ("data.workers=1",)
     full = tmp_path / "full"
-    done = _run(_overrides(kitti_dc_frame, full, steps))
+    done = _run(_overrides(kitti_dc_frame, full, steps, worker))
     assert done.returncode == 0, done.stderr[-3000:]
 
     cut = tmp_path / "cut"
@@ -95,7 +97,7 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(kitti_dc_frame, tmp_p
             "training.train",
             "--config",
             str(EMPTY_CONFIG),
-            *_overrides(kitti_dc_frame, cut, steps),
+            *_overrides(kitti_dc_frame, cut, steps, worker),
         ],
         cwd=REPO,
         env=_env(),
@@ -113,7 +115,7 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(kitti_dc_frame, tmp_p
     state = torch.load(cut / CHECKPOINT, weights_only=True)
     assert 0 < state["step"] < steps
 
-    resumed = _run(_overrides(kitti_dc_frame, cut, steps))
+    resumed = _run(_overrides(kitti_dc_frame, cut, steps, worker))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed" in resumed.stderr
     a, b = _tensors(full / WEIGHTS), _tensors(cut / WEIGHTS)
