@@ -83,7 +83,8 @@ def test_kitti_benchmark_crop_moves_k(kitti_dc_frame: Path) -> None:
     assert sample["rgb"].shape == (352, 1216, 3)
     for key in ("rgb", "sparse", "gt"):
         np.testing.assert_array_equal(sample[key], full[key][23:, 13:1229])
-    np.testing.assert_allclose(sample["K"][:2, 2], full["K"][:2, 2] - [13, 23], atol=1e-4)
+    # whole-pixel shifts of float32 values near 600: exact (measured difference 0.0)
+    np.testing.assert_array_equal(sample["K"][:2, 2], full["K"][:2, 2] - np.float32([13, 23]))
     assert "crop=352x1216(bottom_center)" in dataset.describe()
 
 
