@@ -20,15 +20,6 @@ from training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
-#: prefixes of modules that exist only for training (removed from exported weights)
-TRAINING_ONLY_PREFIXES = ("seg_decoder.",)
-
-
-def strip_training_heads(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Weights the node loads: everything but the training-only heads."""
-    return {k: v for k, v in state_dict.items() if not k.startswith(TRAINING_ONLY_PREFIXES)}
-
-
 @dataclass
 class Task:
     """One method's model construction, forward pass and loss."""

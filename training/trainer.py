@@ -32,9 +32,10 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from depth_completion_ros.depth_io import write_atomic, write_bytes_atomic
+from depth_completion_ros.networks.nlspn import strip_training_heads
 from training.config import TrainConfig, dump, to_dict
 from training.distributed import DistEnv, dist_env
-from training.methods import Task, make_task, strip_training_heads
+from training.methods import Task, make_task
 from training.sample import SKIP_KEY, SkipCounter, collate
 
 log = logging.getLogger("training")
