@@ -226,7 +226,7 @@ def test_ssi_inverse_mode_scores_the_true_depth_zero_on_the_synthetic_street():
     """Why 'inverse' is the default: against a Depth-Anything-like teacher d = a / z + c of the
     street's exact depth z, the true depth is a perfect answer only when the teacher is fitted
     in inverse depth; the release's 1/(d' + 0.5) and an affine fit of d itself both charge the
-    truth metres of error (4.7 and 6.7 m at 416x128, README.losses.md)."""
+    truth metres of error (4.7 and 6.7 m at 416x128, training/README.md, "Losses")."""
     from depth_completion_ros.simulation.street_scene import CameraRig, make_sequence
 
     frame = make_sequence(1, seed=0, rig=CameraRig.kitti(width=208, height=64))[0]

@@ -18,7 +18,7 @@ DMD3C ("Distilling Monocular Foundation Model for Fine-grained Depth Completion"
 SelfDC ("Training Self-Supervised Depth Completion Using Sparse Measurements and a Single
 Image"): eq. 1 (:func:`local_gradient_constraint_loss`), eqs. 3-4
 (:func:`selective_mask_smoothness_loss`), eq. 5 (:func:`depth_consistency_loss`), eq. 6
-(:func:`segmentation_loss`), eq. 7 (:func:`selfdc_loss`). See training/README.losses.md for the
+(:func:`segmentation_loss`), eq. 7 (:func:`selfdc_loss`). See training/README.md ("Losses") for the
 decisions (teacher conversion, detaching s and b, downsampling, normalisations).
 """
 
@@ -259,9 +259,9 @@ def ssi_loss(
     two gradients agree at the optimum (envelope theorem); for this L1 after a least-squares fit
     they do not, and the extra term rewards flattening the prediction (eq. 7 is 0 for a constant
     prediction, with s = 0): with a perfect teacher, a free depth map trained on L_dc + L_SSI
-    ends 5-10x further from the truth with it (README.losses.md). Degenerate images (< 2 valid
-    pixels, constant teacher) are left out; none left gives 0. See :func:`align_teacher` for the
-    teacher's conversion.
+    ends 5-10x further from the truth with it (training/README.md, "Losses"). Degenerate images
+    (< 2 valid pixels, constant teacher) are left out; none left gives 0. See
+    :func:`align_teacher` for the teacher's conversion.
     """
     pred, teacher = _wide(pred), _wide(teacher)
     aligned, ok = align_teacher(
