@@ -20,6 +20,7 @@ from training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class Task:
     """One method's model construction, forward pass and loss."""
