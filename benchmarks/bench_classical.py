@@ -32,9 +32,9 @@ from machine import machine_info  # noqa: E402
 from depth_completion_ros.backends.classical import ClassicalBackend  # noqa: E402
 from depth_completion_ros.calibration import load_kitti_calibration  # noqa: E402
 from depth_completion_ros.depth_io import read_kitti_depth, read_rgb  # noqa: E402
-from depth_completion_ros.kitti import read_velodyne_bin  # noqa: E402
+from depth_completion_ros.kitti import oxts_motion, read_velo_imu, read_velodyne_bin  # noqa: E402
 from depth_completion_ros.metrics import kitti_metrics  # noqa: E402
-from depth_completion_ros.projection import SensorMotion, deskew, project_points  # noqa: E402
+from depth_completion_ros.projection import deskew, project_points  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DRIVE = "2011_09_26_drive_0001_sync"
@@ -47,18 +47,6 @@ def load_fill_in_fast(checkout: Path) -> Callable:
             sys.path.insert(0, str(folder))
             return importlib.import_module("depth_map_utils").fill_in_fast
     raise SystemExit(f"--ip-basic {checkout}: no depth_map_utils.py there or in ip_basic/")
-
-
-def kitti_motion(drive: Path, calib_dir: Path) -> SensorMotion:
-    """Frame 5's velocity (vf, vl, vu) and yaw rate (wu) from oxts, in the Velodyne frame."""
-    values = np.loadtxt(drive / "oxts" / "data" / "0000000005.txt")
-    rotation = next(
-        line.split()[1:]
-        for line in (calib_dir / "calib_imu_to_velo.txt").read_text().splitlines()
-        if line.startswith("R:")
-    )
-    velocity = np.asarray(rotation, float).reshape(3, 3) @ values[8:11]
-    return SensorMotion(velocity=tuple(velocity), yaw_rate=float(values[22]))
 
 
 def dc_path(frame: Path, release: str, kind: str) -> Path:
@@ -89,7 +77,10 @@ def main() -> None:
     rgb = read_rgb(raw_drive / "image_02" / "data" / "0000000005.png")
     scan = read_velodyne_bin(raw_drive / "velodyne_points" / "data" / "0000000005.bin")
     gt = read_kitti_depth(dc_path(frame, "data_depth_annotated", "groundtruth"))
-    motion = kitti_motion(raw_drive, frame / "raw" / "2011_09_26")
+    motion = oxts_motion(
+        raw_drive / "oxts" / "data" / "0000000005.txt",
+        read_velo_imu(frame / "raw" / "2011_09_26"),
+    )
     inputs = {
         "kitti_velodyne_raw": read_kitti_depth(
             dc_path(frame, "data_depth_velodyne", "velodyne_raw")

@@ -1,4 +1,4 @@
-"""Reading KITTI raw synced drives: frames, scans, timestamps, calibration.
+"""Reading KITTI raw synced drives: frames, scans, timestamps, oxts, calibration.
 
 The demo, the bag converter and the tests read real and synthetic drives through this module.
 """
@@ -11,8 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-from depth_completion_ros.calibration import KittiCalibration, load_kitti_calibration
+from depth_completion_ros.calibration import (
+    CalibrationError,
+    KittiCalibration,
+    load_kitti_calibration,
+    parse_kitti_calib_file,
+)
 from depth_completion_ros.depth_io import read_kitti_depth, read_rgb
+from depth_completion_ros.projection import SensorMotion
 
 KITTI_RATE_HZ = 10.0
 
@@ -46,6 +52,50 @@ def parse_timestamps(path: str | Path) -> np.ndarray:
         except ValueError as exc:
             raise KittiError(f"{path}:{number}: bad timestamp {line!r} ({exc})") from exc
     return np.array(stamps, dtype=np.float64)
+
+
+#: indices in an oxts packet (KITTI devkit readme, dataformat.txt): velocities forward, left, up
+#: (m/s) and angular rates about the same axes (rad/s), in the IMU frame (base_link)
+OXTS_VELOCITY = slice(8, 11)  # vf, vl, vu
+OXTS_ANGULAR_RATE = slice(20, 23)  # wf, wl, wu
+
+
+def read_oxts(path: str | Path) -> np.ndarray:
+    """One oxts packet -> its 30 values (lat, lon, alt, roll, pitch, yaw, ..., vf, vl, vu, ...)."""
+    path = Path(path)
+    try:
+        values = np.array(path.read_text().split(), dtype=np.float64)
+    except ValueError as exc:
+        raise KittiError(f"{path}: non-numeric oxts value ({exc})") from exc
+    if values.size < 6:
+        raise KittiError(f"{path}: {values.size} values, an oxts packet has 30")
+    return values
+
+
+def read_velo_imu(calib_dir: str | Path) -> np.ndarray | None:
+    """velodyne <- IMU 4x4 from ``calib_imu_to_velo.txt``, or None when the file is missing."""
+    path = Path(calib_dir) / "calib_imu_to_velo.txt"
+    if not path.is_file():
+        return None
+    values = parse_kitti_calib_file(path)
+    if "R" not in values or "T" not in values or values["R"].size != 9:
+        raise CalibrationError(f"{path}: needs keys R (9 values) and T (3 values)")
+    T_velo_imu = np.eye(4)
+    T_velo_imu[:3, :3] = values["R"].reshape(3, 3)
+    T_velo_imu[:3, 3] = values["T"]
+    return T_velo_imu
+
+
+def oxts_motion(path: str | Path, T_velo_imu: np.ndarray) -> SensorMotion:
+    """The LiDAR's motion for :func:`~depth_completion_ros.projection.deskew` from one oxts
+    packet: its velocity and angular rate rotated from the IMU into the Velodyne frame."""
+    packet = read_oxts(path)
+    if packet.size < OXTS_ANGULAR_RATE.stop:
+        raise KittiError(f"{path}: {packet.size} values, an oxts packet has 30")
+    R = np.asarray(T_velo_imu, np.float64)[:3, :3]
+    velocity = R @ packet[OXTS_VELOCITY]
+    angular = R @ packet[OXTS_ANGULAR_RATE]
+    return SensorMotion(velocity=tuple(float(v) for v in velocity), yaw_rate=float(angular[2]))
 
 
 @dataclass

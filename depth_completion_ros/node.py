@@ -31,6 +31,7 @@ from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
+from depth_completion_ros import odometry
 from depth_completion_ros.backends import DATASETS, DEVICES, MODEL_NAMES, PRECISIONS
 from depth_completion_ros.calibration import CalibrationError, extrinsics_from_values
 from depth_completion_ros.messages import (
@@ -48,6 +49,7 @@ from depth_completion_ros.node_setup import (
 )
 from depth_completion_ros.pairing import LatestSlot, Pair, StampPairer
 from depth_completion_ros.pipeline import InputError
+from depth_completion_ros.projection import SensorMotion
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,12 @@ PARAMETERS: tuple[_Param, ...] = (
         "QoS reliability of the three subscriptions; must be compatible with the publishers "
         "(best_effort accepts both, reliable needs reliable publishers)",
         choices=("best_effort", "reliable"),
+    ),
+    _Param(
+        "odometry_topic",
+        "",
+        "nav_msgs/Odometry topic whose twist deskews each scan (its child frame must be the "
+        "cloud's frame or reach it through TF); '' = no deskewing",
     ),
     _Param("input_depth", 5, "QoS history depth of the subscriptions", int_range=(1, 100)),
     _Param("output_depth", 2, "QoS history depth of the (reliable) outputs", int_range=(1, 100)),
@@ -223,6 +231,8 @@ class DepthCompletionNode(Node):
         self._reported_no_image = 0
         self._reported_jumps = 0
         self._points_scale = self.config["points_scale"] or None
+        self._odometry = None  # the latest nav_msgs/Odometry, when odometry_topic is set
+        self._not_deskewed: dict[str, int] = {}  # scans processed without deskewing, per cause
 
         input_qos = QoSProfile(
             history=HistoryPolicy.KEEP_LAST,
@@ -241,6 +251,12 @@ class DepthCompletionNode(Node):
         self.create_subscription(
             PointCloud2, self.config["points_topic"], self._on_cloud, input_qos
         )
+        if self.config["odometry_topic"]:
+            from nav_msgs.msg import Odometry
+
+            self.create_subscription(
+                Odometry, self.config["odometry_topic"], self._on_odometry, input_qos
+            )
         enabled = {
             "depth/image": (Image, True),
             "depth/camera_info": (CameraInfo, True),
@@ -265,7 +281,8 @@ class DepthCompletionNode(Node):
             f"ready: {backend.describe()}; inputs {self._topic('image_topic')}, "
             f"{self._topic('camera_info_topic')}, {self._topic('points_topic')} "
             f"({self.config['input_reliability']}), max_time_offset "
-            f"{self.config['max_time_offset']} s; extrinsics: {self._extrinsics_source}"
+            f"{self.config['max_time_offset']} s; extrinsics: {self._extrinsics_source}; "
+            f"deskewing: {self._deskew_source()}"
         )
 
     # --- configuration ----------------------------------------------------------------------
@@ -303,6 +320,9 @@ class DepthCompletionNode(Node):
     def _on_camera_info(self, msg: CameraInfo) -> None:
         self._last_message["camera_info"] = time.monotonic()
         self._camera_info = msg
+
+    def _on_odometry(self, msg) -> None:
+        self._odometry = msg
 
     def _on_image(self, msg: Image) -> None:
         self._last_message["image"] = time.monotonic()
@@ -388,9 +408,10 @@ class DepthCompletionNode(Node):
             ) from exc
 
     def _start_tf(self) -> None:
-        """TF listener when no fixed extrinsics are set and tf2_ros exists (a ROS distro)."""
+        """TF listener when no fixed extrinsics are set or odometry is used (its child frame ->
+        the cloud's), and tf2_ros exists (a ROS distro)."""
         self._tf_buffer = None
-        if self.fixed_extrinsics is not None:
+        if self.fixed_extrinsics is not None and not self.config["odometry_topic"]:
             return
         try:
             import tf2_ros  # not installable from PyPI: only on a ROS 2 distro
@@ -398,7 +419,10 @@ class DepthCompletionNode(Node):
             return
         self._tf_buffer = tf2_ros.Buffer()
         self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self)
-        self._extrinsics_source = "TF (tf2_ros), when the cloud's frame differs from the image's"
+        if self.fixed_extrinsics is None:
+            self._extrinsics_source = (
+                "TF (tf2_ros), when the cloud's frame differs from the image's"
+            )
 
     def _extrinsics_for(self, cloud: PointCloud2, image: Image) -> np.ndarray:
         if self.fixed_extrinsics is not None:
@@ -428,6 +452,37 @@ class DepthCompletionNode(Node):
                 "(e.g. a static_transform_publisher) or set 'extrinsics'"
             ) from exc
         return transform_to_matrix(stamped.transform)
+
+    def _odometry_rotation(self, child: str, lidar: str) -> np.ndarray | None:
+        """Rotation from the odometry's child frame into the cloud's frame, from TF (latest)."""
+        if self._tf_buffer is None:
+            return None
+        from rclpy.time import Time
+
+        try:
+            stamped = self._tf_buffer.lookup_transform(lidar, child, Time())
+        except Exception:  # noqa: BLE001 - tf2 raises several unrelated types
+            return None
+        return transform_to_matrix(stamped.transform)[:3, :3]
+
+    def _motion_for(self, cloud: PointCloud2) -> SensorMotion | None:
+        """The LiDAR's motion from the latest odometry; None (counted, warned) when unusable."""
+        if not self.config["odometry_topic"]:
+            return None
+        try:
+            return odometry.scan_motion(
+                self._odometry,
+                cloud.header,
+                self._odometry_rotation,
+                self._topic("odometry_topic"),
+            )
+        except odometry.NoMotion as exc:
+            self._not_deskewed[exc.cause] = self._not_deskewed.get(exc.cause, 0) + 1
+            self._warn(
+                f"deskew:{exc.cause}",
+                f"scan not deskewed: {exc} ({self._not_deskewed[exc.cause]} so far)",
+            )
+            return None
 
     def _process(self, pair: Pair[Image, PointCloud2]) -> None:
         info = self._camera_info
@@ -466,7 +521,10 @@ class DepthCompletionNode(Node):
             pair.cloud,
             pair.image,
         )
-        result = self._stage("pipeline", "completion", self.pipeline.run, rgb, points, camera, T)
+        motion = self._motion_for(pair.cloud)
+        result = self._stage(
+            "pipeline", "completion", self.pipeline.run, rgb, points, camera, T, motion
+        )
         self._stage("publish", "publishing outputs", self._publish, pair.image, camera, rgb, result)
         self._latencies.append(time.monotonic() - pair.received)
 
@@ -550,7 +608,19 @@ class DepthCompletionNode(Node):
             f"{c['received']} scans received; {c['images_received']} images received, "
             f"{c['time_jumps']} time jumps; latency p50 {np.percentile(latency, 50):.1f} ms, "
             f"p95 {np.percentile(latency, 95):.1f} ms"
-        )
+        ) + self._deskew_summary()
+
+    def _deskew_source(self) -> str:
+        if not self.config["odometry_topic"]:
+            return "off (odometry_topic is '')"
+        return f"odometry on {self._topic('odometry_topic')}"
+
+    def _deskew_summary(self) -> str:
+        if not self.config["odometry_topic"]:
+            return ""
+        counts = self._not_deskewed.copy()  # one snapshot: the worker may add a cause
+        causes = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+        return f"; not deskewed {sum(counts.values())}" + (f" ({causes})" if causes else "")
 
     def _diagnostic_array(self, counts: dict[str, int]):
         from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue

@@ -11,7 +11,11 @@ import pytest
 import yaml
 
 from depth_completion_ros.bag_io import BagError, BagReader, parse_tf_message, to_ros
-from depth_completion_ros.calibration import load_kitti_calibration, parse_kitti_calib_file
+from depth_completion_ros.calibration import (
+    extrinsics_from_values,
+    load_kitti_calibration,
+    parse_kitti_calib_file,
+)
 from depth_completion_ros.depth_io import read_rgb
 from depth_completion_ros.kitti import read_velodyne_bin
 from depth_completion_ros.messages import image_to_rgb, pointcloud2_to_array, stamp_to_nanoseconds
@@ -154,6 +158,7 @@ def test_dc_frame_with_oxts_to_sqlite(tmp_path: Path, dc_drive: Path) -> None:
             "/kitti/camera_color_right/image_raw": "sensor_msgs/msg/Image",
             "/kitti/camera_color_right/camera_info": "sensor_msgs/msg/CameraInfo",
             "/kitti/velo/pointcloud": "sensor_msgs/msg/PointCloud2",
+            "/kitti/oxts/odom": "nav_msgs/msg/Odometry",
         },
     )
     _check_frames(bag, dc_drive, [5], [2, 3])
@@ -173,6 +178,18 @@ def test_dc_frame_with_oxts_to_sqlite(tmp_path: Path, dc_drive: Path) -> None:
     heading = tf.T[:3, 0]  # the vehicle's forward axis in ENU
     np.testing.assert_allclose(np.arctan2(heading[1], heading[0]), yaw, atol=1e-9)
     np.testing.assert_allclose(-np.arcsin(heading[2]), pitch, atol=1e-9)
+    # the same pose as nav_msgs/Odometry, with oxts' velocities and rates as the base_link twist
+    (message,) = messages["/kitti/oxts/odom"]
+    odom = to_ros(message.data, message.msgtype)
+    assert (odom.header.frame_id, odom.child_frame_id) == ("world", "base_link")
+    assert stamp_to_nanoseconds(odom.header.stamp) == message.timestamp == tf.stamp_ns
+    packet = np.loadtxt(dc_drive / "oxts" / "data" / "0000000005.txt")
+    linear, angular = odom.twist.twist.linear, odom.twist.twist.angular
+    assert [linear.x, linear.y, linear.z] == list(packet[8:11])  # vf, vl, vu
+    assert [angular.x, angular.y, angular.z] == list(packet[20:23])  # wf, wl, wu
+    position, q = odom.pose.pose.position, odom.pose.pose.orientation
+    pose = extrinsics_from_values([position.x, position.y, position.z, q.x, q.y, q.z, q.w])
+    np.testing.assert_allclose(pose, tf.T, atol=1e-9)
 
 
 def test_bad_inputs(tmp_path: Path, dc_drive: Path) -> None:

@@ -109,3 +109,70 @@ def test_best_effort_publishers_are_accepted(kitti_sequence, ros_domain_id, tmp_
         result = graph.player.play(frames[:5], graph.executor, timeout=10.0)
     received = [k for k, v in result.outputs.items() if "depth/image" in v]
     assert len(received) >= 1, f"no frame came back over best effort; log:\n{graph.log()}"
+
+
+def test_odometry_deskews_the_scans_over_dds(
+    kitti_scan, kitti_calibration, kitti_calib_dir, kitti_drive_dir, ros_domain_id, tmp_path
+):
+    """With odometry_topic set, the node's sparse depth is the deskewed projection, bit for bit;
+    stale odometry, or odometry in a frame it cannot relate to the cloud's (no TF here), leaves
+    the scan as it is and is counted and logged per cause."""
+    from nav_msgs.msg import Odometry
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+    from depth_completion_ros.backends.classical import ClassicalBackend
+    from depth_completion_ros.depth_io import read_rgb
+    from depth_completion_ros.kitti import oxts_motion, read_velo_imu
+    from depth_completion_ros.messages import make_header, seconds_to_nanoseconds
+    from depth_completion_ros.pipeline import DepthPipeline
+
+    motion = oxts_motion(
+        kitti_drive_dir / "oxts" / "data" / "0000000005.txt", read_velo_imu(kitti_calib_dir)
+    )
+    camera, T = kitti_calibration.camera, kitti_calibration.T_cam_lidar
+    pipeline = DepthPipeline(ClassicalBackend())
+    expected = {
+        "deskewed": pipeline.sparse_depth(kitti_scan, camera, T, motion),
+        "still": pipeline.sparse_depth(kitti_scan, camera, T),
+    }
+    assert np.count_nonzero(expected["deskewed"] != expected["still"]) > 1000
+    rgb = read_rgb(kitti_drive_dir / "image_02" / "data" / "0000000005.png")
+
+    def odometry(stamp: float, child: str) -> Odometry:
+        msg = Odometry(header=make_header(seconds_to_nanoseconds(stamp), "odom"))
+        msg.child_frame_id = child
+        linear, angular = msg.twist.twist.linear, msg.twist.twist.angular
+        linear.x, linear.y, linear.z = motion.velocity
+        angular.z = motion.yaw_rate
+        return msg
+
+    parameters = {
+        "calibration_dir": str(kitti_calib_dir),
+        "publish_sparse": True,
+        "input_reliability": "reliable",
+        "odometry_topic": "odom",
+    }
+    # (odometry stamp, child frame, frame stamp, expected sparse depth)
+    cases = [
+        (1000.0, "velodyne", 1000.0, "deskewed"),
+        (1000.0, "velodyne", 1002.0, "still"),  # 2 s old: stale
+        (1004.0, "base_link", 1004.0, "still"),  # no TF from base_link to velodyne here
+    ]
+    with node_graph(parameters, ros_domain_id, tmp_path) as graph:
+        publisher = graph.player.create_publisher(
+            Odometry, "odom", QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+        )
+        for odometry_stamp, child, stamp, _ in cases:
+            publisher.publish(odometry(odometry_stamp, child))
+            graph.spin_for(0.5)  # the odometry arrives before the frame
+            frame = SensorFrame(stamp, rgb, kitti_scan, camera)
+            graph.player.play([frame], graph.executor, wait_topics=("sparse_depth/image",))
+    log = graph.log()
+    for _, _, stamp, name in cases:
+        outputs = graph.player.result.outputs.get(seconds_to_nanoseconds(stamp), {})
+        assert "sparse_depth/image" in outputs, f"no output for {stamp}; log:\n{log}"
+        sparse = np.nan_to_num(image_to_depth(outputs["sparse_depth/image"]), nan=0.0)
+        np.testing.assert_array_equal(sparse, expected[name], err_msg=f"frame at {stamp}")
+    assert "deskewing: odometry on /odom" in log, log
+    assert "+2.000 s from the scan's stamp" in log and "in frame 'base_link'" in log, log
+    assert "not deskewed 2 (frame 1, stale 1)" in log[log.index("stopping:") :], log

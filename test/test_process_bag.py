@@ -16,6 +16,7 @@ from sensor_msgs.msg import Image, PointCloud2
 
 from depth_completion_ros.bag_io import BagReader, from_ros, to_ros
 from depth_completion_ros.depth_io import read_kitti_depth
+from depth_completion_ros.kitti import read_velo_imu
 from depth_completion_ros.messages import image_to_depth, stamp_to_nanoseconds
 from depth_completion_ros.tools import kitti_to_bag, process_bag
 from depth_completion_ros.tools.graph import (
@@ -232,23 +233,34 @@ def _run_tool(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def _shifted_copy(bag: Path, out: Path, seconds: float) -> Path:
-    """The bag with every image's header stamp moved by ``seconds`` (scans unchanged)."""
+def _rewritten(bag: Path, out: Path, topic: str, change) -> Path:
+    """The bag with ``change(msg)`` applied to every message on ``topic``."""
     from depth_completion_ros.bag_io import BagWriter, connection_definitions
 
-    image_topic = TOPICS["image_topic"]
     with BagReader(bag) as reader, BagWriter(out) as writer:
-        for topic, (msgtype, msgdef, digest) in connection_definitions(reader).items():
-            writer.add_topic(topic, msgtype, None, msgdef, digest)
+        for name, (msgtype, msgdef, digest) in connection_definitions(reader).items():
+            writer.add_topic(name, msgtype, None, msgdef, digest)
         for m in reader.messages():
             data = m.data
-            if m.topic == image_topic:
+            if m.topic == topic:
                 msg = to_ros(m.data, m.msgtype)
-                ns = stamp_to_nanoseconds(msg.header.stamp) + int(seconds * 1e9)
-                msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(ns, 1_000_000_000)
+                change(msg)
                 data = from_ros(msg)
             writer.write(m.topic, m.timestamp, data)
     return out
+
+
+def _shift_stamp(seconds: float):
+    def change(msg) -> None:
+        ns = stamp_to_nanoseconds(msg.header.stamp) + int(seconds * 1e9)
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(ns, 1_000_000_000)
+
+    return change
+
+
+def _shifted_copy(bag: Path, out: Path, seconds: float) -> Path:
+    """The bag with every image's header stamp moved by ``seconds`` (scans unchanged)."""
+    return _rewritten(bag, out, TOPICS["image_topic"], _shift_stamp(seconds))
 
 
 def test_empty_bag_and_offset_stamps_are_explained(
@@ -294,3 +306,90 @@ def test_bad_parameters_end_in_one_line(bag: Path, tmp_path: Path, override, exp
     assert result.returncode == 1
     assert expected in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert not (tmp_path / "out").exists()
+
+
+# --- deskewing with the bag's odometry ------------------------------------------------------
+
+ODOMETRY = "/kitti/oxts/odom"
+
+
+@pytest.fixture(scope="module")
+def dc_bag(tmp_path_factory, kitti_drive_dir: Path) -> Path:
+    """The KITTI depth-completion frame's drive (frame 5, with oxts) as kitti_to_bag writes it."""
+    path = tmp_path_factory.mktemp("deskew") / "dc"
+    assert kitti_to_bag.main([str(kitti_drive_dir), str(path), "--cameras", "2"]) == 0
+    return path
+
+
+def _fill(bag: Path, out: Path, capsys, *params: str) -> tuple[np.ndarray, str]:
+    """process_bag's classical fill of the frame (whole image, as the benchmarks score it),
+    extrinsics and the odometry's frame from the bag's /tf_static, and the tool's stderr."""
+    args = [str(bag), str(out), "--outputs-only", "--no-progress", "--kitti-depth-dir"]
+    args += [str(out.with_name(out.name + "_png")), "-p", "limit_to_lidar_support:=false"]
+    for param in params:
+        args += ["-p", param]
+    capsys.readouterr()
+    assert process_bag.main(args) == 0
+    return read_kitti_depth(
+        out.with_name(out.name + "_png") / "0000000000.png"
+    ), capsys.readouterr().err
+
+
+def test_odometry_deskews_the_scans(
+    dc_bag: Path, kitti_calib_dir: Path, kitti_groundtruth_path: Path, tmp_path: Path, capsys
+) -> None:
+    """With -p odometry_topic, the fill from the raw scan reaches KITTI's motion-corrected
+    accuracy (MAE <= 270 mm, 289 mm without); the same holds with the odometry published in the
+    camera's optical frame (rotated into the LiDAR's through the bag's /tf_static)."""
+    from depth_completion_ros.calibration import load_kitti_calibration
+    from depth_completion_ros.metrics import kitti_metrics
+
+    gt = read_kitti_depth(kitti_groundtruth_path)
+    still, err = _fill(dc_bag, tmp_path / "still", capsys)
+    assert "not deskewed" not in err
+    deskewed, err = _fill(dc_bag, tmp_path / "deskewed", capsys, f"odometry_topic:={ODOMETRY}")
+    assert "not deskewed" not in err, err
+
+    # the odometry in camera_color_left_optical (twist rotated with the calibration files)
+    R = (
+        load_kitti_calibration(kitti_calib_dir, 2).T_cam_lidar[:3, :3]
+        @ read_velo_imu(kitti_calib_dir)[:3, :3]
+    )
+
+    def to_optical(msg) -> None:
+        msg.child_frame_id = "camera_color_left_optical"
+        for vector in (msg.twist.twist.linear, msg.twist.twist.angular):
+            vector.x, vector.y, vector.z = (float(v) for v in R @ [vector.x, vector.y, vector.z])
+
+    optical_bag = _rewritten(dc_bag, tmp_path / "optical_bag", ODOMETRY, to_optical)
+    optical, err = _fill(optical_bag, tmp_path / "optical", capsys, f"odometry_topic:={ODOMETRY}")
+    assert "not deskewed" not in err, err
+    mae = {
+        name: kitti_metrics(depth, gt)["mae_mm"]
+        for name, depth in (("still", still), ("deskewed", deskewed), ("optical", optical))
+    }
+    print(f"MAE of the classical fill through process_bag (mm): {mae}")
+    assert mae["deskewed"] <= 270.0 and mae["optical"] <= 270.0 and mae["still"] > 285.0
+    assert abs(mae["optical"] - mae["deskewed"]) < 0.5
+
+
+def test_missing_or_stale_odometry_leaves_the_scan_as_it_is_and_says_so(
+    dc_bag: Path, tmp_path: Path, capsys
+) -> None:
+    still, _ = _fill(dc_bag, tmp_path / "still", capsys)
+    missing, err = _fill(dc_bag, tmp_path / "missing", capsys, "odometry_topic:=/odom")
+    np.testing.assert_array_equal(missing, still)
+    assert "not deskewed: 1 scans" in err and "has no topic '/odom'" in err, err
+    assert ODOMETRY in err  # the bag's topics are listed
+
+    stale_bag = _rewritten(dc_bag, tmp_path / "stale_bag", ODOMETRY, _shift_stamp(-1.0))
+    stale, err = _fill(stale_bag, tmp_path / "stale", capsys, f"odometry_topic:={ODOMETRY}")
+    np.testing.assert_array_equal(stale, still)
+    assert "not deskewed: 1 scans" in err and "+1.000 s from the scan's stamp" in err, err
+
+    # a topic of another type is refused before anything is written
+    code = process_bag.main(
+        [str(dc_bag), str(tmp_path / "x"), "-p", "odometry_topic:=/tf", "--no-progress"]
+    )
+    assert code == 1 and "nav_msgs/msg/Odometry" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -273,20 +273,6 @@ def test_deskew_restores_a_wall_seen_while_moving() -> None:
     np.testing.assert_allclose(restored[:, 1], wall[:, 1], atol=0.01)
 
 
-def _kitti_motion(drive_dir: Path, calib_dir: Path):
-    """The frame's velocity and yaw rate from its oxts record, in the Velodyne frame."""
-    from depth_completion_ros.projection import SensorMotion
-
-    values = np.loadtxt(drive_dir / "oxts" / "data" / "0000000005.txt")
-    rotation = next(
-        line.split()[1:]
-        for line in (calib_dir / "calib_imu_to_velo.txt").read_text().splitlines()
-        if line.startswith("R:")
-    )
-    velocity = np.asarray(rotation, float).reshape(3, 3) @ values[8:11]  # vf, vl, vu
-    return SensorMotion(velocity=tuple(velocity), yaw_rate=float(values[22]))  # wu
-
-
 def test_deskewed_scan_matches_kittis_map_and_fills_better(
     kitti_scan,
     kitti_calibration,
@@ -300,6 +286,7 @@ def test_deskewed_scan_matches_kittis_map_and_fills_better(
     projection lands on the same pixels with the same depth, and the fill's error drops."""
     from depth_completion_ros.backends.classical import ClassicalBackend
     from depth_completion_ros.depth_io import read_rgb
+    from depth_completion_ros.kitti import oxts_motion, read_velo_imu
     from depth_completion_ros.metrics import kitti_metrics
     from depth_completion_ros.pipeline import DepthPipeline
 
@@ -308,7 +295,9 @@ def test_deskewed_scan_matches_kittis_map_and_fills_better(
     kitti = read_kitti_depth(kitti_velodyne_raw_path)
     gt = read_kitti_depth(kitti_groundtruth_path)
     rgb = read_rgb(kitti_image_path)
-    motion = _kitti_motion(kitti_drive_dir, kitti_calib_dir)
+    motion = oxts_motion(
+        kitti_drive_dir / "oxts" / "data" / "0000000005.txt", read_velo_imu(kitti_calib_dir)
+    )
     scores = {}
     for name, given in (("still", None), ("deskewed", motion)):
         sparse = pipeline.sparse_depth(kitti_scan, camera, T, given)

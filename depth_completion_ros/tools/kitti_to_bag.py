@@ -1,7 +1,9 @@
 """KITTI raw synced drive -> ROS 2 bag (mcap or sqlite3) that ``ros2 bag play`` plays.
 
 Frames (REP 103/105), all documented in docs/tools.md:
-  world -> base_link            /tf from oxts (ENU, origin at the first fix), when oxts exists
+  world -> base_link            /tf from oxts (ENU, origin at the first fix), when oxts exists,
+                                and the same pose with oxts' twist (base_link axes) as
+                                nav_msgs/Odometry on /kitti/oxts/odom
   base_link -> velodyne         /tf_static from calib_imu_to_velo.txt (KITTI's IMU is base_link);
                                 identity when that file is missing (base_link at the LiDAR)
   velodyne -> camera_color_left -> camera_color_left_optical   (and camera_color_right for cam 3)
@@ -27,18 +29,18 @@ from depth_completion_ros.bag_io import (
     qos_profile,
     tf_message_bytes,
 )
-from depth_completion_ros.calibration import (
-    CalibrationError,
-    load_kitti_calibration,
-    parse_kitti_calib_file,
-)
+from depth_completion_ros.calibration import CalibrationError, load_kitti_calibration
 from depth_completion_ros.cli_help import DefaultsFormatter
 from depth_completion_ros.depth_io import read_rgb
 from depth_completion_ros.kitti import (
     KITTI_RATE_HZ,
+    OXTS_ANGULAR_RATE,
+    OXTS_VELOCITY,
     KittiDrive,
     KittiError,
     parse_timestamps,
+    read_oxts,
+    read_velo_imu,
     read_velodyne_bin,
 )
 from depth_completion_ros.messages import (
@@ -54,6 +56,7 @@ WORLD_FRAME = "world"
 LIDAR_FRAME = "velodyne"
 CAMERA_NAMES = {2: "camera_color_left", 3: "camera_color_right"}
 LIDAR_TOPIC = "/kitti/velo/pointcloud"
+ODOMETRY_TOPIC = "/kitti/oxts/odom"
 EARTH_RADIUS = 6378137.0  # metres, as in the KITTI devkit
 
 #: optical frame axes expressed in the camera body frame (REP 103): columns x_o, y_o, z_o
@@ -105,17 +108,6 @@ def sensor_stamps(folder: Path, frame_ids: list[int], epoch: float) -> tuple[dic
 # --- oxts -----------------------------------------------------------------------------------
 
 
-def read_oxts(path: Path) -> np.ndarray:
-    """One oxts packet -> its 30 values (lat, lon, alt, roll, pitch, yaw, ...)."""
-    try:
-        values = np.array(path.read_text().split(), dtype=np.float64)
-    except ValueError as exc:
-        raise KittiError(f"{path}: non-numeric oxts value ({exc})") from exc
-    if values.size < 6:
-        raise KittiError(f"{path}: {values.size} values, an oxts packet has 30")
-    return values
-
-
 def oxts_poses(packets: list[np.ndarray]) -> list[np.ndarray]:
     """oxts packets -> 4x4 world <- base_link poses (KITTI devkit's Mercator projection).
 
@@ -149,20 +141,34 @@ def oxts_poses(packets: list[np.ndarray]) -> list[np.ndarray]:
     return poses
 
 
+def oxts_odometry(packet: np.ndarray, T_world_base: np.ndarray, stamp_ns: int):
+    """nav_msgs/Odometry: world <- base_link pose, twist in base_link (forward, left, up) axes:
+    oxts' vf, vl, vu and wf, wl, wu as they are (what the node needs to deskew the scans)."""
+    from nav_msgs.msg import Odometry
+    from scipy.spatial.transform import Rotation
+
+    if packet.size < OXTS_ANGULAR_RATE.stop:
+        raise KittiError(f"oxts packet has {packet.size} values, need 30 (velocities, rates)")
+    msg = Odometry(header=make_header(stamp_ns, WORLD_FRAME), child_frame_id=BASE_FRAME)
+    pose = msg.pose.pose
+    pose.position.x, pose.position.y, pose.position.z = (float(v) for v in T_world_base[:3, 3])
+    q = Rotation.from_matrix(T_world_base[:3, :3]).as_quat()  # x, y, z, w
+    o = pose.orientation
+    o.x, o.y, o.z, o.w = (float(v) for v in q)
+    linear, angular = msg.twist.twist.linear, msg.twist.twist.angular
+    linear.x, linear.y, linear.z = (float(v) for v in packet[OXTS_VELOCITY])
+    angular.x, angular.y, angular.z = (float(v) for v in packet[OXTS_ANGULAR_RATE])
+    return msg
+
+
 # --- static transforms ----------------------------------------------------------------------
 
 
 def base_to_velodyne(calib_dir: Path) -> tuple[np.ndarray, bool]:
     """base_link (KITTI IMU) <- velodyne, and whether calib_imu_to_velo.txt provided it."""
-    path = calib_dir / "calib_imu_to_velo.txt"
-    if not path.is_file():
+    T_velo_imu = read_velo_imu(calib_dir)
+    if T_velo_imu is None:
         return np.eye(4), False
-    values = parse_kitti_calib_file(path)
-    if "R" not in values or "T" not in values or values["R"].size != 9:
-        raise CalibrationError(f"{path}: needs keys R (9 values) and T (3 values)")
-    T_velo_imu = np.eye(4)
-    T_velo_imu[:3, :3] = values["R"].reshape(3, 3)
-    T_velo_imu[:3, 3] = values["T"]
     return np.linalg.inv(T_velo_imu), True
 
 
@@ -240,9 +246,13 @@ def convert(
             bag.add_topic("/tf", "tf2_msgs/msg/TFMessage", qos_profile("volatile", 100))
             oxts_stamps, _ = sensor_stamps(drive_dir / "oxts", frame_ids, epoch)
             packets = [read_oxts(oxts_dir / f"{i:010d}.txt") for i in oxts_ids]
-            for i, T in zip(oxts_ids, oxts_poses(packets), strict=True):
+            bag.add_topic(ODOMETRY_TOPIC, "nav_msgs/msg/Odometry")
+            poses = oxts_poses(packets)
+            for i, packet, T in zip(oxts_ids, packets, poses, strict=True):
                 tf = StampedTransform(WORLD_FRAME, BASE_FRAME, oxts_stamps[i], T)
                 bag.write("/tf", oxts_stamps[i], tf_message_bytes([tf]))
+                odometry = oxts_odometry(packet, T, oxts_stamps[i])
+                bag.write(ODOMETRY_TOPIC, oxts_stamps[i], from_ros(odometry))
         for number, frame_id in enumerate(frame_ids, start=1):
             # images first, then the scan, in stamp order per frame
             for i in present:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from depth_completion_ros import cli_help, node_setup
+from depth_completion_ros import cli_help, node_setup, odometry
 from depth_completion_ros.bag_io import (
     BagError,
     BagReader,
@@ -163,6 +163,8 @@ class ProcessReport:
     no_image: int = 0
     stamps: list[int] = field(default_factory=list)
     offset_note: str = ""  # set when scans found no image within max_time_offset
+    not_deskewed: dict[str, int] = field(default_factory=dict)  # odometry_topic set: per cause
+    deskew_notes: dict[str, str] = field(default_factory=dict)  # the first message per cause
 
 
 def _require_messages(bag, counts: dict[str, int], topics: dict[str, str]) -> None:
@@ -235,6 +237,7 @@ def process(
     pipeline = pipeline_from_parameters(config)
     T_fixed = extrinsics_from_parameters(config)
     report = ProcessReport()
+    odometry_topic = config["odometry_topic"]
     pairer: StampPairer = StampPairer(float(config["max_time_offset"]))
     with BagReader(input_bag) as reader:
         reader.require(
@@ -247,8 +250,16 @@ def process(
         definitions = connection_definitions(reader)
         counts = reader.message_counts
         _require_messages(input_bag, counts, topics)
-        total = sum(counts.values()) if copy_input else sum(counts[t] for t in topics.values())
-        edges = static_edges(reader) if T_fixed is None else {}
+        if odometry_topic in reader.topics:
+            reader.require({odometry_topic: "nav_msgs/msg/Odometry"})
+        elif odometry_topic:  # processed without deskewing, and reported
+            report.deskew_notes["none"] = (
+                f"{input_bag} has no topic {odometry_topic!r} (parameter odometry_topic); its "
+                f"topics: {', '.join(sorted(reader.topics))}"
+            )
+        inputs = set(topics.values()) | ({odometry_topic} & set(counts))
+        total = sum(counts.values()) if copy_input else sum(counts[t] for t in inputs)
+        edges = static_edges(reader) if T_fixed is None or odometry_topic else {}
 
         def extrinsics(cloud, image) -> np.ndarray:
             if T_fixed is not None:
@@ -265,6 +276,25 @@ def process(
                 )
             return T
 
+        latest: dict[str, object] = {"odometry": None}  # the last Odometry read from the bag
+
+        def rotation(child: str, lidar: str) -> np.ndarray | None:
+            T = static_transform(edges, child, lidar)
+            return None if T is None else T[:3, :3]
+
+        def motion(cloud):
+            """The scan's motion from the latest odometry (None: not deskewed, reported)."""
+            if not odometry_topic:
+                return None
+            try:
+                return odometry.scan_motion(
+                    latest["odometry"], cloud.header, rotation, odometry_topic
+                )
+            except odometry.NoMotion as exc:
+                report.not_deskewed[exc.cause] = report.not_deskewed.get(exc.cause, 0) + 1
+                report.deskew_notes.setdefault(exc.cause, str(exc))
+                return None
+
         png_staging: Path | None = None
         if kitti_dir:
             kitti_dir = Path(kitti_dir)
@@ -276,7 +306,7 @@ def process(
             )
         try:
             with BagWriter(output_bag, storage=storage, overwrite=overwrite) as writer:
-                wanted = None if copy_input else set(topics.values())
+                wanted = None if copy_input else inputs
                 if copy_input:
                     for topic, (msgtype, msgdef, digest) in definitions.items():
                         qos = reader.qos(topic)
@@ -300,7 +330,7 @@ def process(
                             if len(points) == 0:
                                 raise InputError(f"empty point cloud on {topics['points']}")
                             T = extrinsics(pair.cloud, pair.image)
-                            result = pipeline.run(rgb, points, camera, T)
+                            result = pipeline.run(rgb, points, camera, T, motion(pair.cloud))
                         except (InputError, MessageError, CalibrationError) as exc:
                             report.failed += 1
                             if len(report.failures) < 20:
@@ -329,7 +359,9 @@ def process(
                     last_timestamp = message.timestamp
                     if copy_input:
                         writer.write(message.topic, message.timestamp, message.data)
-                    if message.topic == topics["camera_info"]:
+                    if message.topic == odometry_topic:
+                        latest["odometry"] = to_ros(message.data, message.msgtype)
+                    elif message.topic == topics["camera_info"]:
                         camera_info = to_ros(message.data, message.msgtype)
                     elif message.topic == topics["image"]:
                         image = to_ros(message.data, message.msgtype)
@@ -495,6 +527,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  skipped: {failure}", file=sys.stderr)
     if report.offset_note:
         print(f"  note: {report.offset_note}", file=sys.stderr)
+    for cause, count in report.not_deskewed.items():
+        print(f"  not deskewed: {count} scans: {report.deskew_notes[cause]}", file=sys.stderr)
     return 0
 
 
