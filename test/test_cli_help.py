@@ -85,11 +85,21 @@ def test_the_node_checks_its_command_line(ros_domain_id):
     # an integer for a double parameter (rclpy alone refuses INTEGER vs DOUBLE): with the check
     # it is a double and the node runs until Ctrl-C
     process = _start(ros_domain_id, NODE, "-p", "max_depth:=50")
-    time.sleep(8)
-    assert process.poll() is None, process.communicate()[0]
-    assert stop_process(process) == 0
+    try:
+        time.sleep(8)
+        assert process.poll() is None, process.communicate()[0]
+        assert stop_process(process) == 0
+    finally:
+        if process.poll() is None:  # a failed check must not leave a node running
+            process.kill()
+            process.wait()
     # and a bad value ends in one line, exit 2, before rclpy starts
     process = _start(ros_domain_id, NODE, "-p", "max_depth:=-1")
-    output, _ = process.communicate(timeout=60)
+    try:
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
     assert process.returncode == 2
     assert "Traceback" not in output and "'max_depth'" in output
