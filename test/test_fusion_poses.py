@@ -23,8 +23,7 @@ from depth_completion_ros.simulation.street_scene import (
     CameraRig,
     SyntheticFrame,
     make_street,
-    render_camera,
-    scan_lidar,
+    render_frame,
     write_kitti_raw,
 )
 from depth_completion_ros.tools import fuse_rgbd, kitti_to_bag, process_bag
@@ -83,26 +82,13 @@ def _true_lidar_poses(rig: CameraRig) -> list[np.ndarray]:
 
 
 def _frames(scene, rig: CameraRig, lidar: LidarModel) -> list[SyntheticFrame]:
-    """The simulator's camera image, scan and true depth at each true pose (as make_sequence
-    builds them for its straight drive)."""
-    frames = []
-    for i, T in enumerate(_true_lidar_poses(rig)):
-        rgb, depth, semantic = render_camera(scene, rig, T)
-        points = scan_lidar(scene, lidar, T, rng=np.random.default_rng([SEED, i]))
-        frames.append(
-            SyntheticFrame(
-                rgb=rgb,
-                depth_gt=depth,
-                points=points,
-                K=rig.K,
-                P=rig.P,
-                T_velo_to_cam=rig.T_velo_to_cam,
-                stamp=1317042000.0 + i / 10.0,
-                semantic=semantic,
-                T_world_velo=T,
-            )
+    """The simulator's camera image, scan and true depth at each true pose."""
+    return [
+        render_frame(
+            scene, rig, lidar, T, 1317042000.0 + i / 10.0, np.random.default_rng([SEED, i])
         )
-    return frames
+        for i, T in enumerate(_true_lidar_poses(rig))
+    ]
 
 
 def _write_oxts(drive: Path, frames, T_velo_imu: np.ndarray) -> None:

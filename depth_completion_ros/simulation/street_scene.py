@@ -502,22 +502,33 @@ def make_sequence(
     for i in range(n_frames):
         T_world_velo = np.eye(4)
         T_world_velo[:3, 3] = (speed * i, -1.75, rig.lidar_height)
-        rgb, depth, semantic = render_camera(scene, rig, T_world_velo)
-        points = scan_lidar(scene, lidar, T_world_velo, rng=np.random.default_rng([seed, i]))
-        frames.append(
-            SyntheticFrame(
-                rgb=rgb,
-                depth_gt=depth,
-                points=points,
-                K=rig.K,
-                P=rig.P,
-                T_velo_to_cam=rig.T_velo_to_cam,
-                stamp=start_stamp + i / rate_hz,
-                semantic=semantic,
-                T_world_velo=T_world_velo,
-            )
-        )
+        rng = np.random.default_rng([seed, i])
+        frames.append(render_frame(scene, rig, lidar, T_world_velo, start_stamp + i / rate_hz, rng))
     return frames
+
+
+def render_frame(
+    scene: StreetScene,
+    rig: CameraRig,
+    lidar: LidarModel,
+    T_world_velo: np.ndarray,
+    stamp: float,
+    rng: np.random.Generator,
+) -> SyntheticFrame:
+    """Camera image, LiDAR scan and exact depth with the LiDAR at ``T_world_velo`` (any pose:
+    make_sequence's straight drive, or a test's own trajectory)."""
+    rgb, depth, semantic = render_camera(scene, rig, T_world_velo)
+    return SyntheticFrame(
+        rgb=rgb,
+        depth_gt=depth,
+        points=scan_lidar(scene, lidar, T_world_velo, rng=rng),
+        K=rig.K,
+        P=rig.P,
+        T_velo_to_cam=rig.T_velo_to_cam,
+        stamp=stamp,
+        semantic=semantic,
+        T_world_velo=T_world_velo,
+    )
 
 
 # --- KITTI raw layout ---------------------------------------------------------------------------
