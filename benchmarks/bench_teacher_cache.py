@@ -27,39 +27,6 @@ REPO = Path(__file__).resolve().parents[1]
 SEQ = REPO.parent / "shared/data/kitti_raw_seq/2011_09_26/2011_09_26_drive_0000_sync/image_02/data"
 
 
-def build(arch: str, path: Path) -> Path:
-    """A random-weight Depth Anything V2 of the named size, saved with save_pretrained."""
-    import torch
-    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
-
-    torch.manual_seed(0)
-    if arch == "small":  # values of Depth-Anything-V2-Small-hf's config.json
-        backbone = Dinov2Config(
-            hidden_size=384,
-            num_hidden_layers=12,
-            num_attention_heads=6,
-            mlp_ratio=4,
-            image_size=518,
-            patch_size=14,
-            out_indices=[3, 6, 9, 12],
-            reshape_hidden_states=False,
-        )
-        config = DepthAnythingConfig(
-            backbone_config=backbone,
-            reassemble_hidden_size=384,
-            neck_hidden_sizes=[48, 96, 192, 384],
-            fusion_hidden_size=64,
-            head_hidden_size=32,
-            patch_size=14,
-        )
-    else:
-        from training.tiny_models import build_depth_anything
-
-        return build_depth_anything(path)
-    DepthAnythingForDepthEstimation(config).save_pretrained(path)
-    return path
-
-
 def bench(arch: str, args: argparse.Namespace, images: Path, work: Path) -> dict:
     import torch
 
@@ -69,8 +36,9 @@ def bench(arch: str, args: argparse.Namespace, images: Path, work: Path) -> dict
     from training.image_jobs import run_image_job
     from training.image_sources import list_images, read_image
     from training.teachers import DepthTeacher, depth_input_size
+    from training.tiny_models import build_depth_anything
 
-    model = build(arch, work / f"da_{arch}")
+    model = build_depth_anything(work / f"da_{arch}", size=arch)
     teacher = DepthTeacher(model, args.device, args.input_size, args.batch_size)
     params = sum(p.numel() for p in teacher.model.parameters())
     source = list_images(images)

@@ -9,37 +9,49 @@ from pathlib import Path
 
 import torch
 
+#: Dinov2 backbone + DPT head sizes: the tests' tiny one, and Depth-Anything-V2-Small-hf's
+#: (its config.json values: same architecture and cost as the released Small, random weights)
+DEPTH_ANYTHING_SIZES = {
+    "tiny": dict(hidden=32, layers=4, heads=2, mlp=2, image=70, out=[1, 2, 3, 4],
+                 neck=[8, 16, 32, 32], fusion=16, head=8),
+    "small": dict(hidden=384, layers=12, heads=6, mlp=4, image=518, out=[3, 6, 9, 12],
+                  neck=[48, 96, 192, 384], fusion=64, head=32),
+}  # fmt: skip
 
-def build_depth_anything(path: Path, metric: bool = False) -> Path:
-    """A 4-layer, 32-wide Dinov2 + DPT head. The last conv is scaled so that the maps are O(0.1-1)
-    and vary over the image (random init gives ~1e-7, below float16's resolution)."""
+
+def build_depth_anything(path: Path, metric: bool = False, size: str = "tiny") -> Path:
+    """A random-weight Depth Anything V2 (``size`` from DEPTH_ANYTHING_SIZES). The tiny model's
+    last conv is scaled so that its maps are O(0.1-1) and vary over the image (random init gives
+    ~1e-7, below float16's resolution); the Small-sized one is for timing only."""
     from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
 
+    a = DEPTH_ANYTHING_SIZES[size]
     torch.manual_seed(0)
     backbone = Dinov2Config(
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=2,
-        mlp_ratio=2,
-        image_size=70,
+        hidden_size=a["hidden"],
+        num_hidden_layers=a["layers"],
+        num_attention_heads=a["heads"],
+        mlp_ratio=a["mlp"],
+        image_size=a["image"],
         patch_size=14,
-        out_indices=[1, 2, 3, 4],
+        out_indices=a["out"],
         reshape_hidden_states=False,
     )
     config = DepthAnythingConfig(
         backbone_config=backbone,
-        reassemble_hidden_size=32,
-        neck_hidden_sizes=[8, 16, 32, 32],
-        fusion_hidden_size=16,
-        head_hidden_size=8,
+        reassemble_hidden_size=a["hidden"],
+        neck_hidden_sizes=a["neck"],
+        fusion_hidden_size=a["fusion"],
+        head_hidden_size=a["head"],
         patch_size=14,
         depth_estimation_type="metric" if metric else "relative",
         max_depth=80 if metric else 1,
     )
     model = DepthAnythingForDepthEstimation(config)
-    with torch.no_grad():
-        model.head.conv3.weight.mul_(1e6)
-        model.head.conv3.bias.fill_(0.5)
+    if size == "tiny":
+        with torch.no_grad():
+            model.head.conv3.weight.mul_(1e6)
+            model.head.conv3.bias.fill_(0.5)
     model.save_pretrained(path)
     return path
 
