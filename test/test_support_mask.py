@@ -17,9 +17,9 @@ from depth_completion_ros.support import SupportConfig, outside_support, support
 
 
 def _node_defaults() -> dict:
-    from depth_completion_ros.node import PARAMETERS
+    from depth_completion_ros.tools.process_bag import node_defaults
 
-    return {p.name: p.default for p in PARAMETERS}
+    return node_defaults()
 
 
 def _top_return(points, calibration, window: int = 5) -> np.ndarray:

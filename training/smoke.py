@@ -135,11 +135,10 @@ def _node_pipeline_on_real_frame(model: str, weights: Path, kitti: Path) -> dict
     from depth_completion_ros.calibration import load_kitti_calibration
     from depth_completion_ros.depth_io import read_rgb
     from depth_completion_ros.kitti import read_velodyne_bin
-    from depth_completion_ros.node import PARAMETERS
     from depth_completion_ros.node_setup import pipeline_from_parameters
+    from depth_completion_ros.tools.process_bag import load_parameters
 
-    config = {p.name: p.default for p in PARAMETERS}
-    config.update(model=model, checkpoint=str(weights), device="cpu")
+    config = load_parameters(None, {"model": model, "checkpoint": str(weights), "device": "cpu"})
     pipeline = pipeline_from_parameters(config)
     calib = load_kitti_calibration(kitti / "raw" / "2011_09_26", camera_index=2)
     drive = kitti / "raw" / "2011_09_26" / "2011_09_26_drive_0001_sync"
