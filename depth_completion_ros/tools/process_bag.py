@@ -167,6 +167,25 @@ class ProcessReport:
     deskew_notes: dict[str, str] = field(default_factory=dict)  # the first message per cause
 
 
+def pair_extrinsics(
+    T_fixed: np.ndarray | None, edges: dict, source: str, target: str, fix: str
+) -> np.ndarray:
+    """LiDAR -> camera transform of one pair: the fixed one (calibration or parameters), else
+    identity when the cloud is already in the image's frame, else /tf_static's; a
+    CalibrationError ending in ``fix`` when none connects them."""
+    if T_fixed is not None:
+        return T_fixed
+    if source == target or not source:
+        return np.eye(4)
+    T = static_transform(edges, source, target)
+    if T is None:
+        raise CalibrationError(
+            f"the cloud is in frame '{source}', the image in '{target}', and /tf_static does not "
+            f"connect them: {fix}"
+        )
+    return T
+
+
 def _require_messages(bag, counts: dict[str, int], topics: dict[str, str]) -> None:
     """An empty bag, or one without messages on a needed topic, says so (not "0 scans ...")."""
     empty = [topics[k] for k in ("image", "camera_info", "points") if not counts.get(topics[k])]
@@ -262,19 +281,16 @@ def process(
         edges = static_edges(reader) if T_fixed is None or odometry_topic else {}
 
         def extrinsics(cloud, image) -> np.ndarray:
-            if T_fixed is not None:
-                return T_fixed
-            source, target = cloud.header.frame_id, image.header.frame_id
-            if source == target or not source:
-                return np.eye(4)
-            T = static_transform(edges, source, target)
-            if T is None:
-                raise CalibrationError(
-                    f"{input_bag}: the cloud is in frame '{source}', the image in '{target}', "
-                    "and /tf_static does not connect them: pass --calibration-dir or "
-                    "-p extrinsics:=[...]"
+            try:
+                return pair_extrinsics(
+                    T_fixed,
+                    edges,
+                    cloud.header.frame_id,
+                    image.header.frame_id,
+                    "pass --calibration-dir or -p extrinsics:=[...]",
                 )
-            return T
+            except CalibrationError as exc:
+                raise CalibrationError(f"{input_bag}: {exc}") from None
 
         latest: dict[str, object] = {"odometry": None}  # the last Odometry read from the bag
 

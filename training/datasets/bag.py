@@ -35,7 +35,7 @@ from depth_completion_ros.messages import (
     pointcloud2_to_array,
 )
 from depth_completion_ros.pairing import StampPairer
-from depth_completion_ros.tools.process_bag import DEFAULT_TOPICS, static_edges, static_transform
+from depth_completion_ros.tools.process_bag import DEFAULT_TOPICS, pair_extrinsics, static_edges
 from training.datasets.base import CachedMapsDataset, DatasetOptions, subsample
 from training.datasets.node_params import (
     extrinsics_from_parameters,
@@ -230,19 +230,18 @@ class RosBagFrames(CachedMapsDataset):
 
 
 def _extrinsics(T_fixed, edges, cloud: dict, image: dict) -> tuple[list[float] | None, str]:
-    """LiDAR -> camera transform of a pair, as process_bag resolves it, or why there is none."""
-    if T_fixed is not None:
-        return np.asarray(T_fixed).ravel().tolist(), ""
-    source, target = cloud["frame"], image["frame"]
-    if source == target or not source:
-        return np.eye(4).ravel().tolist(), ""
-    T = static_transform(edges, source, target)
-    if T is None:
-        return None, (
-            f"the cloud is in frame '{source}', the image in '{target}', and /tf_static does not "
-            "connect them: set the dataset option calibration_dir or extrinsics"
+    """LiDAR -> camera transform of a pair, resolved as process_bag does, or why there is none."""
+    try:
+        T = pair_extrinsics(
+            T_fixed,
+            edges,
+            cloud["frame"],
+            image["frame"],
+            "set the dataset option calibration_dir or extrinsics",
         )
-    return T.ravel().tolist(), ""
+    except CalibrationError as exc:
+        return None, str(exc)
+    return np.asarray(T).ravel().tolist(), ""
 
 
 def split_holdout(
