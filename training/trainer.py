@@ -275,6 +275,7 @@ class Trainer:
         self.amp_dtype = AMP_DTYPES.get(amp)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
         self.step = 0
+        self._saved_step = -1  # the step the files on disk hold (resume sets it)
         self.bad_in_a_row = 0
         self.bad_steps = 0
         self.writer = None
@@ -339,6 +340,7 @@ class Trainer:
         }
 
     def save(self, epoch: int, step_in_epoch: int) -> None:
+        self._saved_step = self.step
         if not self.env.is_primary:
             return
         state = self.state(epoch, step_in_epoch)
@@ -366,7 +368,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        self.step = int(state["step"])
+        self.step = self._saved_step = int(state["step"])
         self.bad_steps = int(state.get("bad_steps", 0))
         self.skips.counts.update(state.get("skipped", {}))
         set_rng_state(state["rng"])
@@ -555,7 +557,8 @@ class Trainer:
         return gathered
 
     def _finish(self, epoch: int, step_in_epoch: int) -> dict[str, Any]:
-        self.save(epoch, step_in_epoch)
+        if self._saved_step != self.step:  # the loop may have just written this very step
+            self.save(epoch, step_in_epoch)
         metrics = self.evaluate()
         if metrics:
             self._log({"kind": "val", "step": self.step, **metrics})
