@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from depth_completion_ros.networks.registry import DATASETS, list_models
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
@@ -125,8 +127,8 @@ class TrainConfig:
 
 
 CHOICES = {
-    "model.name": ("bpnet", "selfdc", "selfdc_r18"),
-    "model.dataset": ("kitti", "nyu"),
+    "model.name": tuple(list_models()),  # the node's registry: what it can load
+    "model.dataset": DATASETS,
     "loss.method": ("dmd3c", "selfdc"),
     "optim.name": ("adamw", "adam"),
     "schedule.name": ("onecycle", "constant"),
