@@ -92,19 +92,14 @@ def _folder(root: Path) -> list[Path]:
 
 
 def _kitti(root: Path, split: str) -> list[Path]:
+    """The frames of the KITTI dataset's own index (training.datasets), so a job covers exactly
+    the images the dataset reads, under the same keys."""
     if split not in KITTI_SPLITS:
         raise ValueError(f"KITTI split '{split}' is not one of {KITTI_SPLITS}")
-    sparse_root = root / "data_depth_velodyne" / split
-    if not sparse_root.is_dir():
-        raise FileNotFoundError(
-            f"{sparse_root} not found: kitti:ROOT:SPLIT needs ROOT to hold the KITTI "
-            "depth-completion layout (data_depth_velodyne/, raw/)"
-        )
-    paths = []
-    for sparse in sorted(sparse_root.glob("*/proj_depth/velodyne_raw/image_0[23]/*.png")):
-        drive, camera = sparse.parts[-5], sparse.parts[-2]
-        paths.append(root / "raw" / drive[:10] / drive / camera / "data" / sparse.name)
-    return paths
+    from training.datasets import build_dataset
+
+    dataset = build_dataset(f"kitti:{root}", split, {"augment": False})
+    return [dataset.image_path(i) for i in range(len(dataset))]
 
 
 def _nyu(root: Path) -> list[Path]:
