@@ -14,30 +14,54 @@ from training import losses as L
 # --- independent references (plain loops over nested lists / numpy, written from the papers) ---
 
 
-def ref_grad(d: np.ndarray, seg: np.ndarray | None = None) -> np.ndarray:
-    """SelfDC |grad D| per pixel for one H x W image, pixel by pixel."""
+def ref_grad(
+    d: np.ndarray, seg: np.ndarray | None = None, unlabelled: str = "edge", rgb=None
+) -> np.ndarray:
+    """SelfDC |grad D| per pixel for one H x W image, pixel by pixel. With ``seg``: a difference
+    across two segments is 0; one touching an unlabelled pixel is 0 ('edge') or kept
+    ('smooth'). With ``rgb`` (3 x H x W, 0-255): each difference times exp(-mean |dI|/255)."""
     h, w = d.shape
+
+    def keep(a, b):
+        if seg is None:
+            return True
+        if unlabelled == "edge":
+            return seg[a] == seg[b] and seg[a] >= 0
+        return seg[a] == seg[b] or seg[a] < 0 or seg[b] < 0
+
+    def weight(a, b):
+        if rgb is None:
+            return 1.0
+        return math.exp(-sum(abs(float(rgb[c][b]) - float(rgb[c][a])) for c in range(3)) / 765)
+
     out = np.zeros((h, w))
     for i in range(h):
         for j in range(w):
             gx = gy = 0.0
-            if j + 1 < w and (seg is None or (seg[i, j] == seg[i, j + 1] and seg[i, j] >= 0)):
-                gx = abs(d[i, j + 1] - d[i, j])
-            if i + 1 < h and (seg is None or (seg[i, j] == seg[i + 1, j] and seg[i, j] >= 0)):
-                gy = abs(d[i + 1, j] - d[i, j])
+            if j + 1 < w and keep((i, j), (i, j + 1)):
+                gx = abs(d[i, j + 1] - d[i, j]) * weight((i, j), (i, j + 1))
+            if i + 1 < h and keep((i, j), (i + 1, j)):
+                gy = abs(d[i + 1, j] - d[i, j]) * weight((i, j), (i + 1, j))
             out[i, j] = gx + gy
     return out
 
 
-def ref_gc(batch: np.ndarray, segs, window: int, frac: float) -> float:
-    """Eq. 1: mean over all windows of the batch of the mean of its top ceil(frac*W^2) values."""
+def ref_gc(batch: np.ndarray, segs, window, frac: float, rgb=None) -> float:
+    """Eq. 1: mean over all windows of the batch of the mean of its top ceil(frac*W^2) values;
+    every pixel counts (unlabelled ones as no edge); window 'full' = the whole image."""
     per_window = []
     for b in range(batch.shape[0]):
-        g = ref_grad(batch[b], None if segs is None else segs[b])
-        for r in range(0, g.shape[0] - window + 1, window):
-            for c in range(0, g.shape[1] - window + 1, window):
-                vals = sorted(g[r : r + window, c : c + window].ravel().tolist(), reverse=True)
-                n = math.ceil(frac * window * window)
+        g = ref_grad(
+            batch[b],
+            None if segs is None else segs[b],
+            "smooth",
+            None if rgb is None else rgb[b],
+        )
+        wh, ww = g.shape if window == "full" else (window, window)
+        for r in range(0, g.shape[0] - wh + 1, wh):
+            for c in range(0, g.shape[1] - ww + 1, ww):
+                vals = sorted(g[r : r + wh, c : c + ww].ravel().tolist(), reverse=True)
+                n = math.ceil(frac * wh * ww)
                 per_window.append(sum(vals[:n]) / n)
     return sum(per_window) / len(per_window)
 
@@ -373,6 +397,16 @@ def test_gradient_magnitude_by_hand_with_and_without_segments():
     seg = torch.tensor([[[0, 0, 1], [0, -1, 1]]])
     # crossing 0|1 or touching the ignored pixel counts 0: only (0,0)->(0,1) and (0,2)->(1,2)
     assert L.gradient_magnitude(d, seg).tolist() == [[[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]]
+    # L_gc's rule: only 0|1 is an edge; the differences touching the -1 pixel count:
+    # (0,1) dy 3 to the -1 pixel, (1,0) dx 4 into it, (1,1) dx |4-5| = 1 out of it
+    smooth = L.gradient_magnitude(d, seg, unlabelled="smooth")
+    assert smooth.tolist() == [[[1.0, 3.0, 0.0], [4.0, 1.0, 0.0]]]
+    # basis I: a black|white step between columns 0 and 1 weighs that dx by exp(-1)
+    rgb = torch.zeros(1, 3, 2, 3)
+    rgb[..., 1:] = 255.0
+    weighted = L.gradient_magnitude(d, image=rgb)
+    e = math.exp(-1.0)
+    assert weighted.flatten().tolist() == pytest.approx([e, 5.0, 0.0, 4 * e, 1.0, 0.0], rel=1e-6)
 
 
 def test_depth_consistency_by_hand():
@@ -404,6 +438,60 @@ def test_local_gradient_constraint_matches_eq1_written_out(with_segments):
     assert default.item() == pytest.approx(
         ref_gc(pred[:, 0].numpy(), None if segs is None else segs.numpy(), 8, 0.02), rel=1e-12
     )
+
+
+def test_local_gradient_constraint_covers_unlabelled_pixels():
+    """Eq. 1 covers every window: a depth step inside a region without labels (-1) is penalised
+    (with gradient there), as it is without any basis; a step between two labelled segments
+    is free."""
+    h, w = 8, 8
+    seg = torch.full((1, h, w), -1)
+    seg[:, :, :4] = 0  # left half labelled, right half unlabelled
+    inside_unlabelled = torch.full((1, 1, h, w), 5.0)
+    inside_unlabelled[..., 6:] = 9.0  # a step between columns 5 and 6, both unlabelled
+    p = inside_unlabelled.clone().requires_grad_()
+    value = L.local_gradient_constraint_loss(p, seg, window=8)
+    plain = L.local_gradient_constraint_loss(inside_unlabelled, None, window=8)
+    assert value.item() == plain.item() > 0
+    (g,) = torch.autograd.grad(value, p)
+    assert g[..., 5:7].abs().sum() > 0
+    labelled = seg.clone()
+    labelled[:, :, 4:6] = 0
+    labelled[:, :, 6:] = 1  # now the step lies between two labelled segments: free
+    assert L.local_gradient_constraint_loss(inside_unlabelled, labelled, window=8).item() == 0.0
+
+
+def test_local_gradient_constraint_full_window_and_image_basis_match_the_reference():
+    pred = _rand((2, 1, 9, 12), seed=60)
+    segs = _segments(2, 9, 12, seed=61)
+    rgb = _rand((2, 3, 9, 12), seed=62, low=0, high=255).round()
+    for basis in (None, segs):
+        value = L.local_gradient_constraint_loss(pred, basis, window="full", top_fraction=0.05)
+        b = None if basis is None else basis.numpy()
+        assert value.item() == pytest.approx(ref_gc(pred[:, 0].numpy(), b, "full", 0.05))
+    value = L.local_gradient_constraint_loss(pred, window=4, top_fraction=0.1, image=rgb)
+    ref = ref_gc(pred[:, 0].numpy(), None, 4, 0.1, rgb.numpy())
+    assert value.item() == pytest.approx(ref, rel=1e-12)
+    # the image basis changes the value (it is not ignored)
+    assert value.item() < L.local_gradient_constraint_loss(pred, window=4, top_fraction=0.1)
+    with pytest.raises(ValueError, match="not both"):
+        L.local_gradient_constraint_loss(pred, segs, image=rgb)
+    with pytest.raises(ValueError, match="'full'"):
+        L.local_gradient_constraint_loss(pred, window="whole")
+
+
+def test_edge_aware_smoothness_eq2_and_its_mask_variant():
+    pred = _rand((2, 1, 7, 9), seed=63)
+    segs = _segments(2, 7, 9, seed=64)
+    rgb = _rand((2, 3, 7, 9), seed=65, low=0, high=255).round()
+    value = L.edge_aware_smoothness_loss(pred, rgb=rgb)
+    ref = np.mean([ref_grad(pred[b, 0].numpy(), rgb=rgb[b].numpy()) for b in range(2)])
+    assert value.item() == pytest.approx(ref, rel=1e-12)
+    value = L.edge_aware_smoothness_loss(pred, segments=segs)
+    ref = np.mean([ref_grad(pred[b, 0].numpy(), segs[b].numpy(), "smooth") for b in range(2)])
+    assert value.item() == pytest.approx(ref, rel=1e-12)
+    with pytest.raises(ValueError, match="exactly one"):
+        L.edge_aware_smoothness_loss(pred)
 
 
 def test_local_gradient_constraint_ignores_the_window_remainder():
@@ -507,8 +595,21 @@ def _all_losses(pred, teacher, mask, segs, sparse):
         ),  # fmt: skip
         "dc": lambda p: L.depth_consistency_loss(p, sparse),
         "gc": lambda p: L.local_gradient_constraint_loss(p, segs, window=2, top_fraction=0.3),
+        "gc_full": lambda p: L.local_gradient_constraint_loss(p, segs, "full", 0.3),
+        "gc_image": lambda p: L.local_gradient_constraint_loss(p, None, 2, 0.3, image=_rgb(p)),
         "sms": lambda p: L.selective_mask_smoothness_loss(p, segs),
+        "smooth_image": lambda p: L.edge_aware_smoothness_loss(p, rgb=_rgb(p)),
+        "smooth_mask": lambda p: L.edge_aware_smoothness_loss(p, segments=segs),
     }
+
+
+def _rgb(like):
+    b, _, h, w = like.shape
+    return _rand((b, 3, h, w), seed=66, low=0, high=255).round()  # integers: exact in half
+
+
+#: terms that take every pixel whatever the labels (eq. 1, eq. 2): never empty
+_NEVER_EMPTY = ("gc", "gc_full", "gc_image", "smooth_image", "smooth_mask")
 
 
 def test_empty_inputs_give_zero_without_nan():
@@ -517,6 +618,8 @@ def test_empty_inputs_give_zero_without_nan():
     empty = torch.zeros_like(pred, dtype=torch.bool)
     ignored = torch.full((2, 6, 6), -1)
     for name, fn in _all_losses(pred, teacher, empty, ignored, torch.zeros_like(pred)).items():
+        if name in _NEVER_EMPTY:
+            continue
         value = fn(pred)
         (g,) = torch.autograd.grad(value, pred, allow_unused=False)
         assert value.item() == 0.0, name
@@ -628,6 +731,38 @@ def test_selfdc_total_is_the_weighted_sum_of_its_terms():
         ).item(),
         rel=1e-6,
     )
+
+
+def test_selfdc_options_select_the_table_4_and_5_variants():
+    """loss.options reach the variants: Table 4 (window 'full', gc_basis 'image') and Table 5
+    (smoothness 'edge_aware', 'mask_smooth', 'mask_aware'), each the function it names."""
+    batch = _batch(seed=53)
+    batch["rgb"] = _rand((2, 3, 16, 24), seed=54, low=0, high=255, dtype=torch.float32).round()
+    depth = _rand((2, 1, 16, 24), seed=55, low=2, high=20, dtype=torch.float32)
+    segs, rgb = batch["segments"], batch["rgb"]
+
+    def term(name, **options):
+        return L.selfdc_loss({"depth": depth}, batch, {name: 1.0}, **options)[1][name]
+
+    gc = L.local_gradient_constraint_loss
+    assert term("gc", window="full") == pytest.approx(gc(depth, segs, "full").item())
+    assert term("gc", gc_basis="image") == pytest.approx(gc(depth, image=rgb).item())
+    assert term("gc", gc_basis="none", window=4) == pytest.approx(gc(depth, None, 4).item())
+    smooth = L.edge_aware_smoothness_loss
+    assert term("sms", smoothness="edge_aware") == pytest.approx(smooth(depth, rgb=rgb).item())
+    assert term("sms", smoothness="mask_smooth") == pytest.approx(
+        smooth(depth, segments=segs).item()
+    )
+    sms = L.selective_mask_smoothness_loss
+    assert term("sms", smoothness="mask_aware") == pytest.approx(sms(depth, segs, 1.0).item())
+    assert term("sms") == pytest.approx(sms(depth, segs, 0.4).item())
+    values = {term("sms", smoothness=v) for v in L.SMOOTHNESS}
+    assert len(values) == len(L.SMOOTHNESS)  # four different losses
+    with pytest.raises(ValueError, match="smoothness must be one of"):
+        term("sms", smoothness="edges")
+    no_rgb = {k: v for k, v in batch.items() if k != "rgb"}
+    with pytest.raises(ValueError, match="'gc' needs 'rgb'"):
+        L.selfdc_loss({"depth": depth}, no_rgb, {"gc": 1.0}, gc_basis="image")
 
 
 def test_totals_reject_unknown_terms_and_missing_inputs():

@@ -407,26 +407,68 @@ def ssi_loss_release(
 # --- SelfDC --------------------------------------------------------------------------------------
 
 
-def gradient_magnitude(pred: Tensor, segments: Tensor | None = None) -> Tensor:
+def image_edge_weights(rgb: Tensor, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+    """Edge-aware weights exp(-|dx I|), exp(-|dy I|) of eq. 2 (SelfDC; monodepth's form), for
+    the forward differences of :func:`gradient_magnitude`: B x H x (W-1) and B x (H-1) x W.
+
+    ``rgb``: B x 3 x H x W, 0-255 (uint8 or float); I is taken in [0, 1] and |dI| is the mean
+    absolute difference over the three channels, so a black-white step weighs exp(-1)."""
+    if rgb.dim() != 4 or rgb.shape[1] != 3:
+        raise ValueError(f"rgb must be B x 3 x H x W, got shape {tuple(rgb.shape)}")
+    image = rgb.to(dtype) / 255.0
+    wx = torch.exp(-(image[..., :, 1:] - image[..., :, :-1]).abs().mean(1))
+    wy = torch.exp(-(image[..., 1:, :] - image[..., :-1, :]).abs().mean(1))
+    return wx, wy
+
+
+def gradient_magnitude(
+    pred: Tensor,
+    segments: Tensor | None = None,
+    *,
+    image: Tensor | None = None,
+    unlabelled: str = "edge",
+) -> Tensor:
     """|grad D| = |dx D| + |dy D| per pixel, B x H x W (SelfDC's |nabla D(i, j)|).
 
     Forward differences D(i, j+1) - D(i, j) and D(i+1, j) - D(i, j), 0 in the last column (dx) and
     last row (dy), so the map keeps H x W. With ``segments`` (the paper's constraint basis M), a
-    difference whose two pixels lie in different segments, or touch an ignored (negative) pixel,
-    is 0: depth may jump at object boundaries for free.
+    difference whose two pixels lie in different segments is 0: depth may jump at object
+    boundaries for free. A difference touching an unlabelled (negative) pixel is 0 as well with
+    ``unlabelled='edge'`` (L_sms: only differences inside a segment count), and kept with
+    ``unlabelled='smooth'`` (L_gc: M only says where the edges are; where it says nothing, eq.
+    1 applies unchanged). With ``image`` (B x 3 x H x W, 0-255; the basis I of Table 4), each
+    difference is weighted by :func:`image_edge_weights` instead.
     """
     _check_map("pred", pred)
+    if unlabelled not in ("edge", "smooth"):
+        raise ValueError(f"unlabelled must be 'edge' or 'smooth', got {unlabelled!r}")
     d = _wide(pred)[:, 0]
-    dx = d[:, :, 1:] - d[:, :, :-1]
-    dy = d[:, 1:, :] - d[:, :-1, :]
+    dx = (d[:, :, 1:] - d[:, :, :-1]).abs()
+    dy = (d[:, 1:, :] - d[:, :-1, :]).abs()
     if segments is not None:
         _check_segments(segments, pred)
-        same_x = (segments[:, :, 1:] == segments[:, :, :-1]) & (segments[:, :, 1:] >= 0)
-        same_y = (segments[:, 1:, :] == segments[:, :-1, :]) & (segments[:, 1:, :] >= 0)
+        if unlabelled == "edge":
+            same_x = (segments[:, :, 1:] == segments[:, :, :-1]) & (segments[:, :, 1:] >= 0)
+            same_y = (segments[:, 1:, :] == segments[:, :-1, :]) & (segments[:, 1:, :] >= 0)
+        else:  # only two labelled pixels of different segments make an edge
+            known = segments >= 0
+            same_x = (segments[:, :, 1:] == segments[:, :, :-1]) | ~(
+                known[:, :, 1:] & known[:, :, :-1]
+            )
+            same_y = (segments[:, 1:, :] == segments[:, :-1, :]) | ~(
+                known[:, 1:, :] & known[:, :-1, :]
+            )
         dx = torch.where(same_x, dx, torch.zeros_like(dx))
         dy = torch.where(same_y, dy, torch.zeros_like(dy))
-    gx = F.pad(dx.abs(), (0, 1, 0, 0))
-    gy = F.pad(dy.abs(), (0, 0, 0, 1))
+    if image is not None:
+        if image.shape[0] != pred.shape[0] or image.shape[2:] != pred.shape[2:]:
+            raise ValueError(
+                f"image has shape {tuple(image.shape)} but pred has {tuple(pred.shape)}"
+            )
+        wx, wy = image_edge_weights(image, dx.dtype)
+        dx, dy = dx * wx, dy * wy
+    gx = F.pad(dx, (0, 1, 0, 0))
+    gy = F.pad(dy, (0, 0, 0, 1))
     return gx + gy
 
 
@@ -450,23 +492,35 @@ def _top_count(fraction: float, n: Tensor | int) -> Tensor | int:
 def local_gradient_constraint_loss(
     pred: Tensor,
     segments: Tensor | None = None,
-    window: int = 8,
+    window: int | str = 8,
     top_fraction: float = 0.02,
+    *,
+    image: Tensor | None = None,
 ) -> Tensor:
     """SelfDC eq. 1: L_gc = (1/K)(1/N) sum_k sum_{(i,j) in S_k} |grad D(i, j)|.
 
     The map is cut into K non-overlapping ``window`` x ``window`` windows from the top-left (a
     right/bottom remainder that does not fill a window is ignored); S_k is the set of the
     N = ceil(top_fraction * W^2) largest gradient magnitudes of window k (2 of 64 at the paper's
-    W = 8, 2 %); K counts the windows of the whole batch. With ``segments`` the gradients use
-    the constraint basis M (the paper's best, Table 4); without, eq. 1 as printed.
+    W = 8, 2 %); K counts the windows of the whole batch. ``window='full'`` makes each image one
+    window (Table 4, method 1: N = 2 % of the image's pixels). Every pixel takes part: with
+    ``segments`` (the constraint basis M, the paper's best) a difference between two labelled
+    pixels of different segments is free, and unlabelled pixels are treated as no edge
+    (``gradient_magnitude(..., unlabelled='smooth')``); with ``image`` (basis I, Table 4
+    method 6) differences are weighted by exp(-|grad I|); with neither, eq. 1 as printed.
     """
-    if window < 1 or not 0 < top_fraction <= 1:
-        raise ValueError(
-            f"need window >= 1 and 0 < top_fraction <= 1, got {window}, {top_fraction}"
-        )
-    grad = gradient_magnitude(pred, segments)
+    full = window == "full"
+    if not full and not (isinstance(window, int) and window >= 1):
+        raise ValueError(f"window must be a positive int or 'full', got {window!r}")
+    if not 0 < top_fraction <= 1:
+        raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}")
+    if segments is not None and image is not None:
+        raise ValueError("give segments (basis M) or image (basis I), not both")
+    grad = gradient_magnitude(pred, segments, image=image, unlabelled="smooth")
     batch, height, width = grad.shape
+    if full:
+        windows = grad.reshape(batch, -1)
+        return windows.topk(_top_count(top_fraction, height * width), dim=1).values.mean()
     rows, cols = height // window, width // window
     if rows == 0 or cols == 0:
         raise ValueError(
@@ -478,6 +532,20 @@ def local_gradient_constraint_loss(
     windows = windows.reshape(-1, window * window)
     n_top = _top_count(top_fraction, window * window)
     return windows.topk(n_top, dim=1).values.mean()
+
+
+def edge_aware_smoothness_loss(
+    pred: Tensor, rgb: Tensor | None = None, segments: Tensor | None = None
+) -> Tensor:
+    """SelfDC eq. 2, L_smooth = sum |grad D| e^{-|grad I|}, as a mean over the pixels (the sum
+    grows with the image; the mean keeps its weight beside the other terms): basis I with
+    ``rgb`` (Table 5, method 1). With ``segments`` instead (Table 5, method 2, "mask-based
+    L_smooth"): the mean of |grad D| where a difference across two segments is free
+    (unlabelled pixels are no edge, as in L_gc)."""
+    if (rgb is None) == (segments is None):
+        raise ValueError("give rgb (basis I) or segments (basis M), exactly one")
+    grad = gradient_magnitude(pred, segments, image=rgb, unlabelled="smooth")
+    return grad.mean()
 
 
 def selective_mask_smoothness_loss(
@@ -626,28 +694,41 @@ def dmd3c_loss(
     return _total(terms, active, preds[-1])
 
 
+#: SelfDC's L_gc bases (Table 4): segmentation mask M, image I, none (eq. 1 as printed)
+GC_BASES = ("mask", "image", "none")
+#: what the 'sms' term computes (Table 5, methods 4, 1, 2, 3): L_sms (eqs. 3-4), L_smooth
+#: (eq. 2, basis I), mask-based L_smooth, mask-aware smoothness (L_sms over all of each segment)
+SMOOTHNESS = ("sms", "edge_aware", "mask_smooth", "mask_aware")
+
+
 def selfdc_loss(
     outputs: Mapping[str, Tensor],
     batch: Mapping[str, Any],
     weights: Mapping[str, float] = SELFDC_WEIGHTS,
     *,
-    window: int = 8,
+    window: int | str = 8,
     gc_top_fraction: float = 0.02,
     sms_top_fraction: float = 0.4,
     gc_basis: str = "mask",
+    smoothness: str = "sms",
     disparity_mode: str = "inverse",
     detach_scale_shift: bool = True,
 ) -> tuple[Tensor, dict[str, float]]:
     """SelfDC eq. 7: L_dc + alpha L_seg + L_gc + L_sms, every term weighted by ``weights``.
 
     ``outputs``: {'depth': B x 1 x H x W, 'seg_logits': B x C x H x W (optional)}. Terms: 'dc'
-    (eq. 5 on ``sparse``), 'seg' (eq. 6, alpha = 0.1), 'gc' (eq. 1; ``gc_basis='mask'`` uses
-    ``segments`` as the constraint basis M, 'none' is eq. 1 as printed), 'sms' (eqs. 3-4),
-    'ssi' (DMD3C's eq. 7 against ``teacher``; neither paper combines the two). Returns the total
-    and the unweighted value of each active term (floats).
+    (eq. 5 on ``sparse``), 'seg' (eq. 6, alpha = 0.1), 'gc' (eq. 1 over every pixel, in
+    ``window`` x ``window`` windows or 'full'; ``gc_basis``: 'mask' uses ``segments`` as the
+    constraint basis M, 'image' the image's edges (basis I), 'none' is eq. 1 as printed), 'sms'
+    (``smoothness``: 'sms' eqs. 3-4; 'edge_aware' eq. 2 on the image; 'mask_smooth' eq. 2 with
+    the mask instead of the image; 'mask_aware' L_sms with all of each segment's gradients,
+    Table 5's rows 4, 1, 2, 3), 'ssi' (DMD3C's eq. 7 against ``teacher``; neither paper
+    combines the two). Returns the total and the unweighted value of each active term (floats).
     """
-    if gc_basis not in ("mask", "none"):
-        raise ValueError(f"gc_basis must be 'mask' or 'none', got {gc_basis!r}")
+    if gc_basis not in GC_BASES:
+        raise ValueError(f"gc_basis must be one of {GC_BASES}, got {gc_basis!r}")
+    if smoothness not in SMOOTHNESS:
+        raise ValueError(f"smoothness must be one of {SMOOTHNESS}, got {smoothness!r}")
     pred = outputs["depth"]
     active = _active(weights, SELFDC_TERMS)
     terms: dict[str, Tensor] = {}
@@ -662,10 +743,20 @@ def selfdc_loss(
         terms["seg"] = segmentation_loss(outputs["seg_logits"], _need(batch, "segments", "seg"))
     if "gc" in active:
         segments = _need(batch, "segments", "gc") if gc_basis == "mask" else None
-        terms["gc"] = local_gradient_constraint_loss(pred, segments, window, gc_top_fraction)
+        image = _need(batch, "rgb", "gc") if gc_basis == "image" else None
+        terms["gc"] = local_gradient_constraint_loss(
+            pred, segments, window, gc_top_fraction, image=image
+        )
     if "sms" in active:
-        segments = _need(batch, "segments", "sms")
-        terms["sms"] = selective_mask_smoothness_loss(pred, segments, sms_top_fraction)
+        if smoothness == "edge_aware":
+            terms["sms"] = edge_aware_smoothness_loss(pred, rgb=_need(batch, "rgb", "sms"))
+        elif smoothness == "mask_smooth":
+            segments = _need(batch, "segments", "sms")
+            terms["sms"] = edge_aware_smoothness_loss(pred, segments=segments)
+        else:
+            segments = _need(batch, "segments", "sms")
+            fraction = 1.0 if smoothness == "mask_aware" else sms_top_fraction
+            terms["sms"] = selective_mask_smoothness_loss(pred, segments, fraction)
     if "ssi" in active:
         teacher = _need(batch, "teacher", "ssi")
         kind = batch.get("teacher_kind", "disparity")
