@@ -128,3 +128,133 @@ def test_crop_windows() -> None:
     with pytest.raises(BadSample, match="smaller than the crop") as info:
         aug.crop_window((300, 1242), (352, 1216), "bottom_center")
     assert info.value.cause == "size"
+
+
+def test_crop_window_min_top_and_its_zoom() -> None:
+    """The releases' row limit: BP-Net/DMD3C draw the top row from 50 up (datasets/kitti.py)."""
+    rng = np.random.default_rng(1)
+    tops = [
+        aug.crop_window((375, 1242), (256, 1216), "random", rng, None, 50)[0] for _ in range(300)
+    ]
+    assert min(tops) == 50 and max(tops) == 375 - 256
+    # a limit below the last possible top clamps to the bottom crop
+    assert aug.crop_window((300, 1242), (256, 1216), "random", rng, None, 80)[0] == 44
+
+
+def _rays(sample: dict, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(pixels v, u of the valid values, their back-projected points)."""
+    points = backproject(sample[key], sample["K"])
+    vs, us = np.nonzero(sample[key] > 0)
+    return np.stack([vs, us], 1), points[vs, us]
+
+
+def test_rotation_is_a_roll_about_the_optical_axis(full_frame: dict) -> None:
+    """Rotating about the principal point keeps K and depths exact: every rotated point is an
+    original point rolled about the camera's z axis by the angle (to within the nearest-pixel
+    resampling of the sparse map)."""
+    degrees = 4.0
+    rotated = aug.rotate(full_frame, degrees)
+    np.testing.assert_array_equal(rotated["K"], full_frame["K"])
+    for key in ("rgb", "sparse", "gt", "teacher", "segments", "holdout"):
+        assert (
+            rotated[key].shape == full_frame[key].shape
+            and rotated[key].dtype == full_frame[key].dtype
+        )
+    assert set(np.unique(rotated["gt"])) <= set(np.unique(full_frame["gt"]))
+    assert set(np.unique(rotated["segments"])) <= set(np.unique(full_frame["segments"]))
+    _, points = _rays(rotated, "gt")
+    assert len(points) > 10_000
+    # roll back: a counter-clockwise image rotation by a is the camera rolled by -a about z
+    a = np.deg2rad(degrees)
+    back = points.copy()
+    back[:, 0] = np.cos(a) * points[:, 0] - np.sin(a) * points[:, 1]
+    back[:, 1] = np.sin(a) * points[:, 0] + np.cos(a) * points[:, 1]
+    uv = (full_frame["K"].astype(np.float64) @ back.T).T
+    u, v = uv[:, 0] / uv[:, 2], uv[:, 1] / uv[:, 2]
+    ui, vi = np.rint(u).astype(int), np.rint(v).astype(int)
+    source = full_frame["gt"][np.clip(vi, 0, 374), np.clip(ui, 0, 1241)]
+    # nearest-neighbour resampling lands within a pixel: most points are exactly the source's
+    same = np.isclose(source, points[:, 2], rtol=1e-6)
+    assert same.mean() > 0.9
+    near = np.abs(np.stack([u - ui, v - vi])).max(0)
+    assert near.max() < 0.75  # rotation + rounding: never more than ~0.7 px away
+    assert np.array_equal(aug.rotate(full_frame, 0.0)["gt"], full_frame["gt"])
+
+
+def test_scale_keeps_depth_or_divides_it(full_frame: dict) -> None:
+    zoomed = aug.scale_maps(full_frame, 1.25)
+    assert set(np.unique(zoomed["gt"])) <= set(np.unique(full_frame["gt"]))  # BP-Net: K scales
+    assert zoomed["K"][0, 0] == pytest.approx(full_frame["K"][0, 0] * 1.25, rel=1e-3)
+    nlspn = aug.scale_maps(full_frame, 1.25, divide_depth=True)
+    np.testing.assert_allclose(nlspn["gt"], zoomed["gt"] / 1.25, rtol=1e-6)
+    np.testing.assert_array_equal(nlspn["rgb"], zoomed["rgb"])
+
+
+def test_pad_centres_and_moves_k(full_frame: dict) -> None:
+    """BP-Net's NYU padding: 228 x 304 -> 256 x 320 is 14 rows top and bottom, 8 columns."""
+    small = aug.crop(full_frame, 100, 300, 228, 304)
+    padded = aug.pad(small, 256, 320)
+    assert padded["K"][0, 2] == pytest.approx(small["K"][0, 2] + 8)
+    assert padded["K"][1, 2] == pytest.approx(small["K"][1, 2] + 14)
+    np.testing.assert_array_equal(padded["gt"][14:-14, 8:-8], small["gt"])
+    assert not padded["gt"][:14].any() and not padded["sparse"][:, :8].any()
+    assert (padded["segments"][:14] == -1).all()
+    np.testing.assert_array_equal(padded["rgb"][0, 8:-8], small["rgb"][0])  # edge repeated
+    np.testing.assert_array_equal(padded["teacher"][-1, 8:-8], small["teacher"][-1])
+    _same_points(
+        backproject(padded["gt"], padded["K"])[14:-14, 8:-8], backproject(small["gt"], small["K"])
+    )
+    with pytest.raises(BadSample, match="larger than pad_to"):
+        aug.pad(small, 200, 320)
+
+
+def test_pca_jitter_moves_colours_along_the_images_principal_components() -> None:
+    rng = np.random.default_rng(0)
+    grey = np.repeat(rng.integers(40, 200, (30, 40, 1), dtype=np.uint8), 3, axis=2)
+    out = aug.pca_jitter(grey, np.random.default_rng(5), 0.1)
+    # a grey image varies only along (1, 1, 1): the noise keeps it grey, and moves it
+    assert np.abs(out.astype(int) - out[..., :1].astype(int)).max() <= 1
+    assert not np.array_equal(out, grey)
+    again = aug.pca_jitter(grey, np.random.default_rng(5), 0.1)
+    np.testing.assert_array_equal(out, again)  # seeded
+    np.testing.assert_array_equal(aug.augment({"rgb": grey}, rng, flip=False, pca=0.0)["rgb"], grey)
+    colour = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    shifts = [
+        (aug.pca_jitter(colour, np.random.default_rng(s), 0.1).astype(float) - colour).mean((0, 1))
+        for s in range(40)
+    ]
+    spread = np.std(shifts, axis=0)  # per channel, in grey levels
+    # sigma 0.1 of a component whose std is ~74 grey levels: a few grey levels
+    assert 2 < spread.mean() < 15
+
+
+def test_dataset_geometry_options_are_seeded_and_move_k(kitti_dc_frame: Path) -> None:
+    """scale + rotation + pca as a dataset does them: the same generator gives the same sample;
+    a crop lies below the (zoomed) top limit; the crop size is kept."""
+    import torch
+
+    options = {
+        "crop": [240, 1216],
+        "crop_mode": "random",
+        "random_crop_top": 100,
+        "scale": [1.0, 1.5],
+        "rotation": 5.0,
+        "scale_depth": True,
+        "pca_jitter": 0.1,
+        "color_jitter": 0.4,
+        "cameras": [2],
+    }
+    dataset = build_dataset(f"kitti:{kitti_dc_frame}", "train", options)
+    torch.manual_seed(3)
+    a = dataset[0]
+    torch.manual_seed(3)
+    b = dataset[0]
+    for key in ("rgb", "sparse", "gt", "K"):
+        np.testing.assert_array_equal(a[key], b[key])
+    assert a["rgb"].shape == (240, 1216, 3)
+    torch.manual_seed(4)
+    c = dataset[0]
+    assert not np.array_equal(a["gt"], c["gt"])
+    assert "scale1-1.5" in dataset.describe() and "rot5" in dataset.describe()
+    with pytest.raises(ValueError, match="scale"):
+        build_dataset(f"kitti:{kitti_dc_frame}", "train", {"scale": [1.5, 1.0]})

@@ -16,9 +16,20 @@ crop_mode          null                train split only: null (the kind's fixed 
                                        benchmark's convention), NYU and generated center
 random_crop_rows   KITTI 352, else     random crops lie inside the bottom N rows (the rows
                    null                KITTI's LiDAR covers); null = anywhere
-augment            true                train split only: horizontal flip + colour jitter
+random_crop_top    0                   random crops start at this row or below (BP-Net 50,
+                                       NLSPN 100); zooms with scale
+augment            true                train split only: flip, jitter, scale/rotation
 flip               true                random horizontal flip (p = 0.5), K's cx mirrored
 color_jitter       0.4                 brightness/contrast/saturation strength; 0 = off
+pca_jitter         0.0                 PCA colour noise sigma (BP-Net/DMD3C releases 0.1)
+scale              null                [low, high]: zoom before the crop (NLSPN, BP-Net NYU
+                                       [1, 1.5]); K follows the pixels
+rotation           0.0                 rotation in [-r, r] degrees about the principal point
+                                       before the crop (NLSPN, BP-Net NYU: 5)
+scale_depth        false               divide depths by the zoom (NLSPN) instead of keeping
+                                       them with K scaled (BP-Net)
+pad_to             null                [h, w]: pad centred after the crop (BP-Net NYU
+                                       [256, 320]; rgb/teacher edge, depth 0, segments -1)
 input              velodyne_raw        KITTI: velodyne_raw (KITTI's map) | raw_scan (the node's
                                        projection of the raw scan)
 cameras            [2, 3]              KITTI cameras of the train/val splits

@@ -43,10 +43,13 @@ def crop_window(
     mode: str,
     rng: np.random.Generator | None = None,
     region_rows: int | None = None,
+    min_top: int = 0,
 ) -> tuple[int, int]:
     """(top, left) of a crop: ``bottom_center`` (KITTI's evaluation convention: the bottom rows,
     centred across), ``center`` (NYU's centre crop) or ``random`` (uniform, inside the bottom
-    ``region_rows`` rows when given: KITTI's LiDAR covers only the lower part of the image)."""
+    ``region_rows`` rows when given: KITTI's LiDAR covers only the lower part of the image;
+    and starting at row ``min_top`` or below: the BP-Net/DMD3C releases draw the top row from
+    50 up, NLSPN crops the top 100 rows away first)."""
     height, width = image_hw
     crop_h, crop_w = crop_hw
     if crop_h > height or crop_w > width:
@@ -62,6 +65,7 @@ def crop_window(
         raise ValueError(f"crop_mode must be one of {CROP_MODES}, got {mode!r}")
     assert rng is not None, "a random crop needs a generator"
     lowest_top = max(0, height - max(region_rows or height, crop_h))
+    lowest_top = min(max(lowest_top, int(min_top)), height - crop_h)
     top = int(rng.integers(lowest_top, height - crop_h + 1))
     left = int(rng.integers(0, width - crop_w + 1))
     return top, left
@@ -105,6 +109,93 @@ def resize(sample: Sample, scale: float) -> Sample:
     return out
 
 
+#: value the border takes when a map is rotated or padded (rgb and teacher: see each function)
+_FILL = {"sparse": 0.0, "gt": 0.0, "holdout": 0.0, "segments": -1, "teacher": 0.0, "rgb": 0}
+
+
+def scale_maps(sample: Sample, scale: float, divide_depth: bool = False) -> Sample:
+    """Zoom by ``scale`` (:func:`resize`: K follows the pixels). The zoomed image is the same
+    scene seen with a focal length ``scale`` times longer, so depths stay (BP-Net's NYU
+    augmentation: K scaled, depth kept). ``divide_depth``: also divide every depth map by
+    ``scale`` (NLSPN's and Sparse-to-Dense's convention: the scene looks ``scale`` times nearer;
+    K then no longer describes it, so only for networks that do not take K)."""
+    out = resize(sample, scale)
+    if divide_depth:
+        for key in ("sparse", "gt", "holdout"):
+            if key in out:
+                out[key] = (out[key] / np.float32(scale)).astype(np.float32)
+    return out
+
+
+def rotate(sample: Sample, degrees: float) -> Sample:
+    """Rotate every map by ``degrees`` (counter-clockwise as seen, torchvision's sense) about
+    the principal point (cx, cy): the image of the same camera rolled about its optical axis,
+    so K and every depth stay exact (for fx = fy; BP-Net and NLSPN rotate about the image
+    centre and keep K, which is off by the centre's distance to the principal point). rgb and
+    teacher bilinear, depth maps and segments by nearest neighbour (a sparse map must not blend
+    points with holes); the corners brought in are 0 (rgb black, no depth, teacher 0 = no
+    teacher information) and -1 for segments."""
+    if degrees == 0:
+        return dict(sample)
+    out = dict(sample)
+    K = np.asarray(sample["K"], dtype=np.float64)
+    height, width = sample["rgb"].shape[:2]
+    matrix = cv2.getRotationMatrix2D((float(K[0, 2]), float(K[1, 2])), float(degrees), 1.0)
+    for key in _maps(sample):
+        value = sample[key]
+        nearest = key in _NEAREST
+        source = value.astype(np.int32) if key == "segments" else value
+        rotated = cv2.warpAffine(
+            source,
+            matrix,
+            (width, height),
+            flags=cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=_FILL[key],
+        )
+        out[key] = rotated.astype(value.dtype)
+    return out
+
+
+def pad(sample: Sample, height: int, width: int) -> Sample:
+    """Pad every map to ``height`` x ``width``, centred (an odd remainder goes to the bottom /
+    right), as BP-Net pads NYU's 228 x 304 crop to 256 x 320 (its datasets/nyu.py: 14 rows top
+    and bottom, 8 columns each side): rgb and teacher repeat their edge (the release's
+    'edge' mode for rgb), depth maps 0, segments -1; K's principal point moves with the image."""
+    h, w = sample["rgb"].shape[:2]
+    if h > height or w > width:
+        raise BadSample("size", f"image {w}x{h} is larger than pad_to {width}x{height}")
+    top, left = (height - h) // 2, (width - w) // 2
+    bottom, right = height - h - top, width - w - left
+    out = dict(sample)
+    for key in _maps(sample):
+        value = sample[key]
+        spec = ((top, bottom), (left, right)) + ((0, 0),) * (value.ndim - 2)
+        if key in ("rgb", "teacher"):
+            out[key] = np.pad(value, spec, mode="edge")
+        else:
+            out[key] = np.pad(value, spec, mode="constant", constant_values=_FILL[key])
+    K = np.array(sample["K"], dtype=np.float64)
+    K[0, 2] += left
+    K[1, 2] += top
+    out["K"] = K.astype(np.float32)
+    return out
+
+
+def pca_jitter(rgb: np.ndarray, rng: np.random.Generator, sigma: float) -> np.ndarray:
+    """AlexNet-style colour noise, as the BP-Net/DMD3C releases' ``Jitter`` (augs.py): the
+    principal components of the image's own colours (RGB in [0, 1]: eigenvectors e_j of the 3 x 3
+    covariance, eigenvalues l_j) move every pixel by sum_j e_j sqrt(l_j) a_j with a_j ~ N(0,
+    sigma^2) (release: 0.1), then clip to [0, 1]. Rounded back to uint8 (the release truncates:
+    a 0.5 / 255 darker image on average, not reproduced)."""
+    image = rgb.astype(np.float32) / 255.0
+    covariance = np.cov(image.reshape(-1, 3).T.astype(np.float64))
+    values, vectors = np.linalg.eigh(covariance)
+    shift = vectors @ (np.sqrt(np.clip(values, 0.0, None)) * rng.normal(0.0, sigma, 3))
+    image = np.clip(image + shift.astype(np.float32), 0.0, 1.0)
+    return np.rint(image * 255.0).astype(np.uint8)
+
+
 def color_jitter(rgb: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
     """Brightness, contrast and saturation each scaled by a factor in [1 - s, 1 + s], in a random
     order, clipped after each (torchvision's ColorJitter(s, s, s), as NLSPN trains KITTI)."""
@@ -125,12 +216,40 @@ def color_jitter(rgb: np.ndarray, rng: np.random.Generator, strength: float) -> 
 
 
 def augment(
-    sample: Sample, rng: np.random.Generator, flip: bool = True, jitter: float = 0.0
+    sample: Sample,
+    rng: np.random.Generator,
+    flip: bool = True,
+    jitter: float = 0.0,
+    pca: float = 0.0,
 ) -> Sample:
-    """Training-time augmentation: a flip with probability 1/2, then colour jitter on rgb."""
+    """Training-time augmentation: a flip with probability 1/2, then colour jitter and PCA
+    colour noise (sigma ``pca``) on rgb."""
     if flip and rng.random() < 0.5:
         sample = hflip(sample)
     if jitter > 0:
         sample = dict(sample)
         sample["rgb"] = color_jitter(sample["rgb"], rng, jitter)
+    if pca > 0:
+        sample = dict(sample)
+        sample["rgb"] = pca_jitter(sample["rgb"], rng, pca)
     return sample
+
+
+def scale_rotate(
+    sample: Sample,
+    rng: np.random.Generator,
+    scale: tuple[float, float] | None = None,
+    rotation: float = 0.0,
+    divide_depth: bool = False,
+) -> tuple[Sample, float]:
+    """Training-time geometry before the crop (NLSPN; BP-Net on NYU): a rotation uniform in
+    [-rotation, rotation] degrees, then a zoom uniform in ``scale`` = [low, high]. Returns the
+    sample and the zoom (the crop's row limits scale with it)."""
+    if rotation > 0:
+        sample = rotate(sample, float(rng.uniform(-rotation, rotation)))
+    factor = 1.0
+    if scale:
+        factor = float(rng.uniform(scale[0], scale[1]))
+        if factor != 1.0:
+            sample = scale_maps(sample, factor, divide_depth)
+    return sample, factor

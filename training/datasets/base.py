@@ -34,9 +34,15 @@ class DatasetOptions:
     crop: tuple[int, int] | None = None  # [h, w]; None = the kind's default; [] = no crop
     crop_mode: str | None = None  # None = the kind's fixed crop | bottom_center | center | random
     random_crop_rows: int | None = None  # random crops lie in the bottom rows (KITTI: 352)
+    random_crop_top: int = 0  # random crops start at this row or below (BP-Net 50, NLSPN 100)
     augment: bool = True  # flip / jitter on the train split (never on others)
     flip: bool = True
     color_jitter: float = 0.4  # brightness/contrast/saturation strength, 0 = off
+    pca_jitter: float = 0.0  # PCA colour noise sigma (BP-Net/DMD3C releases: 0.1), 0 = off
+    scale: tuple[float, float] | None = None  # train: zoom uniform in [low, high] before the crop
+    rotation: float = 0.0  # train: rotation uniform in [-r, r] degrees before the crop
+    scale_depth: bool = False  # divide depths by the zoom (NLSPN) instead of keeping them (BP-Net)
+    pad_to: tuple[int, int] | None = None  # pad (centred) to [h, w] after the crop (BP-Net NYU)
     input: str = "velodyne_raw"  # KITTI: velodyne_raw | raw_scan
     cameras: tuple[int, ...] = (2, 3)  # KITTI cameras
     raw_root: str | None = None  # KITTI raw layout; default ROOT/raw
@@ -69,7 +75,7 @@ class DatasetOptions:
                 f"unknown dataset option(s) {unknown}; known options: {', '.join(sorted(names))}"
             )
         merged = {**defaults, **options}
-        for key in ("crop", "cameras", "extrinsics"):
+        for key in ("crop", "cameras", "extrinsics", "scale", "pad_to"):
             if merged.get(key) is not None:
                 merged[key] = tuple(merged[key])
         opts = cls(**merged)
@@ -93,6 +99,20 @@ class DatasetOptions:
             bad("cameras", "must be a non-empty subset of [2, 3]")
         if not 0 <= self.color_jitter < 1:
             bad("color_jitter", "must lie in [0, 1)")
+        if not 0 <= self.pca_jitter < 1:
+            bad("pca_jitter", "must lie in [0, 1)")
+        if self.scale is not None and not (
+            len(self.scale) in (0, 2) and (not self.scale or 0 < self.scale[0] <= self.scale[1])
+        ):
+            bad("scale", "must be [low, high] with 0 < low <= high, or null")
+        if not 0 <= self.rotation <= 180:
+            bad("rotation", "must lie in [0, 180] degrees")
+        if self.random_crop_top < 0:
+            bad("random_crop_top", "must be >= 0")
+        if self.pad_to is not None and not (
+            len(self.pad_to) == 2 and all(isinstance(v, int) and v > 0 for v in self.pad_to)
+        ):
+            bad("pad_to", "must be [height, width] of positive integers or null")
         if not 0 <= self.holdout_fraction < 1:
             bad("holdout_fraction", "must lie in [0, 1)")
         if self.nyu_samples < 1:
@@ -184,12 +204,25 @@ class CachedMapsDataset(Dataset):
         return self.fixed_crop_mode
 
     def crop(self, sample: Sample, rng: np.random.Generator) -> Sample:
-        size = self.options.crop_hw if self.options.crop is not None else self.default_crop
+        """The options' crop, preceded on the train split by the rotation / zoom (row limits of
+        a random crop zoom with the image)."""
+        opts = self.options
+        zoom = 1.0
+        if self.training and opts.augment and (opts.scale or opts.rotation):
+            sample, zoom = aug.scale_rotate(
+                sample, rng, opts.scale, opts.rotation, opts.scale_depth
+            )
+        size = opts.crop_hw if opts.crop is not None else self.default_crop
         if not size:
             return sample
-        mode = self.crop_mode
+        rows = opts.random_crop_rows
         top, left = aug.crop_window(
-            sample["rgb"].shape[:2], size, mode, rng, self.options.random_crop_rows
+            sample["rgb"].shape[:2],
+            size,
+            self.crop_mode,
+            rng,
+            None if rows is None else int(round(rows * zoom)),
+            int(round(opts.random_crop_top * zoom)),
         )
         return aug.crop(sample, top, left, *size)
 
@@ -205,8 +238,11 @@ class CachedMapsDataset(Dataset):
             check_sizes(sample)
             rng = self.rng(index)
             sample = self.transform(sample, rng)
-            if self.training and self.options.augment:
-                sample = aug.augment(sample, rng, self.options.flip, self.options.color_jitter)
+            opts = self.options
+            if self.training and opts.augment:
+                sample = aug.augment(sample, rng, opts.flip, opts.color_jitter, opts.pca_jitter)
+            if opts.pad_to:
+                sample = aug.pad(sample, *opts.pad_to)
             sample.pop("key", None)
             validate_sample(sample)
         except BadSample as exc:
@@ -245,7 +281,7 @@ class CachedMapsDataset(Dataset):
         parts = [
             f"{self.kind}:{self.root} split={self.split} samples={len(self)}",
             f"crop={'x'.join(map(str, size)) if size else 'none'}({self.crop_mode})",
-            f"augment={'flip+jitter' if self.training and opts.augment else 'off'}",
+            f"augment={self._augment_text() if self.training and opts.augment else 'off'}",
         ]
         if opts.teacher_root:
             parts.append(f"teacher={opts.teacher_root} ({self.teacher_kind})")
@@ -253,6 +289,19 @@ class CachedMapsDataset(Dataset):
             parts.append(f"segments={opts.segments_root}")
         parts.extend(self.describe_extra())
         return " ".join(parts)
+
+    def _augment_text(self) -> str:
+        opts = self.options
+        parts = ["flip"] if opts.flip else []
+        if opts.color_jitter:
+            parts.append(f"jitter{opts.color_jitter:g}")
+        if opts.pca_jitter:
+            parts.append(f"pca{opts.pca_jitter:g}")
+        if opts.scale:
+            parts.append(f"scale{opts.scale[0]:g}-{opts.scale[1]:g}")
+        if opts.rotation:
+            parts.append(f"rot{opts.rotation:g}")
+        return "+".join(parts) or "none"
 
     def describe_extra(self) -> list[str]:
         return []
