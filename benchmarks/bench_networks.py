@@ -42,7 +42,7 @@ def run_one(args: argparse.Namespace) -> dict:
     """One config in this process: build, warm up, time ``complete`` and the bare forward."""
     import torch
 
-    from depth_completion_ros.backends.network import PRECISIONS, NetworkBackend
+    from depth_completion_ros.backends.network import AUTOCAST_DTYPES, NetworkBackend
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -84,7 +84,7 @@ def run_one(args: argparse.Namespace) -> dict:
         for _ in range(args.runs):
             sync()
             t = time.perf_counter()
-            with torch.autocast(dev.type, dtype=PRECISIONS[backend.precision], enabled=amp):
+            with torch.autocast(dev.type, dtype=AUTOCAST_DTYPES[backend.precision], enabled=amp):
                 backend.spec.predict(backend._forward, image, dep, k_net)
             sync()
             forward_s.append(time.perf_counter() - t)

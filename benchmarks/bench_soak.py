@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -31,7 +32,6 @@ from machine import machine_info  # benchmarks/machine.py (scripts run from here
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
-from depth_completion_ros.node import parse_summary
 from depth_completion_ros.tools import kitti_to_bag
 from depth_completion_ros.tools.graph import (
     ros_environment,
@@ -58,6 +58,23 @@ def rss_mb(pid: int) -> float | None:
     except OSError:
         return None
     return None
+
+
+# The node's status and shutdown lines (DepthCompletionNode.latency_summary). A soak of many
+# minutes reads them from the log it keeps anyway; tests read /diagnostics instead.
+_SUMMARY = re.compile(
+    r"pairs processed (?P<published>\d+), dropped while busy (?P<dropped_busy>\d+), "
+    r"rejected (?P<rejected>\d+) \(stamp offset (?P<rejected_offset>\d+), no image "
+    r"(?P<rejected_no_image>\d+)\), failed (?P<failed>\d+), waiting (?P<waiting>\d+) = "
+    r"(?P<received>\d+) scans received; (?P<images_received>\d+) images received, "
+    r"(?P<time_jumps>\d+) time jumps"
+)
+
+
+def parse_summary(line: str) -> dict[str, int] | None:
+    """The counts of a status or shutdown line of the node; None if ``line`` holds none."""
+    match = _SUMMARY.search(line)
+    return {k: int(v) for k, v in match.groupdict().items()} if match else None
 
 
 def last_counts(log: str, prefix: str) -> dict[str, int] | None:

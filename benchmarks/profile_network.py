@@ -23,7 +23,7 @@ from machine import machine_info
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from depth_completion_ros.backends.network import PRECISIONS, NetworkBackend
+from depth_completion_ros.backends.network import AUTOCAST_DTYPES, NetworkBackend
 from depth_completion_ros.networks import bpnet as bpnet_module
 
 _SELFDC = ["conv1_rgb", "conv1_dep", "conv2", "conv3", "conv4", "conv5", "conv6", "dec5"]
@@ -129,7 +129,7 @@ def main() -> None:
     amp = backend.precision != "fp32"
 
     def forward() -> None:
-        with torch.autocast(dev.type, dtype=PRECISIONS[backend.precision], enabled=amp):
+        with torch.autocast(dev.type, dtype=AUTOCAST_DTYPES[backend.precision], enabled=amp):
             backend.spec.predict(backend.net, image, dep, k_net)
 
     with torch.inference_mode():

@@ -35,6 +35,8 @@ from rosbags.interfaces import (
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
+from depth_completion_ros.transforms import StaticTransforms
+
 BAG_VERSION = 8  # rosbag2 metadata version that Jazzy and newer read (Kilted writes 9)
 STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
 TF_TYPE = "tf2_msgs/msg/TFMessage"
@@ -163,6 +165,16 @@ def parse_tf_message(data: bytes | memoryview) -> list[StampedTransform]:
         stamp = int(item.header.stamp.sec) * 1_000_000_000 + int(item.header.stamp.nanosec)
         out.append(StampedTransform(item.header.frame_id, item.child_frame_id, stamp, T))
     return out
+
+
+def read_static_transforms(reader: BagReader) -> StaticTransforms:
+    """The bag's /tf_static as a transform tree (empty when the bag has none)."""
+    static = StaticTransforms()
+    if "/tf_static" in reader.topics:
+        for message in reader.messages(["/tf_static"]):
+            for tf in parse_tf_message(message.data):
+                static.add(tf.parent, tf.child, tf.T)
+    return static
 
 
 # --- QoS as rosbag2 records it ----------------------------------------------------------------

@@ -20,6 +20,14 @@ from depth_completion_ros.calibration import (
 from depth_completion_ros.depth_io import read_kitti_depth, read_rgb
 from depth_completion_ros.projection import SensorMotion
 
+#: topic names of a bag written by ``kitti_to_bag`` (colour camera 2, the Velodyne, OXTS)
+KITTI_BAG_TOPICS = {
+    "image": "/kitti/camera_color_left/image_raw",
+    "camera_info": "/kitti/camera_color_left/camera_info",
+    "points": "/kitti/velo/pointcloud",
+    "odometry": "/kitti/oxts/odom",
+}
+
 KITTI_RATE_HZ = 10.0
 
 

@@ -16,6 +16,13 @@ from std_msgs.msg import Header
 
 from depth_completion_ros.calibration import CalibrationError, PinholeCamera
 
+#: message classes by their type name (as bags and frame.OUTPUTS name them)
+MESSAGE_CLASSES = {
+    "sensor_msgs/msg/Image": Image,
+    "sensor_msgs/msg/CameraInfo": CameraInfo,
+    "sensor_msgs/msg/PointCloud2": PointCloud2,
+}
+
 
 class MessageError(ValueError):
     """A message cannot be converted; the text names the field and what would work."""
@@ -372,8 +379,16 @@ def organised_xyzrgb_cloud(
 
 
 def stamp_to_seconds(stamp) -> float:
-    """builtin_interfaces/Time -> float seconds."""
+    """builtin_interfaces/Time -> float seconds: sec + 1e-9 * nanosec, the one conversion that
+    pairing uses everywhere (so a stamp offset equal to max_time_offset is decided alike)."""
     return float(stamp.sec) + 1e-9 * float(stamp.nanosec)
+
+
+def nanoseconds_to_seconds(nanoseconds: int) -> float:
+    """Integer nanoseconds -> float seconds, bit-equal to :func:`stamp_to_seconds` of the same
+    stamp (``ns * 1e-9`` is not: 1000062500000 * 1e-9 = 1000.0625000000001)."""
+    sec, nanosec = divmod(int(nanoseconds), 1_000_000_000)
+    return float(sec) + 1e-9 * float(nanosec)
 
 
 def stamp_to_nanoseconds(stamp) -> int:

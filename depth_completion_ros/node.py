@@ -1,8 +1,9 @@
 """The ROS 2 node: camera + LiDAR in, dense depth and a coloured point cloud out.
 
 Callbacks only buffer messages and pair them by stamp; one worker thread runs the newest pair
-through :class:`~depth_completion_ros.pipeline.DepthPipeline` (older pairs are dropped and
-counted), so a slow network never builds a queue. Every bad input is logged once per cause
+through :class:`~depth_completion_ros.frame.FrameProcessor`, the per-frame step that
+``process_bag`` runs too (older pairs are dropped and counted), so a slow network never builds a
+queue. Every bad input is logged once per cause
 (throttled per cause key, not by text) and skipped; the node keeps running. Every scan received
 is accounted for: published + dropped while busy + rejected + failed + waiting = received, in the
 status line, on ``/diagnostics`` (where diagnostic_msgs is installed) and at shutdown.
@@ -10,12 +11,11 @@ status line, on ``/diagnostics`` (where diagnostic_msgs is installed) and at shu
 
 from __future__ import annotations
 
-import re
+import contextlib
 import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 
 import numpy as np
 import rclpy
@@ -31,138 +31,29 @@ from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
-from depth_completion_ros import odometry
-from depth_completion_ros.backends import DATASETS, DEVICES, MODEL_NAMES, PRECISIONS
-from depth_completion_ros.calibration import CalibrationError, extrinsics_from_values
-from depth_completion_ros.messages import (
-    MessageError,
-    camera_info_to_camera,
-    image_to_rgb,
-    pointcloud2_to_array,
-    stamp_to_seconds,
-)
-from depth_completion_ros.node_setup import (
-    ConfigurationError,
+from depth_completion_ros import parameters
+from depth_completion_ros.calibration import CalibrationError
+from depth_completion_ros.frame import (
+    FrameInputs,
+    FrameOutcome,
+    FrameProcessor,
+    FrameSource,
     extrinsics_from_parameters,
-    output_messages,
-    pipeline_from_parameters,
 )
+from depth_completion_ros.messages import MESSAGE_CLASSES, stamp_to_seconds
 from depth_completion_ros.pairing import LatestSlot, Pair, StampPairer
-from depth_completion_ros.pipeline import InputError
-from depth_completion_ros.projection import SensorMotion
+from depth_completion_ros.transforms import NoTransforms, transform_to_matrix
 
-
-@dataclass(frozen=True)
-class _Param:
-    name: str
-    default: object
-    description: str
-    choices: tuple[str, ...] = ()
-    float_range: tuple[float, float] | None = None
-    int_range: tuple[int, int] | None = None
-    read_only: bool = True
-
-
-PARAMETERS: tuple[_Param, ...] = (
-    _Param("image_topic", "image", "camera image topic (rgb8, bgr8, mono8, rgba8, bgra8)"),
-    _Param("camera_info_topic", "camera_info", "CameraInfo of the image topic"),
-    _Param("points_topic", "points", "LiDAR PointCloud2 topic (float32 x, y, z)"),
-    _Param(
-        "points_scale",
-        0.0,
-        "metres per unit of the cloud's x, y, z; 0 = float32/float64 fields are metres and "
-        "integer fields are refused (0.001 for INT16/INT32 millimetres)",
-        float_range=(0.0, 1000.0),
-    ),
-    _Param(
-        "input_reliability",
-        "best_effort",
-        "QoS reliability of the three subscriptions; must be compatible with the publishers "
-        "(best_effort accepts both, reliable needs reliable publishers)",
-        choices=("best_effort", "reliable"),
-    ),
-    _Param(
-        "odometry_topic",
-        "",
-        "nav_msgs/Odometry topic whose twist deskews each scan (its child frame must be the "
-        "cloud's frame or reach it through TF); '' = no deskewing",
-    ),
-    _Param("input_depth", 5, "QoS history depth of the subscriptions", int_range=(1, 100)),
-    _Param("output_depth", 2, "QoS history depth of the (reliable) outputs", int_range=(1, 100)),
-    _Param(
-        "max_time_offset",
-        0.05,
-        "largest |image stamp - scan stamp| (s) accepted as a pair",
-        float_range=(1e-4, 10.0),
-    ),
-    _Param(
-        "calibration_dir",
-        "",
-        "KITTI date folder with calib_cam_to_cam.txt and calib_velo_to_cam.txt (extrinsics)",
-    ),
-    _Param("camera_index", 2, "KITTI camera of calibration_dir (0-3)", int_range=(0, 3)),
-    _Param(
-        "extrinsics",
-        [0.0],
-        "LiDAR->camera optical transform: 16 (4x4), 12 (3x4) or 7 (x y z qx qy qz qw) values; "
-        "[0.0] = unset",
-    ),
-    _Param("model", "classical", "completion model", choices=MODEL_NAMES),
-    _Param("checkpoint", "", "weights file for a network model (.pth/.pt/.safetensors)"),
-    _Param("device", "auto", "where a network runs", choices=DEVICES),
-    _Param("precision", "fp32", "network precision", choices=PRECISIONS),
-    _Param("dataset", "kitti", "input conventions the weights expect", choices=DATASETS),
-    _Param("compile", False, "torch.compile the network (slow first frame)"),
-    _Param("min_depth", 0.1, "smallest published depth (m)", float_range=(0.0, 1000.0)),
-    _Param("max_depth", 100.0, "largest published depth (m)", float_range=(0.1, 1000.0)),
-    _Param(
-        "occlusion_window",
-        12,
-        "pixels searched on each side by the occlusion filter (0 = off)",
-        int_range=(0, 64),
-    ),
-    _Param(
-        "limit_to_lidar_support",
-        True,
-        "publish depth only between the highest and lowest LiDAR return of each column band "
-        "(NaN above and below: sky, bridges); false = the whole image",
-    ),
-    _Param(
-        "support_band",
-        3,
-        "columns per band when finding the LiDAR's highest and lowest return (a band needs 2 "
-        "returns in itself and its 2 neighbours); about the LiDAR's column spacing in pixels",
-        int_range=(1, 256),
-    ),
-    _Param(
-        "support_margin",
-        2,
-        "pixels published beyond the LiDAR's highest and lowest return",
-        int_range=(0, 1000),
-    ),
-    _Param("publish_points", True, "publish the organised XYZRGB cloud on 'depth/points'"),
-    _Param("publish_sparse", False, "publish the projected LiDAR depth on 'sparse_depth/image'"),
-    _Param("publish_colored", False, "publish a colour-mapped rgb8 view on 'depth/colored'"),
-    _Param(
-        "diagnostics_period",
-        5.0,
-        "seconds between status lines in the log (and /diagnostics messages)",
-        float_range=(0.5, 3600.0),
-    ),
-    _Param(
-        "no_pair_warning",
-        3.0,
-        "warn when no pair has formed for this many seconds",
-        float_range=(0.5, 3600.0),
-    ),
+#: what the node tells the user when no transform relates the cloud to the image
+EXTRINSICS_FIX = (
+    "set 'calibration_dir' (KITTI) or 'extrinsics' (4x4, 3x4 or x y z qx qy qz qw), or publish "
+    "the transform on TF (the node reads TF with tf2_ros, on a ROS 2 distro)"
 )
 
 
-def _descriptor(param: _Param) -> ParameterDescriptor:
-    description = param.description
-    if param.choices:
-        description += f" (one of: {', '.join(param.choices)})"
-    descriptor = ParameterDescriptor(description=description, read_only=param.read_only)
+def _descriptor(param: parameters.Parameter) -> ParameterDescriptor:
+    """The ROS descriptor of a table entry: rclpy then refuses out-of-range values itself."""
+    descriptor = ParameterDescriptor(description=param.help_text(), read_only=param.read_only)
     if param.float_range:
         descriptor.floating_point_range = [
             FloatingPointRange(from_value=param.float_range[0], to_value=param.float_range[1])
@@ -180,24 +71,33 @@ def _reliability(name: str) -> ReliabilityPolicy:
     return ReliabilityPolicy.RELIABLE if name == "reliable" else ReliabilityPolicy.BEST_EFFORT
 
 
-def _cause_of(text: str) -> str:
-    """A message without its numbers and quoted values: the same fault with other values (a
-    stamp, a count, a size) shares a key; another fault gets its own."""
-    return re.sub(r"'[^']*'|\"[^\"]*\"|[-+]?\d[\d.e+-]*", "#", text)
+class _TfTransforms:
+    """Transforms from TF through tf2_ros (only on a ROS 2 distro: it does not install from
+    PyPI)."""
 
+    name = "TF (tf2_ros)"
 
-class FrameFailure(Exception):
-    """A frame failed at one input or stage; ``stage`` names it (the throttling key's start)."""
+    def __init__(self, node: Node) -> None:
+        import tf2_ros
 
-    def __init__(self, stage: str, text: str) -> None:
-        super().__init__(text)
-        self.stage = stage
+        self.buffer = tf2_ros.Buffer()
+        self.listener = tf2_ros.TransformListener(self.buffer, node)
 
+    def lookup(self, target: str, source: str, stamp: object = None) -> np.ndarray | None:
+        from rclpy.duration import Duration
+        from rclpy.time import Time
 
-def transform_to_matrix(transform) -> np.ndarray:
-    """geometry_msgs/Transform -> 4x4 matrix (maps points from the child into the parent frame)."""
-    t, q = transform.translation, transform.rotation
-    return extrinsics_from_values([t.x, t.y, t.z, q.x, q.y, q.z, q.w])
+        when = Time() if stamp is None else Time.from_msg(stamp)
+        try:
+            stamped = self.buffer.lookup_transform(
+                target, source, when, timeout=Duration(seconds=0.05)
+            )
+        except Exception as exc:  # noqa: BLE001 - tf2 raises several unrelated types
+            raise CalibrationError(
+                f"no TF from '{source}' to '{target}' at the scan's stamp ({exc}); publish it "
+                "(e.g. a static_transform_publisher) or set 'extrinsics'"
+            ) from exc
+        return transform_to_matrix(stamped.transform)
 
 
 class DepthCompletionNode(Node):
@@ -205,34 +105,29 @@ class DepthCompletionNode(Node):
 
     def __init__(self, **kwargs) -> None:
         self._worker: threading.Thread | None = None  # destroy_node works after a failed init
-        super().__init__("depth_completion", **kwargs)
-        for param in PARAMETERS:
+        super().__init__(parameters.NODE_NAME, **kwargs)
+        for param in parameters.PARAMETERS:
             self.declare_parameter(param.name, param.default, _descriptor(param))
-        self.config = {p.name: self.get_parameter(p.name).value for p in PARAMETERS}
-        self._validate_config()
-
-        self.fixed_extrinsics, self._extrinsics_source = extrinsics_from_parameters(self.config)
-        self.pipeline = pipeline_from_parameters(self.config)
-        self._start_tf()
-        backend = self.pipeline.backend
+        self.config = parameters.validate(
+            {p.name: self.get_parameter(p.name).value for p in parameters.PARAMETERS}
+        )
+        # guards the pairer, the slot hand-over and the counts, so a snapshot adds up exactly
+        self._lock = threading.Lock()
+        self.processor = FrameProcessor(self.config, self._frame_source(), self._lock)
+        self.pipeline = self.processor.pipeline
 
         self.pairer: StampPairer[Image, PointCloud2] = StampPairer(self.config["max_time_offset"])
         self.slot: LatestSlot[Pair[Image, PointCloud2]] = LatestSlot()
-        # guards the pairer, the slot hand-over and the counts, so a snapshot adds up exactly
-        self._lock = threading.Lock()
         self._camera_info: CameraInfo | None = None
+        self._odometry = None  # the latest nav_msgs/Odometry, when odometry_topic is set
         self._last_warning: dict[str, float] = {}
         self._latencies: deque[float] = deque(maxlen=200)
-        self._counts = {"processed": 0, "failed": 0, "in_process": 0}
         now = time.monotonic()
         self._last_pair_time = now
         self._last_message = {"image": 0.0, "camera_info": 0.0, "points": 0.0}
         self._reported_rejections = 0
         self._reported_no_image = 0
         self._reported_jumps = 0
-        self._points_scale = self.config["points_scale"] or None
-        self._odometry = None  # the latest nav_msgs/Odometry, when odometry_topic is set
-        self._not_deskewed: dict[str, int] = {}  # scans processed without deskewing, per cause
 
         input_qos = QoSProfile(
             history=HistoryPolicy.KEEP_LAST,
@@ -257,17 +152,9 @@ class DepthCompletionNode(Node):
             self.create_subscription(
                 Odometry, self.config["odometry_topic"], self._on_odometry, input_qos
             )
-        enabled = {
-            "depth/image": (Image, True),
-            "depth/camera_info": (CameraInfo, True),
-            "depth/points": (PointCloud2, self.config["publish_points"]),
-            "sparse_depth/image": (Image, self.config["publish_sparse"]),
-            "depth/colored": (Image, self.config["publish_colored"]),
-        }
         self._publishers_by_topic = {
-            topic: self.create_publisher(kind, topic, output_qos)
-            for topic, (kind, on) in enabled.items()
-            if on
+            topic: self.create_publisher(MESSAGE_CLASSES[kind], topic, output_qos)
+            for topic, kind in self.processor.outputs.items()
         }
         self._diagnostics_pub = _diagnostics_publisher(self)
         self.create_timer(self.config["diagnostics_period"], self._report)
@@ -278,27 +165,37 @@ class DepthCompletionNode(Node):
         self._worker = threading.Thread(target=self._work, name="depth_completion", daemon=True)
         self._worker.start()
         self.get_logger().info(
-            f"ready: {backend.describe()}; inputs {self._topic('image_topic')}, "
+            f"ready: {self.pipeline.backend.describe()}; inputs {self._topic('image_topic')}, "
             f"{self._topic('camera_info_topic')}, {self._topic('points_topic')} "
             f"({self.config['input_reliability']}), max_time_offset "
-            f"{self.config['max_time_offset']} s; extrinsics: {self._extrinsics_source}; "
+            f"{self.config['max_time_offset']} s; extrinsics: {self._extrinsics_source()}; "
             f"deskewing: {self._deskew_source()}"
         )
 
     # --- configuration ----------------------------------------------------------------------
 
-    def _validate_config(self) -> None:
-        for param in PARAMETERS:
-            value = self.config[param.name]
-            if param.choices and value not in param.choices:
-                raise ConfigurationError(
-                    f"parameter '{param.name}' is {value!r}; allowed: {', '.join(param.choices)}"
-                )
-        if self.config["min_depth"] >= self.config["max_depth"]:
-            raise ConfigurationError(
-                f"parameters 'min_depth' ({self.config['min_depth']}) must be smaller than "
-                f"'max_depth' ({self.config['max_depth']})"
-            )
+    def _frame_source(self) -> FrameSource:
+        """Topic names for messages, and TF (through tf2_ros, where it is installed) when no
+        fixed extrinsics are set or odometry needs its frame related to the cloud's."""
+        config = self.config
+        fixed = extrinsics_from_parameters(config)[0] is not None
+        transforms = NoTransforms("nothing (no TF: tf2_ros is not installed here)")
+        if not fixed or config["odometry_topic"]:
+            with contextlib.suppress(ImportError):  # tf2_ros: only on a ROS 2 distro
+                transforms = _TfTransforms(self)
+        roles = {
+            "image": "image_topic",
+            "camera_info": "camera_info_topic",
+            "points": "points_topic",
+            "odometry": "odometry_topic",
+        }
+        topics = {role: self._topic(key) if config[key] else "" for role, key in roles.items()}
+        return FrameSource(topics, transforms, EXTRINSICS_FIX)
+
+    def _extrinsics_source(self) -> str:
+        if self.processor.fixed_extrinsics is not None:
+            return self.processor.extrinsics_source
+        return f"{self.processor.source.transforms.name}, when the cloud's frame differs"
 
     def _topic(self, key: str) -> str:
         return self.resolve_topic_name(self.config[key])
@@ -380,159 +277,31 @@ class DepthCompletionNode(Node):
         while self._running:
             if not self.slot.wait(timeout=0.2):
                 continue
-            with self._lock:  # taken and counted as in process at once
-                pair = self.slot.take(timeout=0.0)
-                self._counts["in_process"] = int(pair is not None)
-            if pair is None:
-                continue
-            outcome = "failed"
-            try:
-                self._process(pair)
-                outcome = "processed"
-            except FrameFailure as exc:
-                self._warn(f"{exc.stage}:{_cause_of(str(exc))}", f"skipping frame: {exc}")
-            finally:
-                with self._lock:
-                    self._counts[outcome] += 1
-                    self._counts["in_process"] = 0
+            outcome = self.processor.take_and_process(self._take, self._publish)
+            if outcome is not None:
+                self._report_outcome(outcome)
 
-    def _stage(self, stage: str, what: str, run, *args):
-        """``run(*args)``, with any failure turned into a FrameFailure naming ``what``."""
-        try:
-            return run(*args)
-        except (InputError, MessageError, CalibrationError) as exc:
-            raise FrameFailure(stage, f"{what}: {exc}") from exc
-        except Exception as exc:  # noqa: BLE001 - the node must survive any single frame
-            raise FrameFailure(
-                f"{stage}:{type(exc).__name__}", f"{what}: unexpected error {exc!r}"
-            ) from exc
-
-    def _start_tf(self) -> None:
-        """TF listener when no fixed extrinsics are set or odometry is used (its child frame ->
-        the cloud's), and tf2_ros exists (a ROS distro)."""
-        self._tf_buffer = None
-        if self.fixed_extrinsics is not None and not self.config["odometry_topic"]:
-            return
-        try:
-            import tf2_ros  # not installable from PyPI: only on a ROS 2 distro
-        except ImportError:
-            return
-        self._tf_buffer = tf2_ros.Buffer()
-        self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self)
-        if self.fixed_extrinsics is None:
-            self._extrinsics_source = (
-                "TF (tf2_ros), when the cloud's frame differs from the image's"
-            )
-
-    def _extrinsics_for(self, cloud: PointCloud2, image: Image) -> np.ndarray:
-        if self.fixed_extrinsics is not None:
-            return self.fixed_extrinsics
-        source, target = cloud.header.frame_id, image.header.frame_id
-        if source == target or not source:
-            return np.eye(4)
-        if self._tf_buffer is not None:
-            return self._lookup_tf(target, source, cloud.header.stamp)
-        raise CalibrationError(
-            f"the cloud is in frame '{source}' but the image in '{target}' and no extrinsics "
-            "are set (tf2_ros is not installed here): set 'calibration_dir' (KITTI) or "
-            "'extrinsics' (4x4, 3x4 or x y z qx qy qz qw)"
-        )
-
-    def _lookup_tf(self, target: str, source: str, stamp) -> np.ndarray:
-        from rclpy.duration import Duration
-        from rclpy.time import Time
-
-        try:
-            stamped = self._tf_buffer.lookup_transform(
-                target, source, Time.from_msg(stamp), timeout=Duration(seconds=0.05)
-            )
-        except Exception as exc:  # noqa: BLE001 - tf2 raises several unrelated types
-            raise CalibrationError(
-                f"no TF from '{source}' to '{target}' at the scan's stamp ({exc}); publish it "
-                "(e.g. a static_transform_publisher) or set 'extrinsics'"
-            ) from exc
-        return transform_to_matrix(stamped.transform)
-
-    def _odometry_rotation(self, child: str, lidar: str) -> np.ndarray | None:
-        """Rotation from the odometry's child frame into the cloud's frame, from TF (latest)."""
-        if self._tf_buffer is None:
+    def _take(self) -> FrameInputs | None:
+        """The newest pair with the camera_info and odometry of now (under the lock)."""
+        pair = self.slot.take(timeout=0.0)
+        if pair is None:
             return None
-        from rclpy.time import Time
+        return FrameInputs(pair.image, pair.cloud, self._camera_info, self._odometry, pair.received)
 
-        try:
-            stamped = self._tf_buffer.lookup_transform(lidar, child, Time())
-        except Exception:  # noqa: BLE001 - tf2 raises several unrelated types
-            return None
-        return transform_to_matrix(stamped.transform)[:3, :3]
-
-    def _motion_for(self, cloud: PointCloud2) -> SensorMotion | None:
-        """The LiDAR's motion from the latest odometry; None (counted, warned) when unusable."""
-        if not self.config["odometry_topic"]:
-            return None
-        try:
-            return odometry.scan_motion(
-                self._odometry,
-                cloud.header,
-                self._odometry_rotation,
-                self._topic("odometry_topic"),
-            )
-        except odometry.NoMotion as exc:
-            self._not_deskewed[exc.cause] = self._not_deskewed.get(exc.cause, 0) + 1
-            self._warn(
-                f"deskew:{exc.cause}",
-                f"scan not deskewed: {exc} ({self._not_deskewed[exc.cause]} so far)",
-            )
-            return None
-
-    def _process(self, pair: Pair[Image, PointCloud2]) -> None:
-        info = self._camera_info
-        info_topic, image_topic = self._topic("camera_info_topic"), self._topic("image_topic")
-        points_topic = self._topic("points_topic")
-        if info is None:
-            raise FrameFailure(
-                "camera_info:none",
-                f"no camera_info received yet on {info_topic}; frames are skipped until one "
-                "arrives",
-            )
-        camera = self._stage(
-            "camera_info", f"camera_info on {info_topic}", camera_info_to_camera, info
-        )
-        rgb = self._stage("image", f"image on {image_topic}", image_to_rgb, pair.image)
-        points = self._stage(
-            "points",
-            f"point cloud on {points_topic}",
-            pointcloud2_to_array,
-            pair.cloud,
-            False,
-            self._points_scale,
-        )
-        if pair.cloud.width * pair.cloud.height == 0:
-            raise FrameFailure("points:empty", f"empty point cloud on {points_topic}")
-        if len(points) == 0:
-            raise FrameFailure(
-                "points:nan",
-                f"point cloud on {points_topic} has {pair.cloud.width * pair.cloud.height} "
-                "points, all NaN/inf",
-            )
-        T = self._stage(
-            "extrinsics",
-            "extrinsics (calibration_dir/extrinsics/TF)",
-            self._extrinsics_for,
-            pair.cloud,
-            pair.image,
-        )
-        motion = self._motion_for(pair.cloud)
-        result = self._stage(
-            "pipeline", "completion", self.pipeline.run, rgb, points, camera, T, motion
-        )
-        self._stage("publish", "publishing outputs", self._publish, pair.image, camera, rgb, result)
-        self._latencies.append(time.monotonic() - pair.received)
-
-    def _publish(self, image: Image, camera, rgb: np.ndarray, result) -> None:
-        # outputs carry the camera image's stamp and frame (REP 118)
-        outputs = output_messages(image.header, camera, rgb, result, self.pipeline, self.config)
-        for topic, msg in outputs.items():
+    def _publish(self, inputs: FrameInputs, output) -> None:
+        for topic, msg in output.messages.items():
             self._publishers_by_topic[topic].publish(msg)
+        self._latencies.append(time.monotonic() - inputs.received)
+
+    def _report_outcome(self, outcome: FrameOutcome) -> None:
+        if outcome.failure is not None:
+            self._warn(outcome.failure.key, f"skipping frame: {outcome.failure}")
+        if outcome.not_deskewed is not None:
+            cause = outcome.not_deskewed.cause
+            count = self.processor.accounting.not_deskewed[cause]
+            self._warn(
+                f"deskew:{cause}", f"scan not deskewed: {outcome.not_deskewed} ({count} so far)"
+            )
 
     # --- diagnostics ------------------------------------------------------------------------
 
@@ -577,18 +346,22 @@ class DepthCompletionNode(Node):
         waiting (in the pairing buffer, handed to the worker or in process); one snapshot."""
         with self._lock:
             stats = self.pairer.stats
-            return {
+            frames = self.processor.accounting
+            counts = {
                 "received": stats.scans,
-                "published": self._counts["processed"],
+                "published": frames.processed,
                 "dropped_busy": self.slot.dropped,
                 "rejected": stats.rejected,
                 "rejected_offset": stats.rejected_offset,
                 "rejected_no_image": stats.no_image,
-                "failed": self._counts["failed"],
-                "waiting": self.pairer.waiting + self.slot.pending + self._counts["in_process"],
+                "failed": frames.failed,
+                "waiting": self.pairer.waiting + self.slot.pending + frames.in_process,
                 "images_received": stats.images,
                 "time_jumps": stats.time_jumps,
             }
+            counts.update({f"failed:{k}": v for k, v in sorted(frames.failed_by_stage.items())})
+            counts.update({f"not_deskewed:{k}": v for k, v in sorted(frames.not_deskewed.items())})
+            return counts
 
     def _report(self) -> None:
         counts = self.counts()
@@ -618,7 +391,8 @@ class DepthCompletionNode(Node):
     def _deskew_summary(self) -> str:
         if not self.config["odometry_topic"]:
             return ""
-        counts = self._not_deskewed.copy()  # one snapshot: the worker may add a cause
+        with self._lock:  # one snapshot: the worker may add a cause
+            counts = dict(self.processor.accounting.not_deskewed)
         causes = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
         return f"; not deskewed {sum(counts.values())}" + (f" ({causes})" if causes else "")
 
@@ -655,22 +429,6 @@ class DepthCompletionNode(Node):
         super().destroy_node()
 
 
-_SUMMARY = re.compile(
-    r"pairs processed (?P<published>\d+), dropped while busy (?P<dropped_busy>\d+), "
-    r"rejected (?P<rejected>\d+) \(stamp offset (?P<rejected_offset>\d+), no image "
-    r"(?P<rejected_no_image>\d+)\), failed (?P<failed>\d+), waiting (?P<waiting>\d+) = "
-    r"(?P<received>\d+) scans received; (?P<images_received>\d+) images received, "
-    r"(?P<time_jumps>\d+) time jumps"
-)
-
-
-def parse_summary(line: str) -> dict[str, int] | None:
-    """The counts of a status or shutdown line (:meth:`DepthCompletionNode.latency_summary`),
-    for tests and benchmarks that read the node's log; None if ``line`` holds none."""
-    match = _SUMMARY.search(line)
-    return {k: int(v) for k, v in match.groupdict().items()} if match else None
-
-
 def _diagnostics_publisher(node: Node):
     """A publisher on /diagnostics when diagnostic_msgs is installed (not on every PyPI set-up)."""
     try:
@@ -694,7 +452,7 @@ def main(args: list[str] | None = None) -> int:
         try:
             node = DepthCompletionNode()
         except (
-            ConfigurationError,
+            parameters.ParameterError,
             InvalidParameterValueException,
             InvalidParameterTypeException,
         ) as exc:

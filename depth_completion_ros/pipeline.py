@@ -26,6 +26,16 @@ class InputError(ValueError):
     """A frame cannot be processed; the message names the problem and the fix."""
 
 
+def check_image_size(rgb: np.ndarray, camera: PinholeCamera) -> None:
+    """The image and its camera_info describe the same pixels, or an InputError says so."""
+    if rgb.shape[:2] != (camera.height, camera.width):
+        raise InputError(
+            f"image is {rgb.shape[1]}x{rgb.shape[0]} but camera_info says "
+            f"{camera.width}x{camera.height}: the camera changed resolution or the "
+            "camera_info belongs to another camera/stream"
+        )
+
+
 @dataclass
 class FrameResult:
     """Outputs for one frame (both H x W float32 metres)."""
@@ -89,12 +99,7 @@ class DepthPipeline:
         motion: SensorMotion | None = None,
     ) -> FrameResult:
         """One frame through the whole path (``motion``: see :meth:`sparse_depth`)."""
-        if rgb.shape[:2] != (camera.height, camera.width):
-            raise InputError(
-                f"image is {rgb.shape[1]}x{rgb.shape[0]} but camera_info says "
-                f"{camera.width}x{camera.height}: the camera changed resolution or the "
-                "camera_info belongs to another camera/stream"
-            )
+        check_image_size(rgb, camera)
         if len(points) == 0:
             raise InputError("point cloud has no finite points (empty or all NaN)")
         sparse = self.sparse_depth(points, camera, T_cam_lidar, motion)

@@ -18,14 +18,49 @@ from depth_completion_ros.tools.graph import (
 
 
 class Graph:
-    """The node process, its log, and a player node with its executor."""
+    """The node process, its log, and a player node with its executor; the node's accounting
+    as it publishes it on /diagnostics (``counts``, ``diagnostics``), not parsed from its log."""
 
     def __init__(self, process, log_path: Path, player: FramePlayer, executor, context):
+        from diagnostic_msgs.msg import DiagnosticArray
+
         self.process = process
         self.log_path = log_path
         self.player = player
         self.executor = executor
         self.context = context
+        #: every /diagnostics status of the node, as {key: int or str}, in arrival order
+        self.diagnostics: list[dict[str, object]] = []
+        player.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 100)
+
+    def _on_diagnostics(self, msg) -> None:
+        for status in msg.status:
+            if status.name.startswith("depth_completion"):
+                values = {kv.key: kv.value for kv in status.values}
+                self.diagnostics.append(
+                    {k: int(v) if v.lstrip("-").isdigit() else v for k, v in values.items()}
+                )
+
+    def counts(self) -> dict[str, object]:
+        """The node's latest accounting ({} before its first /diagnostics message)."""
+        return self.diagnostics[-1] if self.diagnostics else {}
+
+    def wait_for_counts(self, done, timeout: float = 20.0) -> dict[str, object]:
+        """Spin until the latest accounting satisfies ``done(counts)``; returns it (or the last
+        one seen, for the caller's assertion message)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            counts = self.counts()
+            if counts and done(counts):
+                return counts
+            self.spin_for(0.1)
+        return self.counts()
+
+    def settled_counts(self, received: int, timeout: float = 20.0) -> dict[str, object]:
+        """The accounting once at least ``received`` scans came and none is waiting."""
+        return self.wait_for_counts(
+            lambda c: c["received"] >= received and c["waiting"] == 0, timeout
+        )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -55,6 +90,8 @@ def node_graph(
 ):
     """Start the node with ``parameters``; yield a connected :class:`Graph`; stop everything."""
     use_ros_environment(domain_id, transport=transport)
+    # the accounting comes on /diagnostics every diagnostics_period: often, unless a test asks
+    parameters = {"diagnostics_period": 0.5, **parameters}
     log_path = tmp_path / "node.log"
     process = start_node_process(parameters, domain_id, log_path, extra_args, transport)
     context = rclpy.Context()

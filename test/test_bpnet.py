@@ -11,8 +11,6 @@ import pytest
 import torch
 
 from depth_completion_ros.networks.bpnet import (
-    KITTI_MEAN,
-    KITTI_STD,
     NUM_OUTPUTS,
     BilateralPropagation,
     BPNet,
@@ -21,6 +19,8 @@ from depth_completion_ros.networks.bpnet import (
     bpnet_kitti,
     init_weights,
 )
+from depth_completion_ros.networks.registry import BPNET_KITTI_MEAN_255 as KITTI_MEAN
+from depth_completion_ros.networks.registry import BPNET_KITTI_STD_255 as KITTI_STD
 from depth_completion_ros.networks.sparse_ops import nearest_valid_pixels
 
 REFERENCE_TSV = Path(__file__).resolve().parents[1].parent / "shared" / "reference"

@@ -196,7 +196,7 @@ def test_tf_transform_message_to_matrix() -> None:
     """The node's TF path turns geometry_msgs/Transform into the 4x4 it projects with."""
     from geometry_msgs.msg import Transform
 
-    from depth_completion_ros.node import transform_to_matrix
+    from depth_completion_ros.transforms import transform_to_matrix
 
     msg = Transform()
     msg.translation.x, msg.translation.y, msg.translation.z = 0.1, -0.2, 0.3

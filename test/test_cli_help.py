@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from depth_completion_ros.cli_help import node_help, prepare_node_arguments
-from depth_completion_ros.node import PARAMETERS
+from depth_completion_ros.parameters import PARAMETERS
 from depth_completion_ros.tools.graph import ros_environment, stop_process
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ import yaml
 from ros_graph import node_graph
 
 from depth_completion_ros.kitti import KittiDrive
-from depth_completion_ros.node import PARAMETERS
+from depth_completion_ros.parameters import PARAMETERS
 from depth_completion_ros.resources import package_file
 from depth_completion_ros.tools.graph import SensorFrame
 

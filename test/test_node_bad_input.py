@@ -19,8 +19,8 @@ from sensor_msgs.msg import PointField
 
 from depth_completion_ros.kitti import KittiDrive
 from depth_completion_ros.messages import image_to_depth, numpy_to_image, stamp_to_nanoseconds
-from depth_completion_ros.node import DepthCompletionNode, parse_summary
-from depth_completion_ros.node_setup import ConfigurationError
+from depth_completion_ros.node import DepthCompletionNode
+from depth_completion_ros.parameters import ParameterError
 from depth_completion_ros.tools.graph import SensorFrame, frame_messages, ros_environment
 
 DRIVE = "2011_09_26_drive_0000_sync"
@@ -181,11 +181,11 @@ def test_bad_inputs_are_reported_and_survived(drive, ros_domain_id, tmp_path):
         assert_still_working()
         assert g.wait_for_log("more than max_time_offset 0.05"), g.log()
         assert g.process.poll() is None, "node died"
+        summary = g.wait_for_counts(lambda c: c["rejected_offset"] == 2 and c["waiting"] == 0)
     log = g.log()
     assert g.returncode == 0, log
     assert "Traceback" not in log and "RuntimeWarning" not in log, log
     # every scan accounted for: the bad ones failed, the far one rejected, the rest published
-    summary = parse_summary(log[log.index("stopping:") :])
     assert summary["rejected_offset"] == 2 and summary["failed"] >= 30, log
     assert (
         summary["published"]
@@ -196,6 +196,9 @@ def test_bad_inputs_are_reported_and_survived(drive, ros_domain_id, tmp_path):
         == summary["received"]
     ), log
     assert summary["waiting"] == 0 and summary["received"] >= 40, log
+    # failures counted by the stage that refused them (points, camera_info, image)
+    assert summary["failed:points"] >= 15 and summary["failed:camera_info"] >= 3, summary
+    assert summary["failed:image"] >= 6, summary
 
 
 def test_destroy_after_a_failed_init_is_safe(ros_domain_id):
@@ -204,13 +207,13 @@ def test_destroy_after_a_failed_init_is_safe(ros_domain_id):
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=ros_domain_id)
     try:
-        with pytest.raises(ConfigurationError) as info:
+        with pytest.raises(ParameterError) as info:
             DepthCompletionNode(
                 context=context, parameter_overrides=[Parameter("model", value="resnet9000")]
             )
     finally:
         rclpy.try_shutdown(context=context)  # still holds the half-built node (via the error)
-    assert "parameter 'model' is 'resnet9000'" in str(info.value)
+    assert "parameter 'model': 'resnet9000' is not one of: classical" in str(info.value)
 
 
 def _stamped_lines(log: str, text: str) -> list[float]:
@@ -242,16 +245,17 @@ def test_status_lines_and_no_pair_warning_keep_their_periods(drive, ros_domain_i
             for i in range(20)
         ]
         g.player.play(frames, g.executor, timeout=5.0, period=0.5)
+        g.spin_for(0.5)
     log = g.log()
     ready = _stamped_lines(log, "ready:")[0]
     first_warning = _stamped_lines(log, "no synchronised pair")[0]
     assert 0.5 < first_warning - ready < 1.4, log
     status = _stamped_lines(log, "status: ")
     assert len(status) >= 3, log
-    for line in log.splitlines():  # every line adds up, taken while frames flow
-        if (c := parse_summary(line)) is not None:
-            parts = ("published", "dropped_busy", "rejected", "failed", "waiting")
-            assert sum(c[k] for k in parts) == c["received"], line
+    assert len(g.diagnostics) >= 3, g.diagnostics
+    for c in g.diagnostics:  # every snapshot adds up, taken while frames flow
+        parts = ("published", "dropped_busy", "rejected", "failed", "waiting")
+        assert sum(c[k] for k in parts) == c["received"], c
     gaps = np.diff(status)
     assert np.all((gaps > 1.5) & (gaps < 3.0)), (gaps, log)
 

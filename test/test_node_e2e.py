@@ -8,7 +8,6 @@ from ros_graph import node_graph
 
 from depth_completion_ros.kitti import KittiDrive
 from depth_completion_ros.messages import image_to_depth, stamp_to_nanoseconds
-from depth_completion_ros.node import parse_summary
 from depth_completion_ros.tools.graph import OUTPUT_TOPICS, SensorFrame, frame_messages
 
 DRIVE = "2011_09_26_drive_0000_sync"
@@ -36,7 +35,8 @@ def test_twenty_real_frames_over_dds(kitti_sequence, ros_domain_id, tmp_path):
     }
     with node_graph(parameters, ros_domain_id, tmp_path) as graph:
         result = graph.player.play(frames, graph.executor, wait_topics=tuple(OUTPUT_TOPICS))
-    log = graph.log()  # with the shutdown summary
+        summary = graph.settled_counts(received=20)
+    log = graph.log()
 
     width, height = drive.calibration.camera.width, drive.calibration.camera.height
     agreement = []
@@ -68,9 +68,8 @@ def test_twenty_real_frames_over_dds(kitti_sequence, ros_domain_id, tmp_path):
         agreement.append(np.nanmedian(np.abs(dense[lidar] - sparse[lidar])))
     assert max(agreement) < 0.05, f"dense vs LiDAR median abs difference per frame: {agreement}"
     assert graph.returncode == 0, log
-    assert "ready:" in log
-    summary = parse_summary(log[log.index("stopping:") :])
-    assert summary["received"] == summary["published"] == 20, log
+    assert "ready:" in log and "stopping:" in log
+    assert summary["received"] == summary["published"] == 20, (summary, log)
     assert summary["rejected"] == summary["failed"] == summary["waiting"] == 0, log
 
 
@@ -88,9 +87,8 @@ def test_looped_frames_lose_nothing(kitti_sequence, ros_domain_id, tmp_path):
             for frame in frames:
                 graph.player.publish_frame(frame)
                 graph.spin_for(0.1)
-        graph.spin_for(2.0)
+        summary = graph.settled_counts(received=60)
     log = graph.log()
-    summary = parse_summary(log[log.index("stopping:") :])
     # >= : a test of another process that drew the same domain id can add a frame or two
     assert summary["received"] >= 60 and summary["time_jumps"] >= 4, log
     assert summary["rejected"] == summary["failed"] == summary["waiting"] == 0, log
@@ -167,6 +165,7 @@ def test_odometry_deskews_the_scans_over_dds(
             graph.spin_for(0.5)  # the odometry arrives before the frame
             frame = SensorFrame(stamp, rgb, kitti_scan, camera)
             graph.player.play([frame], graph.executor, wait_topics=("sparse_depth/image",))
+        counts = graph.settled_counts(received=len(cases))
     log = graph.log()
     for _, _, stamp, name in cases:
         outputs = graph.player.result.outputs.get(seconds_to_nanoseconds(stamp), {})
@@ -175,4 +174,5 @@ def test_odometry_deskews_the_scans_over_dds(
         np.testing.assert_array_equal(sparse, expected[name], err_msg=f"frame at {stamp}")
     assert "deskewing: odometry on /odom" in log, log
     assert "+2.000 s from the scan's stamp" in log and "in frame 'base_link'" in log, log
+    assert counts["not_deskewed:frame"] == counts["not_deskewed:stale"] == 1, counts
     assert "not deskewed 2 (frame 1, stale 1)" in log[log.index("stopping:") :], log

@@ -10,16 +10,15 @@ import pytest
 
 from depth_completion_ros.backends.classical import ClassicalBackend
 from depth_completion_ros.depth_io import read_kitti_depth, read_rgb
-from depth_completion_ros.node_setup import ConfigurationError, pipeline_from_parameters
+from depth_completion_ros.frame import pipeline_from_parameters
+from depth_completion_ros.parameters import ParameterError, defaults, load_parameters
 from depth_completion_ros.pipeline import DepthPipeline
 from depth_completion_ros.projection import ProjectionConfig, project_points
 from depth_completion_ros.support import SupportConfig, outside_support, support_rows
 
 
 def _node_defaults() -> dict:
-    from depth_completion_ros.tools.process_bag import node_defaults
-
-    return node_defaults()
+    return defaults()
 
 
 def _top_return(points, calibration, window: int = 5) -> np.ndarray:
@@ -155,9 +154,10 @@ def test_band_and_margin_and_empty_input():
     [("support_band", 0), ("support_margin", -3), ("support_band", 2.5)],
 )
 def test_bad_parameters_are_refused_by_name(name: str, value) -> None:
-    """node_setup (node and process_bag) and the node's own declaration refuse bad values."""
-    with pytest.raises(ConfigurationError, match=name):
-        pipeline_from_parameters(_node_defaults() | {name: value})
+    """The parameter table (process_bag, training) and the node's own declaration refuse bad
+    values."""
+    with pytest.raises(ParameterError, match=name):
+        load_parameters(None, {name: value})
 
     import rclpy
     from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
@@ -177,8 +177,8 @@ def test_bad_parameters_are_refused_by_name(name: str, value) -> None:
 
 
 def test_limit_parameter_must_be_boolean() -> None:
-    with pytest.raises(ConfigurationError, match="limit_to_lidar_support"):
-        pipeline_from_parameters(_node_defaults() | {"limit_to_lidar_support": "no"})
+    with pytest.raises(ParameterError, match="limit_to_lidar_support"):
+        load_parameters(None, {"limit_to_lidar_support": "no"})
 
 
 def test_node_defaults_are_the_support_defaults() -> None:

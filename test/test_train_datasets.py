@@ -19,10 +19,11 @@ from depth_completion_ros.bag_io import (
 )
 from depth_completion_ros.calibration import CalibrationError, parse_kitti_calib_file
 from depth_completion_ros.depth_io import read_kitti_depth, read_rgb, write_kitti_depth, write_rgb
+from depth_completion_ros.frame import pipeline_from_parameters
 from depth_completion_ros.kitti import read_velodyne_bin
 from depth_completion_ros.messages import stamp_to_nanoseconds
+from depth_completion_ros.parameters import defaults as node_defaults
 from depth_completion_ros.tools import kitti_to_bag
-from depth_completion_ros.tools.process_bag import node_defaults, pipeline_from_parameters
 from training import cache
 from training.datasets import build_dataset
 from training.datasets.bag import cdr_header

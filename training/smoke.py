@@ -134,9 +134,9 @@ def _node_pipeline_on_real_frame(model: str, weights: Path, kitti: Path) -> dict
     """The trained weights through the node's own parameters -> pipeline path, on the real scan."""
     from depth_completion_ros.calibration import load_kitti_calibration
     from depth_completion_ros.depth_io import read_rgb
+    from depth_completion_ros.frame import pipeline_from_parameters
     from depth_completion_ros.kitti import read_velodyne_bin
-    from depth_completion_ros.node_setup import pipeline_from_parameters
-    from depth_completion_ros.tools.process_bag import load_parameters
+    from depth_completion_ros.parameters import load_parameters
 
     config = load_parameters(None, {"model": model, "checkpoint": str(weights), "device": "cpu"})
     pipeline = pipeline_from_parameters(config)

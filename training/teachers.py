@@ -19,10 +19,10 @@ import cv2
 import numpy as np
 import torch
 
+from depth_completion_ros.networks.registry import IMAGENET_MEAN_01, IMAGENET_STD_01
+
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Depth Anything V2's ViT patch size: network input sides are multiples of it
 DEPTH_MULTIPLE = 14
 DEPTH_INPUT_SIZE = 518
@@ -93,8 +93,8 @@ def depth_input_size(
 def preprocess_depth(
     images: Sequence[np.ndarray],
     size: tuple[int, int],
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
+    mean: Sequence[float] = IMAGENET_MEAN_01,
+    std: Sequence[float] = IMAGENET_STD_01,
 ) -> torch.Tensor:
     """RGB uint8 images -> B x 3 x h x w float32 network input: [0, 1], bicubic resize to ``size``
     (as Depth Anything V2 does), then mean/std normalisation."""
@@ -130,8 +130,8 @@ def image_stats(model: str | Path) -> tuple[tuple[float, ...], tuple[float, ...]
     """Mean/std (of [0, 1] pixels) from the model's preprocessor config, else ImageNet's (what
     Depth Anything V2, SAM and OneFormer were trained with)."""
     config = preprocessor_config(model)
-    mean = tuple(config.get("image_mean") or IMAGENET_MEAN)
-    std = tuple(config.get("image_std") or IMAGENET_STD)
+    mean = tuple(config.get("image_mean") or IMAGENET_MEAN_01)
+    std = tuple(config.get("image_std") or IMAGENET_STD_01)
     return mean, std
 
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from depth_completion_ros.backends.base import BackendError, DepthCompletionBackend
+from depth_completion_ros.backends.base import (
+    DEVICES,
+    PRECISIONS,
+    BackendError,
+    DepthCompletionBackend,
+    require_choice,
+)
+from depth_completion_ros.networks.registry import DATASETS, MODELS
 
-#: values accepted by the node's ``model`` parameter
-MODEL_NAMES = ("classical", "bpnet", "selfdc", "selfdc_r18")
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "fp16", "bf16")
-DATASETS = ("kitti", "nyu")
+#: values accepted by the node's ``model`` parameter: the classical fill and every registry network
+MODEL_NAMES = ("classical", *MODELS)
 
 
 def make_backend(
@@ -20,17 +24,9 @@ def make_backend(
     compile: bool = False,
     max_depth: float = 100.0,
 ) -> DepthCompletionBackend:
-    """Build the backend the user asked for, or raise BackendError saying why not."""
-    if model not in MODEL_NAMES:
-        raise BackendError(f"unknown model {model!r}; choose one of {', '.join(MODEL_NAMES)}")
-    if device not in DEVICES:
-        raise BackendError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
-    if precision not in PRECISIONS:
-        raise BackendError(
-            f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}"
-        )
-    if dataset not in DATASETS:
-        raise BackendError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    """Build the backend the user asked for, or raise BackendError saying why not (a network's
+    device, precision and dataset are checked by the network backend itself)."""
+    require_choice("model", model, MODEL_NAMES)
     if model == "classical":
         from depth_completion_ros.backends.classical import ClassicalBackend
 
@@ -51,4 +47,12 @@ def make_backend(
     )
 
 
-__all__ = ["BackendError", "DepthCompletionBackend", "make_backend", "MODEL_NAMES"]
+__all__ = [
+    "DATASETS",
+    "DEVICES",
+    "MODEL_NAMES",
+    "PRECISIONS",
+    "BackendError",
+    "DepthCompletionBackend",
+    "make_backend",
+]

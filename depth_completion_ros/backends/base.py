@@ -10,9 +10,21 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
+#: where a network runs (the node's ``device`` parameter); 'cuda:N' is accepted as well
+DEVICES = ("auto", "cpu", "cuda")
+#: network precisions (the node's ``precision`` parameter)
+PRECISIONS = ("fp32", "fp16", "bf16")
+
 
 class BackendError(RuntimeError):
     """A backend cannot be built or run; the message says what is wrong and how to fix it."""
+
+
+def require_choice(what: str, value: str, choices: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``choices``, else a BackendError naming them."""
+    if value not in choices:
+        raise BackendError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
+    return value
 
 
 class DepthCompletionBackend(ABC):

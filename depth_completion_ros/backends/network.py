@@ -20,13 +20,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from depth_completion_ros.backends.base import BackendError, DepthCompletionBackend
+from depth_completion_ros.backends.base import (
+    DEVICES,
+    PRECISIONS,
+    BackendError,
+    DepthCompletionBackend,
+    require_choice,
+)
 from depth_completion_ros.networks.checkpoints import CheckpointError, load_checkpoint
 from depth_completion_ros.networks.registry import DATASETS, InputSpec, ModelSpec, get_model_spec
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+#: autocast dtype of each precision name (fp32 runs without autocast)
+AUTOCAST_DTYPES = dict(zip(PRECISIONS, (torch.float32, torch.float16, torch.bfloat16), strict=True))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,19 +200,23 @@ def training_settings_mismatch(metadata: dict, net: nn.Module) -> list[str]:
     return problems
 
 
-def resolve_device(device: str) -> torch.device:
-    """'auto' -> CUDA when present; 'cuda' without CUDA -> CPU with a warning."""
-    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-        raise BackendError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'")
+def resolve_device(device: str, strict: bool = False) -> torch.device:
+    """'auto' -> CUDA when present. 'cuda' without CUDA -> the CPU with a warning (a node that
+    keeps running slowly beats one that does not start) or, with ``strict`` (training, where
+    days on the wrong device are worse than no start), a BackendError."""
+    if not device.startswith("cuda:"):
+        require_choice("device", device, DEVICES)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
+        build = f"torch {torch.__version__}, {'CUDA' if torch.version.cuda else 'CPU-only'} build"
+        if strict:
+            raise BackendError(f"device {device!r} requested but CUDA is not available ({build})")
         log.warning(
-            "device %r requested but CUDA is not available (torch %s, %s build): running on "
-            "the CPU, which is much slower; install a CUDA build of torch or set device:=cpu",
+            "device %r requested but CUDA is not available (%s): running on the CPU, which is "
+            "much slower; install a CUDA build of torch or set device:=cpu",
             device,
-            torch.__version__,
-            "CUDA" if torch.version.cuda else "CPU-only",
+            build,
         )
         return torch.device("cpu")
     return torch.device(device)
@@ -241,12 +252,8 @@ class NetworkBackend(DepthCompletionBackend):
             self.spec: ModelSpec = get_model_spec(model)
         except KeyError as e:
             raise BackendError(str(e.args[0])) from None
-        if dataset not in DATASETS:
-            raise BackendError(f"unknown dataset {dataset!r}; use one of {', '.join(DATASETS)}")
-        if precision not in PRECISIONS:
-            raise BackendError(
-                f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}"
-            )
+        require_choice("dataset", dataset, DATASETS)
+        require_choice("precision", precision, PRECISIONS)
         self.name = model
         self.dataset = dataset
         self.input_spec = self.spec.input_spec(dataset)
@@ -479,7 +486,9 @@ class NetworkBackend(DepthCompletionBackend):
             image, dep, k_net, g = self.prepare(rgb, sparse, K)
             t1 = time.perf_counter()
             amp = self.precision != "fp32"
-            with torch.autocast(self.device.type, dtype=PRECISIONS[self.precision], enabled=amp):
+            with torch.autocast(
+                self.device.type, dtype=AUTOCAST_DTYPES[self.precision], enabled=amp
+            ):
                 pred = self._run(image, dep, k_net)
             out = self.restore(pred, g)
         t2 = time.perf_counter()

@@ -4,8 +4,8 @@ Completion", CVPR 2024), in plain PyTorch.
 Attribute names and parameter shapes match the authors' release (1,648 state_dict keys,
 89,873,730 parameters; /work/shared/reference/bpnet_state_dict.tsv), so the BP-Net and DMD3C
 KITTI weights load unchanged. Colour normalisation, cropping and device choice stay with the
-caller; :data:`KITTI_MEAN`, :data:`KITTI_STD` and :data:`SIZE_MULTIPLE` say what the weights
-expect.
+caller: the registry's InputSpec (``networks/registry.py``) says what each set of weights expects
+(normalisation, depth unit, crop); :data:`SIZE_MULTIPLE` is the network's own constraint.
 
 Data flow (H x W input, multiples of 32; level l works at H/2^l x W/2^l):
   rgb -> conv_img (32, 1/1) -> layer1_img (64, 1/2) -> ... -> layer5_img (256, 1/32)
@@ -40,10 +40,6 @@ from depth_completion_ros.networks.sparse_ops import dynamic_filter, nearest_val
 
 __all__ = [
     "BPNet",
-    "KITTI_MEAN",
-    "KITTI_STD",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "SIZE_MULTIPLE",
     "VALID_DEPTH",
     "NUM_OUTPUTS",
@@ -52,12 +48,6 @@ __all__ = [
     "init_weights",
 ]
 
-#: RGB mean / std (0-255 scale) the KITTI weights were trained with
-KITTI_MEAN = (90.9950, 96.2278, 94.3213)
-KITTI_STD = (79.2382, 80.5267, 82.1483)
-#: RGB mean / std (0-255 scale) of the NYU weights (ImageNet's)
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
 #: input height and width must be multiples of this (five stride-2 stages)
 SIZE_MULTIPLE = 32
 #: sparse depth counts as a measurement where it is above this (metres)
@@ -473,7 +463,7 @@ class Level(nn.Module):
 class BPNet(nn.Module):
     """BP-Net: ``forward(I, S, K)`` -> 6 depth maps B x 1 x H x W, coarse to fine.
 
-    I: B x 3 x H x W normalised RGB (see :data:`KITTI_MEAN`); S: B x 1 x H x W metric sparse
+    I: B x 3 x H x W normalised RGB (the registry's InputSpec); S: B x 1 x H x W metric sparse
     depth, 0 = none; K: B x 3 x 3 intrinsics of that (cropped) image; H, W multiples of 32.
     ``drop_path`` is the stochastic-depth rate used while training (no effect in eval mode).
     """

@@ -10,17 +10,20 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn as nn
+if TYPE_CHECKING:  # torch is imported on use: the parameter table reads this module without it
+    import torch
+    import torch.nn as nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# BP-Net's KITTI statistics, on 0-255 values (from its release's data config).
-BPNET_KITTI_MEAN = (90.9950, 96.2278, 94.3213)
-BPNET_KITTI_STD = (79.2382, 80.5267, 82.1483)
+#: ImageNet RGB statistics on 0-1 values (input_range 1.0)
+IMAGENET_MEAN_01 = (0.485, 0.456, 0.406)
+IMAGENET_STD_01 = (0.229, 0.224, 0.225)
+#: BP-Net's KITTI RGB statistics on 0-255 values (input_range 255.0; its release's data config)
+BPNET_KITTI_MEAN_255 = (90.9950, 96.2278, 94.3213)
+BPNET_KITTI_STD_255 = (79.2382, 80.5267, 82.1483)
 
+#: input conventions the weights may expect (the node's ``dataset`` parameter)
 DATASETS = ("kitti", "nyu")
 
 
@@ -54,6 +57,8 @@ class InputSpec:
 
         For training and evaluation code; the backend folds the same arithmetic into one pass.
         """
+        import torch
+
         x = rgb.float() * (self.input_range / 255.0)
         mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
@@ -93,10 +98,10 @@ class ModelSpec:
     def predict(
         self, net: nn.Module, image: torch.Tensor, sparse: torch.Tensor, K: torch.Tensor
     ) -> torch.Tensor:
-        """Final depth, B x 1 x H x W in network units, from prepared inputs."""
-        if self.name == "bpnet":
-            return net(image, sparse, K)[-1]
-        return net(image, sparse)
+        """Final depth, B x 1 x H x W in network units, from prepared inputs (a network that
+        returns several maps, coarse to fine, answers with the last)."""
+        out = net(image, sparse, K) if self.needs_intrinsics else net(image, sparse)
+        return out[-1] if isinstance(out, list | tuple) else out
 
 
 _KITTI_CROP = dict(crop=(352, 1216), crop_anchor="bottom", resize_height=None, max_depth=90.0)
@@ -109,10 +114,17 @@ MODELS: dict[str, ModelSpec] = {
         constructor="depth_completion_ros.networks.bpnet:BPNet",
         inputs={
             "kitti": InputSpec(
-                BPNET_KITTI_MEAN, BPNET_KITTI_STD, 255.0, 1.0, size_multiple=32, **_KITTI_CROP
+                BPNET_KITTI_MEAN_255,
+                BPNET_KITTI_STD_255,
+                255.0,
+                1.0,
+                size_multiple=32,
+                **_KITTI_CROP,
             ),
             # NYU: ImageNet statistics on 0-1 values; sparse depth in metres x 10.
-            "nyu": InputSpec(IMAGENET_MEAN, IMAGENET_STD, 1.0, 10.0, size_multiple=32, **_NYU_CROP),
+            "nyu": InputSpec(
+                IMAGENET_MEAN_01, IMAGENET_STD_01, 1.0, 10.0, size_multiple=32, **_NYU_CROP
+            ),
         },
         needs_intrinsics=True,
         description="BP-Net (DMD3C): bilateral propagation, 89.9 M parameters",
@@ -123,8 +135,8 @@ MODELS: dict[str, ModelSpec] = {
         constructor="depth_completion_ros.networks.nlspn:selfdc",
         inputs={
             "kitti": InputSpec(
-                IMAGENET_MEAN,
-                IMAGENET_STD,
+                IMAGENET_MEAN_01,
+                IMAGENET_STD_01,
                 1.0,
                 1.0,
                 size_multiple=32,
@@ -133,8 +145,8 @@ MODELS: dict[str, ModelSpec] = {
             ),
             # The NYU release ran at 228 x 304 unpadded; the network accepts any size.
             "nyu": InputSpec(
-                IMAGENET_MEAN,
-                IMAGENET_STD,
+                IMAGENET_MEAN_01,
+                IMAGENET_STD_01,
                 1.0,
                 1.0,
                 size_multiple=1,
@@ -151,9 +163,11 @@ MODELS: dict[str, ModelSpec] = {
         constructor="depth_completion_ros.networks.nlspn:selfdc_r18",
         inputs={
             "kitti": InputSpec(
-                IMAGENET_MEAN, IMAGENET_STD, 1.0, 1.0, size_multiple=32, **_KITTI_CROP
+                IMAGENET_MEAN_01, IMAGENET_STD_01, 1.0, 1.0, size_multiple=32, **_KITTI_CROP
             ),
-            "nyu": InputSpec(IMAGENET_MEAN, IMAGENET_STD, 1.0, 1.0, size_multiple=32, **_NYU_CROP),
+            "nyu": InputSpec(
+                IMAGENET_MEAN_01, IMAGENET_STD_01, 1.0, 1.0, size_multiple=32, **_NYU_CROP
+            ),
         },
         needs_intrinsics=False,
         description="SelfDC light: ResNet-18 encoder from 1/4 resolution, full-size NLSPN",

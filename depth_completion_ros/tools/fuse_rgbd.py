@@ -14,7 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from depth_completion_ros.bag_io import BagError, BagReader, parse_tf_message, to_ros
+from depth_completion_ros.bag_io import (
+    BagError,
+    BagReader,
+    parse_tf_message,
+    read_static_transforms,
+    to_ros,
+)
 from depth_completion_ros.calibration import CalibrationError, load_kitti_calibration
 from depth_completion_ros.cli_help import DefaultsFormatter
 from depth_completion_ros.depth_io import write_atomic
@@ -32,7 +38,6 @@ from depth_completion_ros.messages import (
     pointcloud2_to_array,
     stamp_to_nanoseconds,
 )
-from depth_completion_ros.tools.process_bag import static_edges, static_transform
 
 
 def _by_stamp(reader: BagReader, topic: str) -> dict[int, object]:
@@ -81,13 +86,13 @@ def camera_poses(
     T_cam_lidar: np.ndarray | None,
 ) -> tuple[list[np.ndarray], str, dict[int, np.ndarray]]:
     """T_world_cam per frame, the pose source used, and LiDAR scans (world) for evaluation."""
-    edges = static_edges(reader)
+    static = read_static_transforms(reader)
     camera_frame = frames[0][4]
     scans: dict[int, np.ndarray] = {}
     clouds = _by_stamp(reader, points_topic) if points_topic in reader.topics else {}
     lidar_frame = next(iter(clouds.values())).header.frame_id if clouds else "velodyne"
     if T_cam_lidar is None and clouds:
-        T_cam_lidar = static_transform(edges, lidar_frame, camera_frame)
+        T_cam_lidar = static.lookup(camera_frame, lidar_frame)
     use_tf = source == "tf" or (source == "auto" and "/tf" in reader.topics)
     if use_tf:
         if "/tf" not in reader.topics:
@@ -99,7 +104,7 @@ def camera_poses(
         if not track:
             raise FusionError(f"{reader.path}: /tf holds no transforms")
         (world, moving), items = next(iter(track.items()))
-        T_moving_cam = static_transform(edges, camera_frame, moving)
+        T_moving_cam = static.lookup(moving, camera_frame)
         if T_moving_cam is None:
             raise FusionError(
                 f"{reader.path}: /tf_static does not connect '{moving}' to '{camera_frame}'"

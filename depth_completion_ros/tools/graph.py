@@ -23,7 +23,9 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 
 from depth_completion_ros.calibration import PinholeCamera
+from depth_completion_ros.frame import OUTPUTS
 from depth_completion_ros.messages import (
+    MESSAGE_CLASSES,
     camera_to_camera_info,
     make_header,
     numpy_to_image,
@@ -155,13 +157,8 @@ def frame_messages(
     return image, info, cloud
 
 
-OUTPUT_TOPICS = {
-    "depth/image": Image,
-    "depth/camera_info": CameraInfo,
-    "depth/points": PointCloud2,
-    "sparse_depth/image": Image,
-    "depth/colored": Image,
-}
+#: the node's outputs (relative topic -> message class), from the frame step's own list
+OUTPUT_TOPICS = {topic: MESSAGE_CLASSES[kind] for topic, (kind, _) in OUTPUTS.items()}
 
 
 @dataclass

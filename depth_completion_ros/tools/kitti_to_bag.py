@@ -33,6 +33,7 @@ from depth_completion_ros.calibration import CalibrationError, load_kitti_calibr
 from depth_completion_ros.cli_help import DefaultsFormatter
 from depth_completion_ros.depth_io import read_rgb
 from depth_completion_ros.kitti import (
+    KITTI_BAG_TOPICS,
     KITTI_RATE_HZ,
     OXTS_ANGULAR_RATE,
     OXTS_VELOCITY,
@@ -55,8 +56,8 @@ BASE_FRAME = "base_link"
 WORLD_FRAME = "world"
 LIDAR_FRAME = "velodyne"
 CAMERA_NAMES = {2: "camera_color_left", 3: "camera_color_right"}
-LIDAR_TOPIC = "/kitti/velo/pointcloud"
-ODOMETRY_TOPIC = "/kitti/oxts/odom"
+LIDAR_TOPIC = KITTI_BAG_TOPICS["points"]
+ODOMETRY_TOPIC = KITTI_BAG_TOPICS["odometry"]
 EARTH_RADIUS = 6378137.0  # metres, as in the KITTI devkit
 
 #: optical frame axes expressed in the camera body frame (REP 103): columns x_o, y_o, z_o

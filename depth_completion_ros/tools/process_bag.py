@@ -17,137 +17,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from depth_completion_ros import cli_help, node_setup, odometry
+from depth_completion_ros import cli_help
 from depth_completion_ros.bag_io import (
     BagError,
     BagReader,
     BagWriter,
     connection_definitions,
     from_ros,
-    parse_tf_message,
+    read_static_transforms,
     to_ros,
 )
-from depth_completion_ros.calibration import (
-    CalibrationError,
-)
+from depth_completion_ros.calibration import CalibrationError
 from depth_completion_ros.depth_io import write_kitti_depth
-from depth_completion_ros.messages import (
-    MessageError,
-    camera_info_to_camera,
-    image_to_rgb,
-    pointcloud2_to_array,
-    stamp_to_nanoseconds,
-    stamp_to_seconds,
+from depth_completion_ros.frame import (
+    OUTPUTS,
+    FrameInputs,
+    FrameOutput,
+    FrameProcessor,
+    FrameSource,
 )
+from depth_completion_ros.kitti import KITTI_BAG_TOPICS
+from depth_completion_ros.messages import stamp_to_nanoseconds, stamp_to_seconds
 from depth_completion_ros.pairing import StampPairer
-from depth_completion_ros.pipeline import DepthPipeline, InputError
+from depth_completion_ros.parameters import ParameterError, load_parameters, parse_assignment
+from depth_completion_ros.transforms import NoTransforms
 
-DEFAULT_TOPICS = {
-    "image": "/kitti/camera_color_left/image_raw",
-    "camera_info": "/kitti/camera_color_left/camera_info",
-    "points": "/kitti/velo/pointcloud",
-}
-
-
-# A node parameter given to the tool is unknown or unusable; the message names the parameter.
-ParameterError = cli_help.ParameterError
-
-
-# --- the node's parameters -> the pipeline (shared by node and tool) -------------------------
-
-
-def node_defaults() -> dict[str, object]:
-    """The node's parameter defaults, from its own declaration table."""
-    from depth_completion_ros.node import PARAMETERS
-
-    return {p.name: p.default for p in PARAMETERS}
-
-
-def load_parameters(params_file: str | Path | None, overrides: dict[str, object]) -> dict:
-    """Node defaults <- a ``--params-file`` YAML (as the node reads it) <- overrides."""
-    config = node_defaults()
-    if params_file:
-        path = Path(params_file)
-        try:
-            document = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise ParameterError(f"cannot read parameter file {path}: {exc}") from exc
-        sections = [
-            v["ros__parameters"]
-            for v in (document or {}).values()
-            if isinstance(v, dict) and "ros__parameters" in v
-        ]
-        if not sections:
-            raise ParameterError(f"{path}: no '<node>: ros__parameters:' section")
-        config.update(cli_help.check_parameters(sections[0], str(path)))
-    config.update(cli_help.check_parameters(overrides, "-p"))
-    for name in cli_help.ROS_BUILTIN_PARAMETERS:
-        config.pop(name, None)  # use_sim_time etc. mean nothing offline
-    cli_help.check_depth_range(config)
-    return config
-
-
-def pipeline_from_parameters(config: dict) -> DepthPipeline:
-    """The node's pipeline for these parameters (shared code: node_setup)."""
-    try:
-        return node_setup.pipeline_from_parameters(config)
-    except node_setup.ConfigurationError as exc:
-        raise ParameterError(str(exc)) from exc
-
-
-def extrinsics_from_parameters(config: dict) -> np.ndarray | None:
-    """LiDAR -> camera optical transform from calibration_dir or extrinsics, as the node does."""
-    try:
-        return node_setup.extrinsics_from_parameters(config)[0]
-    except node_setup.ConfigurationError as exc:
-        raise ParameterError(str(exc)) from exc
-
-
-output_messages = node_setup.output_messages
-
-
-OUTPUT_TYPES = {
-    "depth/image": "sensor_msgs/msg/Image",
-    "depth/camera_info": "sensor_msgs/msg/CameraInfo",
-    "depth/points": "sensor_msgs/msg/PointCloud2",
-    "sparse_depth/image": "sensor_msgs/msg/Image",
-    "depth/colored": "sensor_msgs/msg/Image",
-}
-
-
-# --- static TF from the bag (used when no calibration parameter is given) --------------------
-
-
-def static_edges(reader: BagReader) -> dict[str, tuple[str, np.ndarray]]:
-    """child -> (parent, T_parent_child) from the bag's /tf_static (empty when absent)."""
-    edges: dict[str, tuple[str, np.ndarray]] = {}
-    if "/tf_static" in reader.topics:
-        for message in reader.messages(["/tf_static"]):
-            for tf in parse_tf_message(message.data):
-                edges[tf.child] = (tf.parent, tf.T)
-    return edges
-
-
-def static_transform(
-    edges: dict[str, tuple[str, np.ndarray]], source: str, target: str
-) -> np.ndarray | None:
-    """4x4 taking points from ``source`` into ``target`` through static edges, or None."""
-
-    def to_root(frame: str) -> dict[str, np.ndarray]:
-        path, T = {frame: np.eye(4)}, np.eye(4)
-        while frame in edges and len(path) < 64:
-            frame, T_parent_child = edges[frame]
-            T = T_parent_child @ T
-            path[frame] = T
-        return path
-
-    source_path, target_path = to_root(source), to_root(target)
-    common = next((f for f in source_path if f in target_path), None)
-    if common is None:
-        return None
-    return np.linalg.inv(target_path[common]) @ source_path[common]
+#: the input topics of a kitti_to_bag bag
+DEFAULT_TOPICS = {role: KITTI_BAG_TOPICS[role] for role in ("image", "camera_info", "points")}
+#: what the tool tells the user when no transform relates the cloud to the image
+EXTRINSICS_FIX = "pass --calibration-dir or -p extrinsics:=[...]"
 
 
 # --- processing -----------------------------------------------------------------------------
@@ -157,7 +56,8 @@ def static_transform(
 class ProcessReport:
     processed: int = 0
     failed: int = 0
-    failures: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)  # the first messages, as examples
+    failed_by_stage: dict[str, int] = field(default_factory=dict)
     paired: int = 0
     rejected_offset: int = 0
     no_image: int = 0
@@ -165,25 +65,6 @@ class ProcessReport:
     offset_note: str = ""  # set when scans found no image within max_time_offset
     not_deskewed: dict[str, int] = field(default_factory=dict)  # odometry_topic set: per cause
     deskew_notes: dict[str, str] = field(default_factory=dict)  # the first message per cause
-
-
-def pair_extrinsics(
-    T_fixed: np.ndarray | None, edges: dict, source: str, target: str, fix: str
-) -> np.ndarray:
-    """LiDAR -> camera transform of one pair: the fixed one (calibration or parameters), else
-    identity when the cloud is already in the image's frame, else /tf_static's; a
-    CalibrationError ending in ``fix`` when none connects them."""
-    if T_fixed is not None:
-        return T_fixed
-    if source == target or not source:
-        return np.eye(4)
-    T = static_transform(edges, source, target)
-    if T is None:
-        raise CalibrationError(
-            f"the cloud is in frame '{source}', the image in '{target}', and /tf_static does not "
-            f"connect them: {fix}"
-        )
-    return T
 
 
 def _require_messages(bag, counts: dict[str, int], topics: dict[str, str]) -> None:
@@ -240,6 +121,67 @@ def _topic(namespace: str, relative: str) -> str:
     return "/" + "/".join(p for p in (namespace.strip("/"), relative) if p)
 
 
+def frame_source(reader: BagReader, topics: dict[str, str], odometry_topic: str) -> FrameSource:
+    """The bag's side of the frame step: its topic names and its /tf_static."""
+    static = read_static_transforms(reader)
+    transforms = static if len(static) else NoTransforms("the bag (it has no /tf_static)")
+    return FrameSource({**topics, "odometry": odometry_topic}, transforms, EXTRINSICS_FIX)
+
+
+class _OutputSink:
+    """Where processed frames go: the output bag, and optionally a KITTI PNG folder."""
+
+    def __init__(self, writer: BagWriter, namespace: str, png_dir: Path | None) -> None:
+        self.writer = writer
+        self.namespace = namespace
+        self.png_dir = png_dir
+        self.stamps: list[int] = []
+        self.png_lines: list[str] = []
+        self.timestamp = 0  # bag time of the message that completed the pair
+
+    def emit(self, inputs: FrameInputs, output: FrameOutput) -> None:
+        for relative, msg in output.messages.items():
+            topic = _topic(self.namespace, relative)
+            self.writer.add_topic(topic, OUTPUTS[relative][0])
+            self.writer.write(topic, self.timestamp, from_ros(msg))
+        stamp = stamp_to_nanoseconds(inputs.image.header.stamp)
+        if self.png_dir is not None:
+            name = f"{len(self.stamps):010d}.png"
+            write_kitti_depth(self.png_dir / name, output.result.dense)
+            self.png_lines.append(f"{name} {stamp / 1e9:.9f}")
+        self.stamps.append(stamp)
+
+
+class _StagedFolder:
+    """A folder written under a temporary name beside ``target`` and renamed into place only
+    by :meth:`commit`, so a failed run leaves no half-written output."""
+
+    def __init__(self, target: str | Path | None, overwrite: bool) -> None:
+        self.target = Path(target) if target else None
+        self.path: Path | None = None
+        if self.target is None:
+            return
+        if self.target.exists() and not overwrite:
+            raise BagError(f"output folder {self.target} exists already (use --overwrite)")
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self.path = Path(
+            tempfile.mkdtemp(prefix=f".{self.target.name}.partial-", dir=self.target.parent)
+        )
+
+    def commit(self) -> None:
+        if self.path is None:
+            return
+        if self.target.exists():
+            shutil.rmtree(self.target)
+        self.path.rename(self.target)
+        self.path = None
+
+    def discard(self) -> None:
+        if self.path is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
+            self.path = None
+
+
 def process(
     input_bag: str | Path,
     output_bag: str | Path,
@@ -252,12 +194,14 @@ def process(
     overwrite: bool = False,
     progress: bool = True,
 ) -> ProcessReport:
-    """Read ``input_bag``, write ``output_bag`` with the depth outputs added."""
-    pipeline = pipeline_from_parameters(config)
-    T_fixed = extrinsics_from_parameters(config)
-    report = ProcessReport()
+    """Read ``input_bag``, write ``output_bag`` with the depth outputs added.
+
+    Frames go through :class:`FrameProcessor` as in the node: a bad frame is counted by cause
+    and skipped; the run fails (BagError) only when the bag itself is unusable or no frame at
+    all could be processed.
+    """
     odometry_topic = config["odometry_topic"]
-    pairer: StampPairer = StampPairer(float(config["max_time_offset"]))
+    report = ProcessReport()
     with BagReader(input_bag) as reader:
         reader.require(
             {
@@ -271,159 +215,132 @@ def process(
         _require_messages(input_bag, counts, topics)
         if odometry_topic in reader.topics:
             reader.require({odometry_topic: "nav_msgs/msg/Odometry"})
-        elif odometry_topic:  # processed without deskewing, and reported
-            report.deskew_notes["none"] = (
+        processor = FrameProcessor(config, frame_source(reader, topics, odometry_topic))
+        if odometry_topic and odometry_topic not in reader.topics:  # processed, reported
+            processor.accounting.deskew_notes["none"] = (
                 f"{input_bag} has no topic {odometry_topic!r} (parameter odometry_topic); its "
                 f"topics: {', '.join(sorted(reader.topics))}"
             )
         inputs = set(topics.values()) | ({odometry_topic} & set(counts))
         total = sum(counts.values()) if copy_input else sum(counts[t] for t in inputs)
-        edges = static_edges(reader) if T_fixed is None or odometry_topic else {}
-
-        def extrinsics(cloud, image) -> np.ndarray:
-            try:
-                return pair_extrinsics(
-                    T_fixed,
-                    edges,
-                    cloud.header.frame_id,
-                    image.header.frame_id,
-                    "pass --calibration-dir or -p extrinsics:=[...]",
-                )
-            except CalibrationError as exc:
-                raise CalibrationError(f"{input_bag}: {exc}") from None
-
-        latest: dict[str, object] = {"odometry": None}  # the last Odometry read from the bag
-
-        def rotation(child: str, lidar: str) -> np.ndarray | None:
-            T = static_transform(edges, child, lidar)
-            return None if T is None else T[:3, :3]
-
-        def motion(cloud):
-            """The scan's motion from the latest odometry (None: not deskewed, reported)."""
-            if not odometry_topic:
-                return None
-            try:
-                return odometry.scan_motion(
-                    latest["odometry"], cloud.header, rotation, odometry_topic
-                )
-            except odometry.NoMotion as exc:
-                report.not_deskewed[exc.cause] = report.not_deskewed.get(exc.cause, 0) + 1
-                report.deskew_notes.setdefault(exc.cause, str(exc))
-                return None
-
-        png_staging: Path | None = None
-        if kitti_dir:
-            kitti_dir = Path(kitti_dir)
-            if kitti_dir.exists() and not overwrite:
-                raise BagError(f"output folder {kitti_dir} exists already (use --overwrite)")
-            kitti_dir.parent.mkdir(parents=True, exist_ok=True)
-            png_staging = Path(
-                tempfile.mkdtemp(prefix=f".{kitti_dir.name}.partial-", dir=kitti_dir.parent)
-            )
+        pngs = _StagedFolder(kitti_dir, overwrite)
         try:
             with BagWriter(output_bag, storage=storage, overwrite=overwrite) as writer:
-                wanted = None if copy_input else inputs
                 if copy_input:
                     for topic, (msgtype, msgdef, digest) in definitions.items():
                         qos = reader.qos(topic)
                         writer.add_topic(topic, msgtype, qos[0] if qos else None, msgdef, digest)
-                camera_info = None
-                bar = _progress(total, progress)
-                stamps_lines: list[str] = []
-
-                def handle(pairs, timestamp: int) -> None:
-                    for pair in pairs:
-                        try:
-                            if camera_info is None:
-                                raise InputError(
-                                    f"no camera_info on {topics['camera_info']} before this pair"
-                                )
-                            camera = camera_info_to_camera(camera_info)
-                            rgb = image_to_rgb(pair.image)
-                            points = pointcloud2_to_array(
-                                pair.cloud, scale=config["points_scale"] or None
-                            )
-                            if len(points) == 0:
-                                raise InputError(f"empty point cloud on {topics['points']}")
-                            T = extrinsics(pair.cloud, pair.image)
-                            result = pipeline.run(rgb, points, camera, T, motion(pair.cloud))
-                        except (InputError, MessageError, CalibrationError) as exc:
-                            report.failed += 1
-                            if len(report.failures) < 20:
-                                report.failures.append(str(exc))
-                            continue
-                        outputs = output_messages(
-                            pair.image.header, camera, rgb, result, pipeline, config
-                        )
-                        for relative, msg in outputs.items():
-                            topic = _topic(namespace, relative)
-                            writer.add_topic(topic, OUTPUT_TYPES[relative])
-                            writer.write(topic, timestamp, from_ros(msg))
-                        stamp = stamp_to_nanoseconds(pair.image.header.stamp)
-                        report.stamps.append(stamp)
-                        if png_staging is not None:
-                            name = f"{report.processed:010d}.png"
-                            write_kitti_depth(png_staging / name, result.dense)
-                            stamps_lines.append(f"{name} {stamp / 1e9:.9f}")
-                        report.processed += 1
-
-                last_timestamp = 0
-                image_stamps: list[float] = []
-                cloud_stamps: list[float] = []
-                for message in reader.messages(wanted):
-                    bar.update(1)
-                    last_timestamp = message.timestamp
-                    if copy_input:
-                        writer.write(message.topic, message.timestamp, message.data)
-                    if message.topic == odometry_topic:
-                        latest["odometry"] = to_ros(message.data, message.msgtype)
-                    elif message.topic == topics["camera_info"]:
-                        camera_info = to_ros(message.data, message.msgtype)
-                    elif message.topic == topics["image"]:
-                        image = to_ros(message.data, message.msgtype)
-                        image_stamps.append(stamp_to_seconds(image.header.stamp))
-                        handle(
-                            pairer.add_image(stamp_to_seconds(image.header.stamp), image),
-                            message.timestamp,
-                        )
-                    elif message.topic == topics["points"]:
-                        cloud = to_ros(message.data, message.msgtype)
-                        cloud_stamps.append(stamp_to_seconds(cloud.header.stamp))
-                        handle(
-                            pairer.add_cloud(stamp_to_seconds(cloud.header.stamp), cloud),
-                            message.timestamp,
-                        )
-                handle(pairer.flush(), last_timestamp)
-                bar.close()
-                stats = pairer.stats
-                report.paired, report.rejected_offset = stats.paired, stats.rejected_offset
-                report.no_image = stats.no_image
-                report.offset_note = offset_note(
-                    image_stamps, cloud_stamps, float(config["max_time_offset"])
+                sink = _OutputSink(writer, namespace, pngs.path)
+                read = _read_pairs(
+                    reader,
+                    writer if copy_input else None,
+                    topics,
+                    odometry_topic,
+                    total,
+                    progress,
+                    processor,
+                    sink,
                 )
+                _fill_report(report, processor, read, sink, config)
                 if report.processed == 0:
-                    reasons = (
-                        "; ".join(report.failures[:3])
-                        or report.offset_note
-                        or (
-                            f"{stats.rejected_offset} scans had no image within max_time_offset "
-                            f"{config['max_time_offset']} s, {stats.no_image} had no image at all"
-                        )
-                    )
                     raise BagError(
                         f"{input_bag}: no frame could be processed from {topics['image']} + "
-                        f"{topics['points']}: {reasons}"
+                        f"{topics['points']}: {_no_frame_reason(report, config)}"
                     )
-            if png_staging is not None:
-                (png_staging / "timestamps.txt").write_text("\n".join(stamps_lines) + "\n")
-                if kitti_dir.exists():
-                    shutil.rmtree(kitti_dir)
-                png_staging.rename(kitti_dir)
-                png_staging = None
+            if pngs.path is not None:
+                (pngs.path / "timestamps.txt").write_text("\n".join(sink.png_lines) + "\n")
+            pngs.commit()
         finally:
-            if png_staging is not None:
-                shutil.rmtree(png_staging, ignore_errors=True)
+            pngs.discard()
     return report
+
+
+@dataclass
+class _ReadResult:
+    """What reading the bag found besides the processed frames: pairing counts and stamps."""
+
+    pairer: StampPairer
+    image_stamps: list[float]
+    cloud_stamps: list[float]
+
+
+def _read_pairs(
+    reader: BagReader,
+    copy_to: BagWriter | None,
+    topics: dict[str, str],
+    odometry_topic: str,
+    total: int,
+    progress: bool,
+    processor: FrameProcessor,
+    sink: _OutputSink,
+) -> _ReadResult:
+    """Every message in bag order: copied, and pairs formed and processed as they complete."""
+    pairer: StampPairer = StampPairer(float(processor.config["max_time_offset"]))
+    latest: dict[str, object] = {"camera_info": None, "odometry": None}
+    image_stamps: list[float] = []
+    cloud_stamps: list[float] = []
+
+    def handle(pairs, timestamp: int) -> None:
+        sink.timestamp = timestamp
+        for pair in pairs:
+            frame = FrameInputs(pair.image, pair.cloud, latest["camera_info"], latest["odometry"])
+            processor.process(frame, sink.emit)
+
+    bar = _progress(total, progress)
+    last_timestamp = 0
+    wanted = None if copy_to is not None else set(topics.values()) | {odometry_topic}
+    for message in reader.messages(wanted):
+        bar.update(1)
+        last_timestamp = message.timestamp
+        if copy_to is not None:
+            copy_to.write(message.topic, message.timestamp, message.data)
+        if message.topic == odometry_topic:
+            latest["odometry"] = to_ros(message.data, message.msgtype)
+        elif message.topic == topics["camera_info"]:
+            latest["camera_info"] = to_ros(message.data, message.msgtype)
+        elif message.topic == topics["image"]:
+            image = to_ros(message.data, message.msgtype)
+            image_stamps.append(stamp_to_seconds(image.header.stamp))
+            handle(pairer.add_image(image_stamps[-1], image), message.timestamp)
+        elif message.topic == topics["points"]:
+            cloud = to_ros(message.data, message.msgtype)
+            cloud_stamps.append(stamp_to_seconds(cloud.header.stamp))
+            handle(pairer.add_cloud(cloud_stamps[-1], cloud), message.timestamp)
+    handle(pairer.flush(), last_timestamp)
+    bar.close()
+    return _ReadResult(pairer, image_stamps, cloud_stamps)
+
+
+def _fill_report(
+    report: ProcessReport,
+    processor: FrameProcessor,
+    read: _ReadResult,
+    sink: _OutputSink,
+    config: dict,
+) -> None:
+    frames, stats = processor.accounting, read.pairer.stats
+    report.processed, report.failed = frames.processed, frames.failed
+    report.failures = list(frames.failure_examples)
+    report.failed_by_stage = dict(frames.failed_by_stage)
+    report.not_deskewed = dict(frames.not_deskewed)
+    report.deskew_notes = dict(frames.deskew_notes)
+    report.paired, report.rejected_offset = stats.paired, stats.rejected_offset
+    report.no_image = stats.no_image
+    report.stamps = sink.stamps
+    report.offset_note = offset_note(
+        read.image_stamps, read.cloud_stamps, float(config["max_time_offset"])
+    )
+
+
+def _no_frame_reason(report: ProcessReport, config: dict) -> str:
+    return (
+        "; ".join(report.failures[:3])
+        or report.offset_note
+        or (
+            f"{report.rejected_offset} scans had no image within max_time_offset "
+            f"{config['max_time_offset']} s, {report.no_image} had no image at all"
+        )
+    )
 
 
 class _NoBar:
@@ -446,10 +363,10 @@ def _progress(total: int, enabled: bool):
 
 def parse_override(text: str) -> tuple[str, object]:
     """``name:=value`` (as in ``--ros-args -p``) -> (name, YAML-parsed value)."""
-    name, sep, value = text.partition(":=")
-    if not sep or not name:
-        raise argparse.ArgumentTypeError(f"expected name:=value, got {text!r}")
-    return name, yaml.safe_load(value)
+    try:
+        return parse_assignment(text)
+    except ParameterError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> int:

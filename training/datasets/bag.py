@@ -1,10 +1,12 @@
 """A user's own ROS 2 bag as training data (SelfDC on a robot), through the node's own code.
 
 Pairs are formed as the node and ``process_bag`` form them (:class:`StampPairer` on header
-stamps, ``max_time_offset``), CameraInfo and PointCloud2 are converted by ``messages.py``, and
-the sparse input is the node's projection (``DepthPipeline.sparse_depth`` built from the node's
-parameters), so training sees exactly what the node sees. Extrinsics: ``calibration_dir`` (a
-KITTI date folder) or ``extrinsics`` (the node's parameter), else the bag's /tf_static.
+stamps, ``max_time_offset``), and each pair goes through the node's own frame step
+(:meth:`FrameProcessor.prepare`: the camera_info, image and cloud checks and conversions, the
+extrinsics) and projection (``DepthPipeline.sparse_depth``), so training sees exactly what the
+node sees; a frame the node would skip is a skipped sample, counted by the same stage.
+Extrinsics: ``calibration_dir`` (a KITTI date folder) or ``extrinsics`` (the node's parameter),
+else the bag's /tf_static.
 
 The pair list is indexed once at construction (header stamps read straight from the CDR bytes,
 no image decoded; kept in ``index_cache`` when set), then ``__getitem__`` decodes one pair.
@@ -25,23 +27,16 @@ from pathlib import Path
 
 import numpy as np
 
-from depth_completion_ros.bag_io import BagError, BagReader, to_ros
-from depth_completion_ros.calibration import CalibrationError, PinholeCamera
+from depth_completion_ros.bag_io import BagError, BagReader, read_static_transforms, to_ros
+from depth_completion_ros.calibration import CalibrationError
 from depth_completion_ros.depth_io import write_bytes_atomic
-from depth_completion_ros.messages import (
-    MessageError,
-    camera_info_to_camera,
-    image_to_rgb,
-    pointcloud2_to_array,
-)
+from depth_completion_ros.frame import FrameFailure, FrameInputs, FrameProcessor, FrameSource
+from depth_completion_ros.kitti import KITTI_BAG_TOPICS
+from depth_completion_ros.messages import MessageError, image_to_rgb, nanoseconds_to_seconds
 from depth_completion_ros.pairing import StampPairer
-from depth_completion_ros.tools.process_bag import DEFAULT_TOPICS, pair_extrinsics, static_edges
+from depth_completion_ros.transforms import NoTransforms, pair_extrinsics
 from training.datasets.base import CachedMapsDataset, DatasetOptions, subsample
-from training.datasets.node_params import (
-    extrinsics_from_parameters,
-    node_parameters,
-    node_pipeline,
-)
+from training.datasets.node_params import node_parameters
 from training.sample import BadSample, Sample
 
 TOPIC_TYPES = {
@@ -49,7 +44,9 @@ TOPIC_TYPES = {
     "camera_info": "sensor_msgs/msg/CameraInfo",
     "points": "sensor_msgs/msg/PointCloud2",
 }
-INDEX_VERSION = 1
+INDEX_VERSION = 2
+#: what the dataset tells the user when no transform relates the cloud to the image
+EXTRINSICS_FIX = "set the dataset option calibration_dir or extrinsics"
 
 
 def cdr_header(data: bytes | memoryview) -> tuple[int, str]:
@@ -78,14 +75,20 @@ class RosBagFrames(CachedMapsDataset):
                 f"dataset option 'topics': unknown role(s) {sorted(unknown)}; roles are "
                 f"{', '.join(TOPIC_TYPES)}"
             )
-        self.topics = {**DEFAULT_TOPICS, **options.topics}
+        self.topics = {
+            role: options.topics.get(role, KITTI_BAG_TOPICS[role]) for role in TOPIC_TYPES
+        }
         self.config = node_parameters(options)
-        self.pipeline = node_pipeline(options)
         self._reader: BagReader | None = None
         self._reader_pid = -1
         with BagReader(self.root) as reader:
             reader.require({self.topics[role]: kind for role, kind in TOPIC_TYPES.items()})
             self.bag_path = reader.path
+            static = read_static_transforms(reader)
+            transforms = static if len(static) else NoTransforms("the bag (it has no /tf_static)")
+            source = FrameSource({**self.topics, "odometry": ""}, transforms, EXTRINSICS_FIX)
+            self.frames = FrameProcessor(self.config, source)
+            self.pipeline = self.frames.pipeline
             self.pairs, self.stats = self._load_or_index(reader)
         if not self.pairs:
             raise BagError(
@@ -125,9 +128,8 @@ class RosBagFrames(CachedMapsDataset):
         return pairs, stats
 
     def _index(self, reader: BagReader) -> tuple[list[dict], dict]:
-        """One pass over the bag: pair scans with images exactly as the node does."""
-        T_fixed = extrinsics_from_parameters(self.config)
-        edges = static_edges(reader) if T_fixed is None else {}
+        """One pass over the bag: pair scans with images exactly as the node does (stamps in
+        seconds by the node's own conversion); each pair keeps the camera_info before it."""
         pairer: StampPairer = StampPairer(float(self.config["max_time_offset"]))
         camera: dict | None = None
         pairs: list[dict] = []
@@ -135,27 +137,37 @@ class RosBagFrames(CachedMapsDataset):
         def keep(found) -> None:
             for pair in found:
                 entry = {"image": pair.image, "cloud": pair.cloud, "camera": camera}
-                entry["T"], entry["error"] = _extrinsics(T_fixed, edges, pair.cloud, pair.image)
+                entry["error"] = self._extrinsics_error(pair.cloud, pair.image)
                 pairs.append(entry)
 
         for message in reader.messages(list(self.topics.values())):
-            if message.topic == self.topics["camera_info"]:
-                try:
-                    cam = camera_info_to_camera(to_ros(message.data, message.msgtype))
-                    camera = {"P": cam.P.ravel().tolist(), "width": cam.width, "height": cam.height}
-                except (MessageError, CalibrationError) as exc:
-                    camera = {"error": str(exc)}
-                continue
             stamp, frame = cdr_header(message.data)
             token = {"t": message.timestamp, "stamp": stamp, "frame": frame}
-            if message.topic == self.topics["image"]:
-                keep(pairer.add_image(stamp * 1e-9, token))
+            if message.topic == self.topics["camera_info"]:
+                camera = token
+            elif message.topic == self.topics["image"]:
+                keep(pairer.add_image(nanoseconds_to_seconds(stamp), token))
             else:
-                keep(pairer.add_cloud(stamp * 1e-9, token))
+                keep(pairer.add_cloud(nanoseconds_to_seconds(stamp), token))
         keep(pairer.flush())
         s = pairer.stats
         stats = {"paired": s.paired, "rejected_offset": s.rejected_offset, "no_image": s.no_image}
         return pairs, stats
+
+    def _extrinsics_error(self, cloud: dict, image: dict) -> str:
+        """'' when the pair's LiDAR -> camera transform resolves, else why not (at index time,
+        so a bag where no pair can be projected fails at once instead of sample by sample)."""
+        try:
+            pair_extrinsics(
+                self.frames.fixed_extrinsics,
+                self.frames.source.transforms,
+                cloud["frame"],
+                image["frame"],
+                EXTRINSICS_FIX,
+            )
+        except CalibrationError as exc:
+            return str(exc)
+        return ""
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -184,34 +196,30 @@ class RosBagFrames(CachedMapsDataset):
         frame = self.items[index]
         pair = self.pairs[frame]
         name = self.name_of(index)
-        camera = pair["camera"]
-        if camera is None or "error" in camera:
-            why = camera["error"] if camera else "no camera_info before this pair"
-            raise BadSample("calibration", f"{self.topics['camera_info']}: {why}")
-        if pair["error"]:
-            raise BadSample("calibration", pair["error"])
         try:
-            rgb = image_to_rgb(self._message(self.topics["image"], pair["image"]))
-            points = pointcloud2_to_array(self._message(self.topics["points"], pair["cloud"]))
-        except (MessageError, BagError) as exc:  # a bad encoding, a damaged chunk
-            raise BadSample("unreadable", str(exc)) from exc
-        cam = PinholeCamera(width=camera["width"], height=camera["height"], P=camera["P"])
-        if rgb.shape[:2] != (cam.height, cam.width):
-            raise BadSample(
-                "size",
-                f"image is {rgb.shape[1]}x{rgb.shape[0]} but camera_info says "
-                f"{cam.width}x{cam.height}",
+            inputs = FrameInputs(
+                self._message(self.topics["image"], pair["image"]),
+                self._message(self.topics["points"], pair["cloud"]),
+                self._message(self.topics["camera_info"], pair["camera"])
+                if pair["camera"]
+                else None,
             )
-        if len(points) == 0:
-            raise BadSample("no_sparse", f"empty point cloud on {self.topics['points']}")
-        projected = self.pipeline.sparse_depth(points, cam, np.asarray(pair["T"]).reshape(4, 4))
+        except (MessageError, BagError) as exc:  # a damaged chunk
+            raise BadSample("unreadable", str(exc)) from exc
+        try:
+            prepared = self.frames.prepare(inputs)
+        except FrameFailure as exc:  # what the node would skip, by the same stage
+            raise BadSample(exc.stage, str(exc)) from exc
+        projected = self.pipeline.sparse_depth(
+            prepared.points, prepared.camera, prepared.T_cam_lidar
+        )
         rng = np.random.default_rng([self.options.seed, frame])
         sparse, holdout = split_holdout(projected, self.options.holdout_fraction, rng)
         return {
-            "rgb": rgb,
+            "rgb": prepared.rgb,
             "sparse": sparse,
             "holdout": holdout,
-            "K": cam.intrinsics.astype(np.float32),
+            "K": prepared.camera.intrinsics.astype(np.float32),
             "name": name,
             "key": name,
         }
@@ -227,21 +235,6 @@ class RosBagFrames(CachedMapsDataset):
             f"topics={self.topics}",
             f"holdout_fraction={self.options.holdout_fraction}",
         ]
-
-
-def _extrinsics(T_fixed, edges, cloud: dict, image: dict) -> tuple[list[float] | None, str]:
-    """LiDAR -> camera transform of a pair, resolved as process_bag does, or why there is none."""
-    try:
-        T = pair_extrinsics(
-            T_fixed,
-            edges,
-            cloud["frame"],
-            image["frame"],
-            "set the dataset option calibration_dir or extrinsics",
-        )
-    except CalibrationError as exc:
-        return None, str(exc)
-    return np.asarray(T).ravel().tolist(), ""
 
 
 def split_holdout(

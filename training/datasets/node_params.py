@@ -1,15 +1,12 @@
-"""The node's parameters -> its projection pipeline and extrinsics, for datasets that project
-raw scans (KITTI ``input: raw_scan``, bags): training then sees exactly the sparse input the node
-computes for the same parameters (same defaults, same ``--params-file`` YAML)."""
+"""The node's parameters for datasets that project raw scans (KITTI ``input: raw_scan``, bags):
+training then sees exactly the sparse input the node computes for the same parameters (same
+defaults, same ``--params-file`` YAML, the table in :mod:`depth_completion_ros.parameters`)."""
 
 from __future__ import annotations
 
+from depth_completion_ros.frame import pipeline_from_parameters
+from depth_completion_ros.parameters import load_parameters
 from depth_completion_ros.pipeline import DepthPipeline
-from depth_completion_ros.tools.process_bag import (
-    extrinsics_from_parameters,
-    load_parameters,
-    pipeline_from_parameters,
-)
 from training.datasets.base import DatasetOptions
 
 #: dataset options that set the node parameter of the same name when given
@@ -27,12 +24,9 @@ def node_parameters(options: DatasetOptions) -> dict:
         value = getattr(options, name)
         if value is not None:
             overrides[name] = list(value) if name == "extrinsics" else value
-    return load_parameters(options.node_params, overrides)
+    return load_parameters(options.node_params, overrides, "dataset options")
 
 
 def node_pipeline(options: DatasetOptions) -> DepthPipeline:
     """The node's DepthPipeline for these options (its ``sparse_depth`` is the projection)."""
     return pipeline_from_parameters(node_parameters(options))
-
-
-__all__ = ["extrinsics_from_parameters", "node_parameters", "node_pipeline"]

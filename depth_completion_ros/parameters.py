@@ -1,0 +1,344 @@
+"""The node's parameters: one table that defines, validates and documents each of them.
+
+Everything that reads a node parameter goes through here: the node declares the table with ROS
+descriptors, ``depth_completion_node --help`` prints it, the command line and ``--params-file``
+are checked against it before rclpy starts, and ``process_bag``, the demo, evaluation and the
+training datasets load the same defaults, YAML files and overrides with :func:`load_parameters`.
+No ROS types here (the ROS descriptor is built in ``node.py``), and no torch: ``--help`` and the
+classical fill work on a machine without it.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from depth_completion_ros.backends.base import DEVICES, PRECISIONS
+from depth_completion_ros.networks.registry import DATASETS, MODELS
+
+#: the node's name, and so the section of a params file that is its own
+NODE_NAME = "depth_completion"
+#: parameters rclpy declares itself; accepted everywhere and meaningless offline
+ROS_BUILTIN_PARAMETERS = ("use_sim_time", "start_type_description_service")
+#: values of the ``model`` parameter: the classical fill and every registry network
+MODEL_NAMES = ("classical", *MODELS)
+
+
+class ParameterError(ValueError):
+    """A node parameter is unknown or its value unusable; the message names it and the fix."""
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One node parameter: its type is its default's (bool, int, float, str, list of floats)."""
+
+    name: str
+    default: object
+    description: str
+    choices: tuple[str, ...] = ()
+    float_range: tuple[float, float] | None = None
+    int_range: tuple[int, int] | None = None
+    read_only: bool = True
+
+    @property
+    def kind(self) -> str:
+        """The ROS parameter type, in words."""
+        if isinstance(self.default, bool):
+            return "bool"
+        if isinstance(self.default, float):
+            return "double"
+        if isinstance(self.default, int):
+            return "integer"
+        if isinstance(self.default, list):
+            return "double array"
+        return "string"
+
+    @property
+    def limits(self) -> tuple[float, float] | None:
+        return self.float_range or self.int_range
+
+    def help_text(self) -> str:
+        """The description with the allowed values, as ``--help`` and the descriptor say it."""
+        extra = []
+        if self.choices:
+            extra.append(f"one of {', '.join(self.choices)}")
+        if self.limits:
+            extra.append(f"range [{self.limits[0]}, {self.limits[1]}]")
+        return self.description + (f" ({'; '.join(extra)})" if extra else "")
+
+
+PARAMETERS: tuple[Parameter, ...] = (
+    Parameter("image_topic", "image", "camera image topic (rgb8, bgr8, mono8, rgba8, bgra8)"),
+    Parameter("camera_info_topic", "camera_info", "CameraInfo of the image topic"),
+    Parameter("points_topic", "points", "LiDAR PointCloud2 topic (float32 x, y, z)"),
+    Parameter(
+        "points_scale",
+        0.0,
+        "metres per unit of the cloud's x, y, z; 0 = float32/float64 fields are metres and "
+        "integer fields are refused (0.001 for INT16/INT32 millimetres)",
+        float_range=(0.0, 1000.0),
+    ),
+    Parameter(
+        "input_reliability",
+        "best_effort",
+        "QoS reliability of the three subscriptions; must be compatible with the publishers "
+        "(best_effort accepts both, reliable needs reliable publishers)",
+        choices=("best_effort", "reliable"),
+    ),
+    Parameter(
+        "odometry_topic",
+        "",
+        "nav_msgs/Odometry topic whose twist deskews each scan (its child frame must be the "
+        "cloud's frame or reach it through TF); '' = no deskewing",
+    ),
+    Parameter("input_depth", 5, "QoS history depth of the subscriptions", int_range=(1, 100)),
+    Parameter("output_depth", 2, "QoS history depth of the (reliable) outputs", int_range=(1, 100)),
+    Parameter(
+        "max_time_offset",
+        0.05,
+        "largest |image stamp - scan stamp| (s) accepted as a pair; the offset is computed in "
+        "float64 seconds (sec + 1e-9 nanosec) and an offset equal to this value is accepted",
+        float_range=(1e-4, 10.0),
+    ),
+    Parameter(
+        "calibration_dir",
+        "",
+        "KITTI date folder with calib_cam_to_cam.txt and calib_velo_to_cam.txt (extrinsics)",
+    ),
+    Parameter("camera_index", 2, "KITTI camera of calibration_dir (0-3)", int_range=(0, 3)),
+    Parameter(
+        "extrinsics",
+        [0.0],
+        "LiDAR->camera optical transform: 16 (4x4), 12 (3x4) or 7 (x y z qx qy qz qw) values; "
+        "[0.0] = unset",
+    ),
+    Parameter("model", "classical", "completion model", choices=MODEL_NAMES),
+    Parameter("checkpoint", "", "weights file for a network model (.pth/.pt/.safetensors)"),
+    Parameter("device", "auto", "where a network runs", choices=DEVICES),
+    Parameter("precision", "fp32", "network precision", choices=PRECISIONS),
+    Parameter("dataset", "kitti", "input conventions the weights expect", choices=DATASETS),
+    Parameter("compile", False, "torch.compile the network (slow first frame)"),
+    Parameter("min_depth", 0.1, "smallest published depth (m)", float_range=(0.0, 1000.0)),
+    Parameter("max_depth", 100.0, "largest published depth (m)", float_range=(0.1, 1000.0)),
+    Parameter(
+        "occlusion_window",
+        12,
+        "pixels searched on each side by the occlusion filter (0 = off)",
+        int_range=(0, 64),
+    ),
+    Parameter(
+        "limit_to_lidar_support",
+        True,
+        "publish depth only between the highest and lowest LiDAR return of each column band "
+        "(NaN above and below: sky, bridges); false = the whole image",
+    ),
+    Parameter(
+        "support_band",
+        3,
+        "columns per band when finding the LiDAR's highest and lowest return (a band needs 2 "
+        "returns in itself and its 2 neighbours); about the LiDAR's column spacing in pixels",
+        int_range=(1, 256),
+    ),
+    Parameter(
+        "support_margin",
+        2,
+        "pixels published beyond the LiDAR's highest and lowest return",
+        int_range=(0, 1000),
+    ),
+    Parameter("publish_points", True, "publish the organised XYZRGB cloud on 'depth/points'"),
+    Parameter("publish_sparse", False, "publish the projected LiDAR depth on 'sparse_depth/image'"),
+    Parameter("publish_colored", False, "publish a colour-mapped rgb8 view on 'depth/colored'"),
+    Parameter(
+        "diagnostics_period",
+        5.0,
+        "seconds between status lines in the log (and /diagnostics messages)",
+        float_range=(0.5, 3600.0),
+    ),
+    Parameter(
+        "no_pair_warning",
+        3.0,
+        "warn when no pair has formed for this many seconds",
+        float_range=(0.5, 3600.0),
+    ),
+)
+
+TABLE: dict[str, Parameter] = {p.name: p for p in PARAMETERS}
+
+
+def defaults() -> dict[str, object]:
+    """Every parameter at its default (lists copied, so a caller may change them)."""
+    return {
+        p.name: list(p.default) if isinstance(p.default, list) else p.default for p in PARAMETERS
+    }
+
+
+# --- checks ---------------------------------------------------------------------------------
+
+
+def check_parameter(param: Parameter, value: object, source: str = "") -> object:
+    """``value`` checked against ``param``'s type, range and choices; returned coerced (an
+    integer given for a double becomes a float, as rclpy needs)."""
+    where = f" ({source})" if source else ""
+    kind = param.kind
+    wrong = ParameterError(
+        f"parameter '{param.name}'{where}: {value!r} is not {'an' if kind[0] in 'ai' else 'a'} "
+        f"{kind}; default {param.default!r}: {param.description}"
+    )
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise wrong
+    elif kind == "double":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise wrong
+        value = float(value)
+    elif kind == "integer":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong
+    elif kind == "double array":
+        if not isinstance(value, list | tuple) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in value
+        ):
+            raise wrong
+        value = [float(v) for v in value]
+    elif not isinstance(value, str):
+        raise wrong
+    limits = param.limits
+    if limits and not (limits[0] <= value <= limits[1]):
+        raise ParameterError(
+            f"parameter '{param.name}'{where}: {value!r} is outside its range "
+            f"[{limits[0]}, {limits[1]}]: {param.description}"
+        )
+    if param.choices and value not in param.choices:
+        raise ParameterError(
+            f"parameter '{param.name}'{where}: {value!r} is not one of: {', '.join(param.choices)}"
+        )
+    return value
+
+
+def unknown_parameter(name: str, source: str = "") -> ParameterError:
+    """The error for a name the node does not declare, with the closest known names."""
+    where = f" ({source})" if source else ""
+    close = difflib.get_close_matches(name, list(TABLE), n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(TABLE)}"
+    return ParameterError(f"unknown node parameter '{name}'{where}{hint}")
+
+
+def check_parameters(values: dict, source: str = "") -> dict:
+    """Every name known and every value valid; returns the values coerced (ROS built-ins kept
+    as they are)."""
+    checked = {}
+    for name, value in values.items():
+        if name in ROS_BUILTIN_PARAMETERS:
+            checked[name] = value
+        elif name not in TABLE:
+            raise unknown_parameter(name, source)
+        else:
+            checked[name] = check_parameter(TABLE[name], value, source)
+    return checked
+
+
+def check_relations(config: dict) -> None:
+    """The rules between parameters (today one: min_depth < max_depth), on whichever of them
+    ``config`` holds."""
+    low, high = config.get("min_depth"), config.get("max_depth")
+    if low is not None and high is not None and low >= high:
+        raise ParameterError(
+            f"parameters 'min_depth' ({low}) must be smaller than 'max_depth' ({high})"
+        )
+
+
+def validate(config: dict) -> dict:
+    """A complete parameter dict checked value by value and between values; returned coerced."""
+    missing = [name for name in TABLE if name not in config]
+    if missing:
+        raise ParameterError(f"parameters missing: {', '.join(missing)}")
+    checked = check_parameters(config)
+    check_relations(checked)
+    return checked
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+
+def parse_assignment(text: str) -> tuple[str, object]:
+    """``name:=value`` -> (name, value parsed as YAML, as rcl parses ``-p``)."""
+    name, sep, raw = text.partition(":=")
+    if not sep or not name:
+        raise ParameterError(f"expected NAME:=VALUE, got {text!r}")
+    try:
+        return name, yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        return name, raw
+
+
+def node_sections(document: object, path: str) -> list[tuple[str, dict, bool]]:
+    """(key, parameters, is_this_node's_own) of a params file's ros__parameters sections that
+    apply to this node: its own (``depth_completion`` or ``/ns/depth_completion``) and the
+    wildcards ``/**`` and ``*``, in file order."""
+    if not isinstance(document, dict):
+        raise ParameterError(f"parameter file {path}: not a YAML mapping of node names")
+    sections = []
+    for key, body in document.items():
+        if not isinstance(body, dict) or "ros__parameters" not in body:
+            continue
+        parameters = body["ros__parameters"]
+        if not isinstance(parameters, dict):
+            raise ParameterError(f"parameter file {path}: {key}.ros__parameters is not a mapping")
+        own = str(key).strip("/").split("/")[-1] == NODE_NAME
+        wildcard = str(key).strip("/") in ("**", "*")
+        if own or wildcard:
+            sections.append((str(key), parameters, own))
+    return sections
+
+
+def read_params_file(path: str | Path) -> tuple[dict, dict[str, object]]:
+    """A ``--params-file`` YAML: (the document, this node's parameters checked and coerced).
+
+    Wildcard sections may hold other nodes' parameters (ignored here); an unknown name in the
+    node's own section is an error, as a typo there would otherwise be ignored by rclpy.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise ParameterError(f"--params-file {path}: no such file")
+    try:
+        document = yaml.safe_load(file.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ParameterError(f"--params-file {path}: cannot read it as YAML: {exc}") from exc
+    sections = node_sections(document or {}, str(path))
+    if not sections:
+        raise ParameterError(
+            f"parameter file {path}: no '{NODE_NAME}: ros__parameters:' (or '/**') section"
+        )
+    values: dict[str, object] = {}
+    for key, parameters, own in sections:
+        for name, value in parameters.items():
+            if name in ROS_BUILTIN_PARAMETERS:
+                continue
+            if name not in TABLE:
+                if own:
+                    raise unknown_parameter(name, f"{path}, section {key}")
+                continue
+            values[name] = check_parameter(TABLE[name], value, f"{path}, section {key}")
+    return document, values
+
+
+def load_parameters(
+    params_file: str | Path | None = None,
+    overrides: dict[str, object] | None = None,
+    overrides_source: str = "-p",
+) -> dict:
+    """Defaults <- a ``--params-file`` YAML (as the node reads it) <- overrides, validated;
+    ``overrides_source`` names where the overrides came from in error messages.
+
+    ROS built-ins (use_sim_time, ...) are dropped: they mean nothing outside a node.
+    """
+    config = defaults()
+    if params_file:
+        config.update(read_params_file(params_file)[1])
+    config.update(check_parameters(overrides or {}, overrides_source))
+    for name in ROS_BUILTIN_PARAMETERS:
+        config.pop(name, None)
+    return validate(config)
