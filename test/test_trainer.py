@@ -24,6 +24,7 @@ from training.trainer import (
     ResumableSampler,
     Trainer,
     TrainingError,
+    ema_decay_at,
     parameter_groups,
 )
 
@@ -314,3 +315,358 @@ def test_resume_restores_every_random_generator(kitti_frame, tmp_path):
     assert torch.equal(expected[0], got[0])
     np.testing.assert_array_equal(expected[1], got[1])
     assert expected[2] == got[2]
+
+
+# ---------------------------------------------------------------------------------------------
+# EMA: the exported weights are the average of the weights training produced
+# ---------------------------------------------------------------------------------------------
+
+
+def _record_live_weights(trainer: Trainer) -> list[dict[str, torch.Tensor]]:
+    """The live network's state after every optimiser step (what the EMA must average)."""
+    seen: list[dict[str, torch.Tensor]] = []
+    step = trainer.train_step
+
+    def recorded(batches):
+        out = step(batches)
+        seen.append({k: v.detach().clone() for k, v in trainer.net.state_dict().items()})
+        return out
+
+    trainer.train_step = recorded
+    return seen
+
+
+@pytest.mark.parametrize("warmup", [False, True], ids=["constant_decay", "warmup"])
+def test_exported_weights_are_the_decay_weighted_average_of_the_live_weights(
+    kitti_frame, tmp_path, warmup
+):
+    """EMA_1 = W_1, EMA_k = d_k EMA_(k-1) + (1 - d_k) W_k, computed here from the live weights
+    after each step; d_k = 0.9, or with the warm-up (timm's ModelEmaV3, power 3/4)
+    min(0.9, 1 - k^-0.75): 0.405, 0.561, 0.646 for k = 2, 3, 4."""
+    decay, steps = 0.9, 4
+    cfg = _config(
+        tmp_path,
+        f"schedule.max_steps={steps}",
+        f"run.ema_decay={decay}",
+        f"run.ema_warmup={str(warmup).lower()}",
+        "run.checkpoint_every=100",
+    )
+    trainer = Trainer(cfg, _Frames(kitti_frame))
+    initial = {k: v.clone() for k, v in trainer.net.state_dict().items()}
+    seen = _record_live_weights(trainer)
+    trainer.fit()
+    assert len(seen) == steps
+
+    expected = {k: v.double() for k, v in seen[0].items()}
+    for k in range(2, steps + 1):
+        d = min(decay, 1.0 - k**-0.75) if warmup else decay
+        live = seen[k - 1]
+        expected = {
+            name: (d * e + (1 - d) * live[name].double()) if e.is_floating_point() else live[name]
+            for name, e in expected.items()
+        }
+    ema = trainer.ema.module.state_dict()
+    exported = _tensors(tmp_path / "run" / WEIGHTS)
+    floats = [k for k in exported if exported[k].is_floating_point()]
+    assert floats and set(exported) <= set(ema)
+    for name in floats:
+        torch.testing.assert_close(exported[name], ema[name], rtol=0, atol=0)
+        torch.testing.assert_close(
+            ema[name].double(), expected[name], rtol=1e-5, atol=1e-6, msg=name
+        )
+    for name in exported:
+        if not exported[name].is_floating_point():  # BatchNorm's counter: the live one
+            assert torch.equal(exported[name], seen[-1][name])
+    # the average moved away from the initial weights and differs from the last live weights
+    weights = [k for k in floats if k in initial and initial[k].ndim > 1]
+    moved = [k for k in weights if not torch.equal(exported[k], initial[k])]
+    assert len(moved) > 0.9 * len(weights), sorted(set(weights) - set(moved))
+    assert any(not torch.allclose(exported[k], seen[-1][k]) for k in weights)
+
+
+def test_ema_warmup_decay_is_timms_model_ema_v3():
+    # ModelEmaV3.get_decay(step) with use_warmup, inv_gamma 1: 1 - (1 + (step - 1))^-power,
+    # 0 on the first update, capped at the decay; update n follows n - 1 earlier ones
+    assert ema_decay_at(0, 0.9999, warmup=True) == 0.0
+    assert ema_decay_at(0, 0.9999) == 0.0  # AveragedModel copies on the first update
+    assert ema_decay_at(1, 0.9999, warmup=True) == pytest.approx(1 - 2**-0.75)
+    assert ema_decay_at(9999, 0.9999, warmup=True) == pytest.approx(0.999, abs=1e-9)
+    assert ema_decay_at(10**7, 0.9999, warmup=True) == 0.9999
+    assert ema_decay_at(31622, 0.9999, warmup=True, power=2 / 3) == pytest.approx(0.999, 1e-5)
+    assert ema_decay_at(1, 0.9999) == 0.9999
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradient accumulation
+# ---------------------------------------------------------------------------------------------
+
+
+class _TinyTask:
+    """A network without BatchNorm and a loss that is a mean over samples: the gradient of a
+    large batch is then exactly the samples' shares of the micro-batches' gradients. In float64,
+    so that summation order (~1e-7 relative in float32) does not blur the comparison."""
+
+    def __init__(self, cfg) -> None:
+        self.cfg = cfg
+
+    def build_model(self) -> torch.nn.Module:
+        torch.manual_seed(0)
+        return torch.nn.Sequential(
+            torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.Tanh(), torch.nn.Conv2d(8, 1, 3)
+        ).double()
+
+    def train_module(self, net: torch.nn.Module) -> torch.nn.Module:
+        return net
+
+    def forward(self, module, batch):
+        x = torch.cat([batch["rgb"].double() / 255.0, batch["sparse"].double()], 1)
+        return {"depth": module(x)}
+
+    def loss(self, outputs, batch):
+        target = batch["sparse"][..., 1:-1, 1:-1].double()
+        per_sample = (outputs["depth"] - target).square().flatten(1).mean(1)
+        loss = per_sample.mean()
+        return loss, {"l2": float(loss.detach())}
+
+
+def _tiny_samples(n: int = 4) -> list[dict]:
+    rng = np.random.default_rng(0)
+    K = np.array([[10.0, 0, 4], [0, 10.0, 4], [0, 0, 1]], np.float32)
+    return [
+        {
+            "rgb": rng.integers(0, 255, (8, 8, 3), dtype=np.uint8),
+            "sparse": rng.uniform(1, 20, (8, 8)).astype(np.float32),
+            "K": K,
+            "name": f"s{i}",
+        }
+        for i in range(n)
+    ]
+
+
+def _tiny_trainer(tmp_path: Path, batch: int, accum: int, monkeypatch) -> Trainer:
+    monkeypatch.setattr("training.trainer.make_task", _TinyTask)
+    cfg = load_config(
+        None,
+        _overrides(
+            Path("/unused"),
+            tmp_path / f"tiny_{batch}x{accum}",
+            2,
+            (
+                f"data.batch_size={batch}",
+                f"optim.accum_steps={accum}",
+                "optim.clip_norm=0",
+                "run.ema_decay=0",
+            ),
+        ),
+    )
+    return Trainer(cfg, _tiny_samples())
+
+
+def _gradients_of_one_step(trainer: Trainer, batches) -> dict[str, torch.Tensor]:
+    """The gradients the optimiser is handed (the step itself then runs as usual)."""
+    grads: dict[str, torch.Tensor] = {}
+    step = trainer.optimizer.step
+
+    def recording(*args, **kwargs):
+        for name, p in trainer.net.named_parameters():
+            grads[name] = p.grad.detach().clone()
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = recording
+    assert trainer.train_step(batches) is not None
+    return grads
+
+
+@pytest.mark.parametrize("sizes", [[2, 2], [1, 1, 1, 1], [3, 1]], ids=str)
+def test_accumulated_gradient_equals_the_large_batch_gradient(tmp_path, monkeypatch, sizes):
+    """Micro-batches of unequal size too (a batch that lost a bad sample): each counts by its
+    share of the step's samples, as in the large batch."""
+    from training.sample import collate
+
+    samples = _tiny_samples()
+    large = _tiny_trainer(tmp_path, 4, 1, monkeypatch)
+    expected = _gradients_of_one_step(large, collate(samples))
+    accumulated = _tiny_trainer(tmp_path, 1, len(sizes), monkeypatch)
+    bounds = np.cumsum([0, *sizes])
+    micro = [collate(samples[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    got = _gradients_of_one_step(accumulated, micro)
+    assert expected.keys() == got.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-6)
+    # and the optimiser took the same step
+    for a, b in zip(large.net.parameters(), accumulated.net.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+_DDP_ACCUM_WORKER = """
+import json, os, sys
+from pathlib import Path
+import torch
+import torch.distributed as dist
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+sys.path.insert(0, {test_dir!r})
+import test_trainer as t
+from training.sample import collate
+import training.trainer
+
+training.trainer.make_task = t._TinyTask
+cfg = t.load_config(None, t._overrides(Path("/unused"), Path({out!r}), 2, (
+    "data.batch_size=1", "optim.accum_steps=2", "optim.clip_norm=0", "run.ema_decay=0")))
+trainer = training.trainer.Trainer(cfg, t._tiny_samples())
+reductions = []
+
+def counting(state, bucket):
+    reductions.append(bucket.index())
+    return allreduce_hook(state, bucket)
+
+trainer.module.register_comm_hook(None, counting)
+rank = dist.get_rank()
+samples = t._tiny_samples()[2 * rank : 2 * rank + 2]
+grads = t._gradients_of_one_step(trainer, [collate([s]) for s in samples])
+torch.save({{"grads": grads, "reductions": len(reductions)}}, Path({out!r}) / f"rank{{rank}}.pt")
+dist.destroy_process_group()
+"""
+
+
+def test_ddp_accumulation_reduces_once_per_step_and_matches_the_large_batch(tmp_path, monkeypatch):
+    """Two gloo processes x 2 micro-batches of 1 = the large batch of 4: the same gradient, and
+    DDP reduces it once (no_sync on the first micro-batch), not once per micro-batch."""
+    from training.sample import collate
+
+    out = tmp_path / "ddp_accum"
+    out.mkdir()
+    worker = tmp_path / "worker.py"
+    worker.write_text(_DDP_ACCUM_WORKER.format(test_dir=str(REPO / "test"), out=str(out)))
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = dict(_env(), GLOO_SOCKET_IFNAME="lo", MASTER_ADDR="127.0.0.1")
+    result = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node=2", str(worker)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = _gradients_of_one_step(
+        _tiny_trainer(tmp_path, 4, 1, monkeypatch), collate(_tiny_samples())
+    )
+    for rank in (0, 1):
+        got = torch.load(out / f"rank{rank}.pt", weights_only=True)
+        assert got["reductions"] == 1, "DDP reduced the gradients once per micro-batch"
+        for name in expected:
+            torch.testing.assert_close(got["grads"][name], expected[name], rtol=0, atol=1e-6)
+
+
+def test_accumulating_run_resumed_after_a_crash_ends_with_the_same_weights(kitti_frame, tmp_path):
+    """4 steps of 2 micro-batches over 8 crops (one epoch), checkpoint at step 2 (mid-epoch):
+    the resumed run must start at sample 4, not 2."""
+    extra = ("data.batch_size=1", "optim.accum_steps=2", "run.checkpoint_every=2")
+    full = Trainer(_config(tmp_path / "full", *extra), _Frames(kitti_frame, n=8))
+    full.fit()
+
+    crashed = Trainer(_config(tmp_path / "cut", *extra), _Frames(kitti_frame, n=8))
+    step, calls = crashed.train_step, []
+
+    def crash_at_the_third_step(batches):
+        calls.append(len(batches))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return step(batches)
+
+    crashed.train_step = crash_at_the_third_step
+    with pytest.raises(KeyboardInterrupt):
+        crashed.fit()
+    assert calls == [2, 2, 2]
+    resumed = Trainer(_config(tmp_path / "cut", *extra), _Frames(kitti_frame, n=8))
+    assert resumed.fit()["steps"] == 4
+    a, b = full.net.state_dict(), resumed.net.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed run differs from the uninterrupted one"
+
+
+# ---------------------------------------------------------------------------------------------
+# The best checkpoint
+# ---------------------------------------------------------------------------------------------
+
+
+def _scripted_evaluation(trainer: Trainer, rmse_by_step: dict[int, float]) -> list[dict]:
+    """The evaluation replaced by fixed scores per step; keeps the EMA weights it 'scored'."""
+    scored: list[dict] = []
+
+    def evaluate():
+        scored.append({k: v.clone() for k, v in trainer.ema.module.state_dict().items()})
+        rmse = rmse_by_step[trainer.step]
+        return {"rmse_mm": rmse, "mae_mm": rmse / 3, "irmse_1_per_km": 1.0, "pixels": 10}
+
+    trainer.evaluate = evaluate
+    return scored
+
+
+def test_the_best_checkpoint_is_kept_and_survives_a_resume(kitti_frame, tmp_path):
+    import json
+
+    from training.trainer import BEST_DIR, BEST_JSON
+
+    extra = (
+        "data.val=kitti:/unused",
+        "run.best_metric=rmse",  # rmse_mm on KITTI
+        "run.eval_every=1",
+        "run.checkpoint_every=2",
+    )
+    rmse = {1: 900.0, 2: 700.0, 3: 800.0, 4: 750.0}
+    first = Trainer(_config(tmp_path, *extra), _Frames(kitti_frame), _Frames(kitti_frame))
+    scored = _scripted_evaluation(first, rmse)
+    step, calls = first.train_step, []
+
+    def crash_at_the_fourth_step(batches):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return step(batches)
+
+    first.train_step = crash_at_the_fourth_step
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()  # scored steps 1-3, the checkpoint of step 2 holds the best (700 at 2)
+    best = tmp_path / "run" / BEST_DIR
+    record = json.loads((best / BEST_JSON).read_text())
+    assert (record["metric"], record["mode"], record["value"], record["step"]) == (
+        "rmse_mm",
+        "min",
+        700.0,
+        2,
+    )
+    kept = _tensors(best / WEIGHTS)
+    assert all(torch.equal(kept[k], scored[1][k]) for k in kept)
+    assert any(not torch.equal(kept[k], scored[2][k]) for k in kept)
+
+    # resumed at step 2: step 3 (800) and 4 (750) are worse than the 700 the checkpoint holds
+    second = Trainer(_config(tmp_path, *extra), _Frames(kitti_frame), _Frames(kitti_frame))
+    _scripted_evaluation(second, rmse)
+    summary = second.fit()
+    assert summary["best"] == {"metric": "rmse_mm", "mode": "min", "value": 700.0, "step": 2}
+    assert json.loads((best / BEST_JSON).read_text())["step"] == 2
+    again = _tensors(best / WEIGHTS)
+    assert all(torch.equal(kept[k], again[k]) for k in kept)
+    assert torch.load(tmp_path / "run" / CHECKPOINT, weights_only=True)["best"]["value"] == 700.0
+
+
+def test_a_higher_is_better_metric_keeps_the_maximum(kitti_frame, tmp_path):
+    import json
+
+    from training.trainer import BEST_DIR, BEST_JSON
+
+    extra = ("data.val=nyu:/unused", "run.best_metric=delta1", "run.eval_every=1")
+    val = _Frames(kitti_frame)
+    val.metric = "nyu"
+    trainer = Trainer(_config(tmp_path, *extra, "schedule.max_steps=3"), _Frames(kitti_frame), val)
+    deltas = {1: 0.5, 2: 0.9, 3: 0.7}
+    trainer.evaluate = lambda: {"rmse_m": 1.0, "delta1": deltas[trainer.step]}
+    trainer.fit()
+    record = json.loads((tmp_path / "run" / BEST_DIR / BEST_JSON).read_text())
+    assert (record["metric"], record["mode"], record["value"], record["step"]) == (
+        "delta1",
+        "max",
+        0.9,
+        2,
+    )

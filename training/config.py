@@ -79,6 +79,9 @@ class OptimConfig:
     betas: list = field(default_factory=lambda: [0.9, 0.999])
     #: gradient clipping by global norm (0 = off)
     clip_norm: float = 0.1
+    #: micro-batches per optimiser step (gradient accumulation): one step sees
+    #: data.batch_size x accum_steps samples per process (DDP syncs on the last micro-batch only)
+    accum_steps: int = 1
 
 
 @dataclass
@@ -103,6 +106,17 @@ class RunConfig:
     precision: str = "fp32"
     #: EMA decay per step (0 = no EMA); the EMA copy is what gets exported and evaluated
     ema_decay: float = 0.9999
+    #: EMA decay warm-up (timm's ModelEmaV3): update t uses min(ema_decay, 1 - (1 + t)^-power),
+    #: so a run from scratch does not average in its random initial weights for ~1/(1-decay) steps
+    ema_warmup: bool = False
+    #: the warm-up's power: 3/4 reaches 0.999 at 10K updates and 0.9999 at 215K; 2/3 at 31.6K, 1M
+    ema_warmup_power: float = 0.75
+    #: keep the best evaluated weights by this metric in best/ ('' = off): any key the
+    #: evaluation returns (rmse_mm, mae_mm, delta1, holdout_rmse_mm, ...) or a short name that
+    #: names one of them (rmse, mae, rel, ...)
+    best_metric: str = ""
+    #: auto (max for delta*, else min) | min | max
+    best_mode: str = "auto"
     log_every: int = 10
     #: write the resumable checkpoint every N steps (and at the end)
     checkpoint_every: int = 500
@@ -134,6 +148,7 @@ CHOICES = {
     "schedule.name": ("onecycle", "constant"),
     "run.precision": ("fp32", "bf16", "fp16"),
     "run.device": ("auto", "cpu", "cuda"),
+    "run.best_mode": ("auto", "min", "max"),
 }
 NON_NEGATIVE = (
     "optim.lr",
@@ -144,7 +159,14 @@ NON_NEGATIVE = (
     "schedule.max_steps",
     "data.val_max_samples",
 )
-POSITIVE = ("data.batch_size", "schedule.epochs", "run.log_every", "run.checkpoint_every")
+POSITIVE = (
+    "data.batch_size",
+    "optim.accum_steps",
+    "schedule.epochs",
+    "run.log_every",
+    "run.checkpoint_every",
+    "run.ema_warmup_power",
+)
 
 
 def _coerce(key: str, value: Any, kind: Any) -> Any:
@@ -241,6 +263,127 @@ def _nest(key: str, value: Any) -> dict:
     return out
 
 
+#: loss.method -> the loss function (training.losses) that loss.options go to as keywords
+LOSS_FUNCTIONS = {"dmd3c": "dmd3c_loss", "selfdc": "selfdc_loss"}
+
+
+def _keyword_names(fn: Any, skip: int = 0) -> set[str] | None:
+    """Names ``fn`` takes as keywords (after its first ``skip`` parameters); None = any
+    (``**kwargs`` that cannot be followed). A factory ``f(**kwargs) -> SomeClass`` is followed
+    into the class's constructor through its return annotation."""
+    import inspect
+
+    params = list(inspect.signature(fn).parameters.values())[skip:]
+    names = {
+        p.name
+        for p in params
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and not p.name.startswith("_")
+    }
+    if not any(p.kind is p.VAR_KEYWORD for p in params):
+        return names
+    try:
+        target = typing.get_type_hints(fn).get("return")
+    except Exception:
+        target = None
+    if not isinstance(target, type):
+        return None
+    inner = _keyword_names(target.__init__, skip=1)
+    return None if inner is None else names | inner
+
+
+def _check_keywords(key: str, given: dict, accepted: set[str] | None, target: str) -> None:
+    if accepted is None:
+        return
+    unknown = sorted(str(k) for k in given if k not in accepted)
+    if unknown:
+        raise ConfigError(
+            f"config key '{key}' has unknown option(s) {', '.join(unknown)} for {target}; "
+            f"it accepts: {', '.join(sorted(accepted))}"
+        )
+
+
+def check_loss_options(cfg: TrainConfig) -> None:
+    """``loss.options`` against the loss function's keyword arguments (read from its signature:
+    the options are whatever training.losses takes today) and ``loss.weights`` against its
+    terms."""
+    from training import losses
+
+    fn = getattr(losses, LOSS_FUNCTIONS[cfg.loss.method])
+    # the Task passes (outputs, batch, weights) positionally; the rest are the options
+    _check_keywords("loss.options", cfg.loss.options, _keyword_names(fn, skip=3), fn.__name__)
+    terms = getattr(losses, f"{cfg.loss.method.upper()}_TERMS", None)
+    if terms is not None:
+        unknown = sorted(str(k) for k in cfg.loss.weights if k not in terms)
+        if unknown:
+            raise ConfigError(
+                f"config key 'loss.weights' has unknown term(s) {', '.join(unknown)} for "
+                f"{fn.__name__}; its terms are: {', '.join(terms)}"
+            )
+
+
+def check_model_kwargs(cfg: TrainConfig) -> None:
+    """``model.kwargs`` against the registry constructor's arguments (followed into the network
+    class where the constructor passes ``**kwargs`` on)."""
+    from depth_completion_ros.networks.registry import get_model_spec
+
+    spec = get_model_spec(cfg.model.name)
+    accepted = _keyword_names(spec.factory())
+    _check_keywords("model.kwargs", cfg.model.kwargs, accepted, f"model '{cfg.model.name}'")
+
+
+#: what each evaluation (training.evaluate.METRICS: kitti, nyu, holdout) returns, besides
+#: 'pixels' (a count, no score)
+METRIC_KEYS = {
+    "kitti": ("rmse_mm", "mae_mm", "irmse_1_per_km", "imae_1_per_km"),
+    "nyu": ("rmse_m", "rel", "delta1", "delta2", "delta3"),
+    "holdout": ("holdout_rmse_mm", "holdout_mae_mm"),
+}
+
+
+def resolve_metric(name: str, keys: typing.Iterable[str]) -> str:
+    """The evaluation key ``name`` means: the key itself, or the one key that has ``name`` as
+    one of its '_'-separated words (rmse -> rmse_mm on KITTI, rmse_m on NYU, holdout_rmse_mm on
+    a bag). ConfigError naming ``run.best_metric`` and the keys otherwise."""
+    keys = [k for k in keys if k != "pixels"]
+    if name in keys:
+        return name
+    found = [k for k in keys if name in k.split("_")]
+    if len(found) == 1:
+        return found[0]
+    why = "matches several" if found else "is none"
+    raise ConfigError(
+        f"config key 'run.best_metric' is {name!r}, which {why} of the evaluation's metrics: "
+        f"use one of {', '.join(keys)}"
+    )
+
+
+def best_mode(metric_key: str, mode: str) -> str:
+    """min or max: ``run.best_mode``, or for auto max for accuracies (delta*), min for errors."""
+    if mode != "auto":
+        return mode
+    return "max" if metric_key.startswith("delta") else "min"
+
+
+def check_best_metric(cfg: TrainConfig) -> None:
+    name = cfg.run.best_metric
+    if not name:
+        return
+    if not cfg.data.val:
+        raise ConfigError(
+            f"config key 'run.best_metric' is {name!r} but 'data.val' is empty: the best "
+            "checkpoint needs an evaluation dataset"
+        )
+    for keys in METRIC_KEYS.values():  # the dataset's own kind is checked when training starts
+        with contextlib.suppress(ConfigError):
+            resolve_metric(name, keys)
+            return
+    every = sorted({k for keys in METRIC_KEYS.values() for k in keys})
+    raise ConfigError(
+        f"config key 'run.best_metric' is {name!r}, which no evaluation returns: use one of "
+        f"{', '.join(every)} (or rmse, mae, rel, ...)"
+    )
+
+
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Check choices and ranges; raise ConfigError naming the first bad key."""
     for key, choices in CHOICES.items():
@@ -263,6 +406,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(
             "config key 'data.train' is empty: give a dataset, e.g. kitti:/data/kitti"
         )
+    check_loss_options(cfg)
+    check_model_kwargs(cfg)
+    check_best_metric(cfg)
     return cfg
 
 

@@ -1,8 +1,8 @@
-"""The one training loop for both methods: DDP, AMP, EMA, OneCycle, clipping, atomic checkpoints,
-exact resume.
+"""The one training loop for both methods: DDP, AMP, EMA (with an optional decay warm-up), OneCycle,
+clipping, gradient accumulation, atomic checkpoints, exact resume, the best checkpoint kept.
 
 Built from torch's own parts (DistributedDataParallel, torch.amp, AveragedModel with
-get_ema_multi_avg_fn, OneCycleLR, torch.utils.tensorboard). Only the primary process logs and
+an EMA ``multi_avg_fn``, OneCycleLR, torch.utils.tensorboard). Only the primary process logs and
 writes files. A run directory holds:
 
 - ``config.yaml``: the resolved configuration;
@@ -10,11 +10,14 @@ writes files. A run directory holds:
   step, epoch, RNG states), written atomically every ``run.checkpoint_every`` steps;
 - ``weights.safetensors``: the exported EMA weights, training-only heads removed, which the node
   loads as they are (``model:=bpnet|selfdc checkpoint:=<run>/weights.safetensors``);
+- ``best/weights.safetensors`` + ``best/best.json`` (metric, value, step): the evaluated weights
+  that scored best so far on ``run.best_metric`` (like timm's CheckpointSaver), when it is set;
 - ``metrics.jsonl`` (one line per log/eval event) and ``tb/`` (TensorBoard).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -28,12 +31,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from depth_completion_ros.depth_io import write_atomic, write_bytes_atomic
 from depth_completion_ros.networks.nlspn import strip_training_heads
-from training.config import TrainConfig, dump, to_dict
+from training.config import METRIC_KEYS, TrainConfig, best_mode, dump, resolve_metric, to_dict
 from training.distributed import DistEnv, dist_env
 from training.methods import Task, make_task
 from training.sample import SKIP_KEY, SkipCounter, collate
@@ -42,6 +45,9 @@ log = logging.getLogger("training")
 
 CHECKPOINT = "checkpoint.pt"
 WEIGHTS = "weights.safetensors"
+#: the best evaluated weights (best/weights.safetensors) and what they scored (best/best.json)
+BEST_DIR = "best"
+BEST_JSON = "best.json"
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -154,11 +160,47 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_st
     )
 
 
-def build_ema(model: nn.Module, decay: float) -> AveragedModel | None:
+def ema_decay_at(updates: int, decay: float, warmup: bool = False, power: float = 0.75) -> float:
+    """The decay of the EMA update that follows ``updates`` earlier ones.
+
+    The first update copies the weights (decay 0, as AveragedModel and timm's ModelEmaV3 do).
+    With ``warmup`` (ModelEmaV3's ``use_warmup``, its inv_gamma 1): min(decay, 1 - (1 + n)^-power)
+    for the n-th update after that, so early on the average forgets the random initial weights
+    within a few steps instead of ~1/(1 - decay).
+    """
+    if updates <= 0:
+        return 0.0
+    if not warmup:
+        return decay
+    return min(decay, 1.0 - (1.0 + updates) ** -power)
+
+
+def ema_multi_avg_fn(decay: float, warmup: bool = False, power: float = 0.75):
+    """AveragedModel's ``multi_avg_fn``: ema <- d ema + (1 - d) live, d = ema_decay_at(n) with n
+    the updates averaged so far (AveragedModel's ``n_averaged``, saved in its state: a resumed
+    run continues the warm-up exactly). Integer buffers (BatchNorm's batch counter) are copied."""
+
+    @torch.no_grad()
+    def update(ema: list[torch.Tensor], live: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        d = ema_decay_at(int(n_averaged), decay, warmup, power)
+        if ema[0].is_floating_point() or ema[0].is_complex():
+            torch._foreach_lerp_(ema, live, 1.0 - d)
+        else:
+            for e, v in zip(ema, live, strict=True):
+                e.copy_(v)
+
+    return update
+
+
+def build_ema(
+    model: nn.Module, decay: float, warmup: bool = False, power: float = 0.75
+) -> AveragedModel | None:
     """EMA of parameters and buffers (BatchNorm statistics too), made before the DDP wrapper."""
     if decay <= 0:
         return None
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    return AveragedModel(
+        model, multi_avg_fn=ema_multi_avg_fn(decay, warmup, power), use_buffers=True
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,7 +295,7 @@ class Trainer:
         if self.env.distributed and cfg.run.sync_batchnorm:
             net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
         self.net = net
-        self.ema = build_ema(net, cfg.run.ema_decay)
+        self.ema = build_ema(net, cfg.run.ema_decay, cfg.run.ema_warmup, cfg.run.ema_warmup_power)
         module: nn.Module = self.task.train_module(net)
         if self.env.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -263,7 +305,9 @@ class Trainer:
         self.train_set = SeededDataset(train_set, cfg.run.seed)
         self.val_set = val_set
         self.sampler = ResumableSampler(len(train_set), self.env, cfg.run.seed)
-        self.steps_per_epoch = max(1, len(self.sampler) // cfg.data.batch_size)
+        #: micro-batches per optimiser step (gradient accumulation)
+        self.accum_steps = cfg.optim.accum_steps
+        self.steps_per_epoch = max(1, len(self.sampler) // (cfg.data.batch_size * self.accum_steps))
         self.total_steps = cfg.schedule.max_steps or cfg.schedule.epochs * self.steps_per_epoch
         self.optimizer = build_optimizer(net, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
@@ -276,9 +320,25 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
         self.step = 0
         self._saved_step = -1  # the step the files on disk hold (resume sets it)
+        self._evaluated_step = -1  # the step the last evaluation scored
+        self._val_metrics: dict[str, float] | None = None  # and what it returned
         self.bad_in_a_row = 0
         self.bad_steps = 0
         self.writer = None
+        # the best checkpoint: the evaluation key, min|max, and the best value so far
+        self.best_key: str | None = None
+        self.best_mode = "min"
+        self.best: dict[str, Any] | None = None  # {metric, mode, value, step}
+        self._best_saved = True  # whether checkpoint.pt holds the current best
+        if cfg.run.best_metric:
+            if val_set is None:
+                raise TrainingError(
+                    f"run.best_metric is {cfg.run.best_metric!r} but there is no evaluation "
+                    "dataset: set data.val"
+                )
+            kind = getattr(val_set, "metric", "kitti")
+            self.best_key = resolve_metric(cfg.run.best_metric, METRIC_KEYS[kind])
+            self.best_mode = best_mode(self.best_key, cfg.run.best_mode)
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -335,27 +395,63 @@ class Trainer:
             "step_in_epoch": step_in_epoch,
             "bad_steps": self.bad_steps,
             "skipped": self.skips.summary(),
+            "best": dict(self.best) if self.best else {},
             "rng": rng_state(),
             "config": to_dict(self.cfg),
         }
 
     def save(self, epoch: int, step_in_epoch: int) -> None:
         self._saved_step = self.step
+        self._best_saved = True
         if not self.env.is_primary:
             return
         state = self.state(epoch, step_in_epoch)
         write_atomic(self.out / CHECKPOINT, lambda tmp: torch.save(state, tmp))
         self.export()
 
-    def export(self) -> Path:
+    def export(self, path: Path | None = None, extra: dict[str, str] | None = None) -> Path:
+        """The weights the run produces (the EMA copy where there is one) for the node."""
         weights = self.ema.module.state_dict() if self.ema is not None else self.net.state_dict()
         meta = {
             "model": self.cfg.model.name,
             "dataset": self.cfg.model.dataset,
             "step": str(self.step),
             "source": "depth_completion_ros training" + (" (EMA)" if self.ema else ""),
+            **(extra or {}),
         }
-        return export_weights(self.out / WEIGHTS, weights, meta)
+        return export_weights(path or self.out / WEIGHTS, weights, meta)
+
+    def update_best(self, metrics: dict[str, float] | None) -> bool:
+        """Keep the evaluated weights in best/ when ``metrics`` beat the best so far on
+        ``run.best_metric``; True when they did."""
+        if self.best_key is None or not metrics:
+            return False
+        if self.best_key not in metrics:
+            raise TrainingError(
+                f"run.best_metric {self.best_key!r} is not among the evaluation's metrics "
+                f"{sorted(metrics)}"
+            )
+        value = float(metrics[self.best_key])
+        if not math.isfinite(value):
+            log.warning("step %d: %s is %s: not a best checkpoint", self.step, self.best_key, value)
+            return False
+        if self.best is not None:
+            old = self.best["value"]
+            if not (value < old if self.best_mode == "min" else value > old):
+                return False
+        self.best = {"metric": self.best_key, "mode": self.best_mode, "value": value}
+        self.best["step"] = self.step
+        self._best_saved = False
+        if self.env.is_primary:
+            folder = self.out / BEST_DIR
+            folder.mkdir(parents=True, exist_ok=True)
+            self.export(folder / WEIGHTS, {"best_metric": self.best_key, "best_value": str(value)})
+            record = {**self.best, "metrics": metrics}
+            write_bytes_atomic(
+                folder / BEST_JSON, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
+            )
+            log.info("step %d: best %s so far (%.6g): %s", self.step, self.best_key, value, folder)
+        return True
 
     def resume(self) -> tuple[int, int]:
         path = self.out / CHECKPOINT
@@ -371,6 +467,17 @@ class Trainer:
         self.step = self._saved_step = int(state["step"])
         self.bad_steps = int(state.get("bad_steps", 0))
         self.skips.counts.update(state.get("skipped", {}))
+        best = state.get("best") or None
+        if best and (best.get("metric"), best.get("mode")) == (self.best_key, self.best_mode):
+            self.best = dict(best)
+        elif best:
+            log.info(
+                "resume: the checkpoint's best was by %s (%s): a new best by %s (%s) starts",
+                best.get("metric"),
+                best.get("mode"),
+                self.best_key,
+                self.best_mode,
+            )
         set_rng_state(state["rng"])
         log.info("resumed %s at step %d (epoch %d)", path, self.step, state["epoch"])
         return int(state["epoch"]), int(state["step_in_epoch"])
@@ -379,30 +486,62 @@ class Trainer:
 
     def _all_agree(self, ok: bool) -> bool:
         """True only if every process says ok (so all of them skip a step together)."""
-        if not self.env.distributed:
-            return ok
-        flag = torch.tensor([1.0 if ok else 0.0], device=self.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        return bool(flag.item() > 0)
+        return self._all_agree_each([ok])[0]
 
-    def train_step(self, batch: dict[str, Any]) -> dict[str, float] | None:
-        """Forward, backward, clip, step; None when the step was skipped (non-finite)."""
+    def _all_agree_each(self, oks: list[bool]) -> list[bool]:
+        """Per item, True only if every process says ok (one reduction for all of them)."""
+        if not self.env.distributed:
+            return list(oks)
+        flags = torch.tensor([1.0 if ok else 0.0 for ok in oks], device=self.device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MIN)
+        return [bool(f > 0) for f in flags.tolist()]
+
+    def train_step(self, batches: dict[str, Any] | list[dict[str, Any]]) -> dict[str, float] | None:
+        """One optimiser step: forward and backward over each micro-batch (one batch, or the
+        ``optim.accum_steps`` batches of a step), then clip, step, EMA; None when the step was
+        skipped (a non-finite loss or gradient).
+
+        Gradient accumulation: each micro-batch's loss is weighted by its share of the step's
+        samples, so the summed gradient is the gradient of the loss over the whole step's samples
+        (exactly, for a loss that is a mean over samples; the same approximation DDP makes across
+        processes for the pixel-pooled means). Under DDP all but the last micro-batch run in
+        ``no_sync``: the gradients are reduced once, on the last backward pass.
+        """
+        micro = [batches] if isinstance(batches, dict) else list(batches)
         self.module.train()
-        batch = to_device(batch, self.device)
         # BatchNorm statistics are updated by the forward pass: kept to undo a bad step's.
         buffers = {k: b.clone() for k, b in self.net.named_buffers() if b.is_floating_point()}
-        with torch.autocast(
-            self.device.type,
-            dtype=self.amp_dtype or torch.float32,
-            enabled=self.amp_dtype is not None,
-        ):
-            outputs = self.task.forward(self.module, batch)
-        loss, terms = self.task.loss(outputs, batch)
-        finite = self._all_agree(bool(torch.isfinite(loss).item()))
-        # Every process runs backward, also on a bad step, so DDP's gradient reduction matches.
-        self.scaler.scale(
-            loss if finite else loss.detach() * 0 + _zero_like_graph(outputs)
-        ).backward()
+        samples = sum(int(b["size"]) for b in micro)
+        finite = True
+        loss_sum = 0.0
+        terms: dict[str, float] = {}
+        bad_terms: dict[str, float] = {}
+        for i, batch in enumerate(micro):
+            share = int(batch["size"]) / max(samples, 1)
+            last = i == len(micro) - 1
+            no_sync = self.env.distributed and not last and hasattr(self.module, "no_sync")
+            with self.module.no_sync() if no_sync else contextlib.nullcontext():
+                batch = to_device(batch, self.device)
+                with torch.autocast(
+                    self.device.type,
+                    dtype=self.amp_dtype or torch.float32,
+                    enabled=self.amp_dtype is not None,
+                ):
+                    outputs = self.task.forward(self.module, batch)
+                loss, part = self.task.loss(outputs, batch)
+                ok = self._all_agree(bool(torch.isfinite(loss).item()))
+                # Every process runs backward, also on a bad micro-batch, so DDP's gradient
+                # reduction matches.
+                self.scaler.scale(
+                    loss * share if ok else loss.detach() * 0 + _zero_like_graph(outputs)
+                ).backward()
+            if ok:
+                loss_sum += share * float(loss.detach())
+                for k, v in part.items():
+                    terms[k] = terms.get(k, 0.0) + share * v
+            else:
+                finite, bad_terms = False, part
+            del outputs, loss
         grad_norm = float("nan")
         if finite:
             self.scaler.unscale_(self.optimizer)
@@ -432,7 +571,7 @@ class Trainer:
             log.warning(
                 "step %d: non-finite loss or gradient (%s): step skipped (%d in a row)",
                 self.step,
-                {k: v for k, v in terms.items()},
+                bad_terms or terms,
                 self.bad_in_a_row,
             )
             if self.bad_in_a_row >= self.cfg.run.max_bad_steps:
@@ -445,10 +584,11 @@ class Trainer:
             return None
         self.bad_in_a_row = 0
         return {
-            "loss": float(loss.detach()),
+            "loss": loss_sum,
             **terms,
             "grad_norm": grad_norm,
             "lr": lr,
+            "samples": samples,
         }
 
     # -- evaluation -----------------------------------------------------------------------------
@@ -501,25 +641,37 @@ class Trainer:
 
             bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True)
         t_last, samples_since = time.perf_counter(), 0
+        accum = self.accum_steps
         while self.step < self.total_steps:
-            loader = self._loader(epoch, start * cfg.data.batch_size)
+            # a step takes `accum` micro-batches: the position in the epoch is in steps
+            loader = self._loader(epoch, start * cfg.data.batch_size * accum)
             step_in_epoch = start
+            group: list[dict[str, Any]] = []
             for batch in loader:
                 self.skips.add(batch[SKIP_KEY])
-                if not self._all_agree(batch["size"] > 0):
-                    log.warning(
-                        "step %d: every sample of a process's batch was skipped: step "
-                        "skipped on all processes",
-                        self.step,
-                    )
-                    self.step += 1
-                    step_in_epoch += 1
-                    self.scheduler.step()
+                group.append(batch)
+                if len(group) < accum:
                     continue
-                result = self.train_step(batch)
+                keep = self._all_agree_each([b["size"] > 0 for b in group])
+                usable = [b for b, ok in zip(group, keep, strict=True) if ok]
+                if len(usable) < len(group):
+                    log.warning(
+                        "step %d: every sample of %d of a process's %d micro-batch(es) was "
+                        "skipped: %s on all processes",
+                        self.step,
+                        len(group) - len(usable),
+                        len(group),
+                        "those left out" if usable else "step skipped",
+                    )
+                group = []
+                if usable:
+                    result = self.train_step(usable)
+                    samples_since += sum(b["size"] for b in usable) * self.env.world_size
+                else:
+                    result = None
+                    self.scheduler.step()
                 self.step += 1
                 step_in_epoch += 1
-                samples_since += batch["size"] * self.env.world_size
                 if bar is not None:
                     bar.update(1)
                 if result is not None and self.step % cfg.run.log_every == 0:
@@ -532,9 +684,7 @@ class Trainer:
                         )
                     self._log({"kind": "train", "step": self.step, "epoch": epoch, **result})
                 if cfg.run.eval_every and self.step % cfg.run.eval_every == 0:
-                    metrics = self.evaluate()
-                    if metrics:
-                        self._log({"kind": "val", "step": self.step, **metrics})
+                    self._evaluate_and_keep_best()
                 if self.step % cfg.run.checkpoint_every == 0:
                     self.save(epoch, step_in_epoch)
                 if self.step >= self.total_steps:
@@ -556,12 +706,22 @@ class Trainer:
         dist.all_gather_object(gathered, mine)
         return gathered
 
-    def _finish(self, epoch: int, step_in_epoch: int) -> dict[str, Any]:
-        if self._saved_step != self.step:  # the loop may have just written this very step
-            self.save(epoch, step_in_epoch)
+    def _evaluate_and_keep_best(self) -> dict[str, float] | None:
         metrics = self.evaluate()
+        self._evaluated_step, self._val_metrics = self.step, metrics
         if metrics:
             self._log({"kind": "val", "step": self.step, **metrics})
+            self.update_best(metrics)
+        return metrics
+
+    def _finish(self, epoch: int, step_in_epoch: int) -> dict[str, Any]:
+        if self._evaluated_step == self.step:  # the loop has just scored this very step
+            metrics = self._val_metrics
+        else:
+            metrics = self._evaluate_and_keep_best()
+        # the loop may have just written this very step (and the best value with it)
+        if self._saved_step != self.step or not self._best_saved:
+            self.save(epoch, step_in_epoch)
         summary = {
             "steps": self.step,
             "rank_checksums": self._rank_checksums(),
@@ -569,6 +729,7 @@ class Trainer:
             "skipped_samples": self.skips.summary(),
             "weights": str(self.out / WEIGHTS),
             "val": metrics,
+            "best": self.best,
         }
         if self.env.is_primary:
             write_bytes_atomic(
