@@ -58,6 +58,9 @@ class ModelConfig:
     init: str = ""
     #: SelfDC segmentation classes (0 = no segmentation head; -1 = read from the labels' meta.json)
     seg_classes: int = 0
+    #: selfdc / selfdc_r18 encoder start: '' = random, 'imagenet' = torchvision's ResNet weights
+    #: from the torch hub cache (NLSPN's default), or the path of such a file (training/methods.py)
+    encoder_init: str = ""
 
 
 @dataclass
@@ -86,7 +89,7 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    #: onecycle | constant
+    #: onecycle | multistep | constant (training/schedules.py)
     name: str = "onecycle"
     epochs: int = 30
     #: stop after this many optimiser steps (0 = epochs x steps per epoch)
@@ -94,6 +97,16 @@ class ScheduleConfig:
     pct_start: float = 0.1
     div_factor: float = 25.0
     final_div_factor: float = 1e4
+    #: onecycle: Adam beta1 cycled between [base, max] ([] = no cycling; torch's default)
+    momentum: list = field(default_factory=lambda: [0.85, 0.95])
+    #: onecycle: each step's rate times 1 + lr_noise * U(-1, 1) (BP-Net/DMD3C releases: 0.1)
+    lr_noise: float = 0.0
+    noise_seed: int = 0
+    #: multistep (NLSPN): factor k while the epoch is below milestones[k], then factors[-1]
+    milestones: list = field(default_factory=list)
+    factors: list = field(default_factory=list)
+    #: multistep: linear warm-up over the first N epochs (NLSPN: 1)
+    warmup_epochs: float = 0.0
 
 
 @dataclass
@@ -145,7 +158,7 @@ CHOICES = {
     "model.dataset": DATASETS,
     "loss.method": ("dmd3c", "selfdc"),
     "optim.name": ("adamw", "adam"),
-    "schedule.name": ("onecycle", "constant"),
+    "schedule.name": ("onecycle", "multistep", "constant"),
     "run.precision": ("fp32", "bf16", "fp16"),
     "run.device": ("auto", "cpu", "cuda"),
     "run.best_mode": ("auto", "min", "max"),

@@ -147,17 +147,9 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
-    s = cfg.schedule
-    if s.name == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    return torch.optim.lr_scheduler.OneCycleLR(
-        optimizer,
-        max_lr=cfg.optim.lr,
-        total_steps=max(total_steps, 1) + 1,  # the loop steps it once per iteration
-        pct_start=s.pct_start,
-        div_factor=s.div_factor,
-        final_div_factor=s.final_div_factor,
-    )
+    from training import schedules
+
+    return schedules.build_scheduler(optimizer, cfg, total_steps)
 
 
 def ema_decay_at(updates: int, decay: float, warmup: bool = False, power: float = 0.75) -> float:
