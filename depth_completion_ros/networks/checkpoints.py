@@ -83,24 +83,49 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
     return tensors, meta
 
 
+#: safetensors metadata key where training records the constructor settings the weights must
+#: run with that do not show in their shapes (JSON; e.g. SelfDC's ``legacy``): applied to the
+#: model by :func:`load_checkpoint` through its ``apply_settings``
+RECORDED_SETTINGS = "model_kwargs"
+
+
 def _decode_metadata(meta: dict[str, str]) -> dict[str, Any]:
     """safetensors metadata is str -> str: training args are stored as JSON (convert_checkpoint
-    writes them so), and come back as a dict for the settings check."""
+    writes them so), and come back as a dict for the settings check; so do the settings
+    training records (:data:`RECORDED_SETTINGS`)."""
     out: dict[str, Any] = dict(meta)
-    if "args" in out:
+    for key in ("args", RECORDED_SETTINGS):
+        if key not in out:
+            continue
         try:
-            args = json.loads(out["args"])
+            args = json.loads(out[key])
         except RecursionError:  # crafted or broken: nested deeper than Python's stack
             log.warning(
-                "checkpoint metadata 'args' is JSON nested too deeply to read: ignored (the "
-                "weights load; only the training-settings check is skipped)"
+                "checkpoint metadata '%s' is JSON nested too deeply to read: ignored (the "
+                "weights load; the settings it holds are not checked or applied)",
+                key,
             )
             args = None
         except ValueError:
             args = None
         if isinstance(args, dict):
-            out["args"] = args
+            out[key] = args
+        elif key == RECORDED_SETTINGS:
+            out.pop(key)
     return out
+
+
+def apply_recorded_settings(model: nn.Module, metadata: dict[str, Any]) -> dict[str, Any]:
+    """Set the behaviour-only settings a checkpoint records (:data:`RECORDED_SETTINGS`) on
+    ``model`` through its ``apply_settings``; returns what was applied."""
+    settings = metadata.get(RECORDED_SETTINGS)
+    if not isinstance(settings, dict) or not settings:
+        return {}
+    apply = getattr(model, "apply_settings", None)
+    if apply is None:
+        log.warning("checkpoint records settings %s the model cannot take: ignored", settings)
+        return {}
+    return apply(settings)
 
 
 #: how torch files begin: a zip archive (torch.save since 1.6) or a pickle (protocol 2+ opcode)
@@ -381,6 +406,7 @@ def load_checkpoint(
     ckpt = read_checkpoint(path, use_ema=use_ema)
     state_dict = fit_to_model(ckpt, model, model_name=model_name, strict=strict)
     model.load_state_dict(state_dict, strict=strict, assign=assign)
+    apply_recorded_settings(model, ckpt.metadata)
     ckpt.state_dict = state_dict
     log.info(
         "loaded %s weights from %s%s (%d tensors)",

@@ -23,6 +23,7 @@ KITTI frame on 2 CPU cores in fp32 against ~7.4 s for the ResNet-34 release layo
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -43,6 +44,8 @@ __all__ = [
     "selfdc_r18",
     "strip_training_heads",
 ]
+
+_log = logging.getLogger(__name__)
 
 #: negative slope of the release's conv_bn_relu / convt_bn_relu blocks (common.py)
 LEAKY_SLOPE = 0.2
@@ -346,6 +349,24 @@ class SelfDCNet(nn.Module):
         # registered after the depth part, so the released key order is unchanged
         self.seg_decoder = SegDecoder(seg_classes) if seg_classes else None
         self._init_weights()
+
+    #: constructor settings that change how the weights run but not their shapes
+    BEHAVIOUR_SETTINGS = ("legacy", "preserve_input")
+
+    def apply_settings(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """Set behaviour-only settings after construction (a checkpoint's recorded training
+        settings, applied by ``checkpoints.load_checkpoint``); unknown keys are ignored with a
+        warning. Returns what was set."""
+        applied = {}
+        for key, value in settings.items():
+            if key in self.BEHAVIOUR_SETTINGS and isinstance(value, bool):
+                setattr(self.prop_layer, key, value)
+                applied[key] = value
+            else:
+                _log.warning(
+                    "setting %s=%r ignored: not one of %s", key, value, self.BEHAVIOUR_SETTINGS
+                )
+        return applied
 
     def _init_weights(self) -> None:
         for name, m in self.named_modules():
