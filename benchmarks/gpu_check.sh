@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Everything the GPU path needs checked, in one go, on a machine with a CUDA device:
-# the CUDA tests, per-model timings (bench_networks.py) and per-stage profiles
-# (profile_network.py). Writes JSON and logs to OUT_DIR (default output/gpu_check) and prints
+# the CUDA tests, per-model timings (bench_networks.py), per-stage profiles
+# (profile_network.py) and one training step per method (bench_train_step.py: steps/s and peak
+# GPU memory at batch 4, bf16, BP-Net at 256x1216, SelfDC at 240x1216). Writes JSON and logs to OUT_DIR (default output/gpu_check) and prints
 # a short summary last.
 #
 #   benchmarks/gpu_check.sh [OUT_DIR] [PART ...]
 #
-# PARTs: tests, sparse, timings, compiled, profiles (default: all). Each takes a few minutes;
+# PARTs: tests, sparse, timings, compiled, profiles, training (default: all). Each takes a few minutes;
 # on a machine with a per-command time limit, run them in separate calls into one OUT_DIR.
 #
 # Uses the python on PATH (PYTHON=... to override): a CUDA build of torch with numpy, scipy,
@@ -16,7 +17,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUT_DIR=$(realpath -m "${1:-output/gpu_check}")
 shift || true
-PARTS=" ${*:-tests sparse timings compiled profiles} "
+PARTS=" ${*:-tests sparse timings compiled profiles training} "
 want() { [[ $PARTS == *" $1 "* ]]; }
 mkdir -p "$OUT_DIR"
 export PYTHONUNBUFFERED=1
@@ -63,6 +64,15 @@ if want profiles; then
         done
     done
 fi
+if want training; then
+    echo "== training step per method (batch 4, bf16)"
+    # TRAIN_ARGS is appended (the last value wins), e.g. "--device cpu --crop 64 128 --steps 1"
+    # for a dry run of this part on a CPU
+    # shellcheck disable=SC2086
+    timeout 600 "$PY" bench_train_step.py --device cuda --batch 4 --precision bf16 --steps 5 \
+        --models bpnet selfdc ${TRAIN_ARGS:-} \
+        >"$OUT_DIR/train_step.json" 2>"$OUT_DIR/train_step.log"
+fi
 cd ..
 
 "$PY" - "$OUT_DIR" <<'EOF'
@@ -87,6 +97,24 @@ for name in ("networks.json", "networks_compiled.json"):
             f"  {r['model']:<11} {r['precision']:<5} frame p50 {r['frame_ms_median']:7.1f} ms"
             f"  forward p50 {r['forward_ms_median']:7.1f} ms  peak {r.get('peak_cuda_mb')} MB"
             f"  {verdict} {goal or ''}"
+        )
+path = out / "train_step.json"
+if path.exists():
+    try:
+        report = json.loads(path.read_text())
+    except ValueError:
+        report = None
+        print(f"train_step.json: no result (see {path.with_suffix('.log')})")
+    for r in (report or {}).get("results", []):
+        if "error" in r:
+            print(f"  train {r['model']:<8} error: {r['error']}")
+            continue
+        peak = r.get("peak_gpu_gb", r["peak_rss_gb"])
+        where = "GPU" if "peak_gpu_gb" in r else "RSS"
+        print(
+            f"  train {r['model']:<8} {r['precision']} batch {r['batch']} "
+            f"{r['crop'][0]}x{r['crop'][1]} on {r['device']}: {r['steps_per_s']:.2f} steps/s "
+            f"({r['samples_per_s']:.1f} samples/s), peak {where} {peak:.1f} GB"
         )
 for path in sorted(out.glob("profile_*.txt")):
     lines = path.read_text().strip().splitlines()
