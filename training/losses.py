@@ -16,7 +16,8 @@ DMD3C ("Distilling Monocular Foundation Model for Fine-grained Depth Completion"
 (:func:`ssi_loss`), eq. 8 (:func:`gradient_matching_loss`), the release's multi-scale weighting
 (:func:`multi_scale`) and its crop-normalised "SSI" (:func:`ssi_loss_release`).
 SelfDC ("Training Self-Supervised Depth Completion Using Sparse Measurements and a Single
-Image"): eq. 1 (:func:`local_gradient_constraint_loss`), eqs. 3-4
+Image"): eq. 1 (:func:`local_gradient_constraint_loss`), eq. 2
+(:func:`edge_aware_smoothness_loss`, Table 5's comparisons), eqs. 3-4
 (:func:`selective_mask_smoothness_loss`), eq. 5 (:func:`depth_consistency_loss`), eq. 6
 (:func:`segmentation_loss`), eq. 7 (:func:`selfdc_loss`). See training/README.md ("Losses") for the
 decisions (teacher conversion, detaching s and b, downsampling, normalisations).
