@@ -35,6 +35,12 @@ from rosbags.interfaces import (
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
+from depth_completion_ros.messages import (
+    camera_info_to_camera,
+    image_to_depth,
+    image_to_rgb,
+    stamp_to_nanoseconds,
+)
 from depth_completion_ros.transforms import StaticTransforms
 
 BAG_VERSION = 8  # rosbag2 metadata version that Jazzy and newer read (Kilted writes 9)
@@ -398,6 +404,49 @@ def connection_definitions(reader: BagReader) -> dict[str, tuple[str, str, str]]
     return out
 
 
+# --- RGB-D frames of a depth bag -----------------------------------------------------------
+
+
+def messages_by_stamp(reader: BagReader, topic: str) -> dict[int, object]:
+    """Every message of ``topic``, decoded, by its header stamp in nanoseconds."""
+    out = {}
+    for m in reader.messages([topic]):
+        msg = to_ros(m.data, m.msgtype)
+        out[stamp_to_nanoseconds(msg.header.stamp)] = msg
+    return out
+
+
+def load_rgbd_frames(reader: BagReader, image_topic: str, depth_topic: str, info_topic: str):
+    """(stamp, rgb, depth, camera, frame_id) for every depth image with its colour image (the
+    RGB-D export and TSDF fusion read depth bags through this)."""
+    reader.require(
+        {
+            image_topic: "sensor_msgs/msg/Image",
+            depth_topic: "sensor_msgs/msg/Image",
+            info_topic: "sensor_msgs/msg/CameraInfo",
+        }
+    )
+    images, infos = messages_by_stamp(reader, image_topic), messages_by_stamp(reader, info_topic)
+    frames = []
+    for stamp, depth in sorted(messages_by_stamp(reader, depth_topic).items()):
+        if stamp in images and stamp in infos:
+            camera = camera_info_to_camera(infos[stamp])
+            frames.append(
+                (
+                    stamp,
+                    image_to_rgb(images[stamp]),
+                    image_to_depth(depth),
+                    camera,
+                    depth.header.frame_id,
+                )
+            )
+    if not frames:
+        raise BagError(
+            f"{reader.path}: no {depth_topic} image has a {image_topic} image with the same stamp"
+        )
+    return frames
+
+
 __all__ = [
     "BagError",
     "BagMessage",
@@ -414,5 +463,8 @@ __all__ = [
     "ros_message_class",
     "tf_message_bytes",
     "to_ros",
+    "load_rgbd_frames",
+    "messages_by_stamp",
+    "read_static_transforms",
     "typestore",
 ]

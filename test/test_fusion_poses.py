@@ -16,7 +16,7 @@ import open3d as o3d
 import pytest
 from scipy.spatial.transform import Rotation
 
-from depth_completion_ros.bag_io import BagReader
+from depth_completion_ros.bag_io import BagReader, load_rgbd_frames
 from depth_completion_ros.fusion import fuse
 from depth_completion_ros.simulation.lidar import LidarModel
 from depth_completion_ros.simulation.street_scene import (
@@ -144,7 +144,7 @@ def _poses(bag: Path, source: str) -> tuple[list[np.ndarray], str]:
     parser = fuse_rgbd.build_parser()
     args = parser.parse_args([str(bag), "unused"])
     with BagReader(bag) as reader:
-        frames = fuse_rgbd.load_frames(
+        frames = load_rgbd_frames(
             reader, args.image_topic, args.depth_topic, args.camera_info_topic
         )
         poses, name, _ = fuse_rgbd.camera_poses(reader, frames, args.points_topic, source, None)

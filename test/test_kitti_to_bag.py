@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
+from depth_completion_ros import kitti_bag
 from depth_completion_ros.bag_io import BagError, BagReader, parse_tf_message, to_ros
 from depth_completion_ros.calibration import (
     extrinsics_from_values,
@@ -59,20 +60,20 @@ def _check_frames(bag: Path, drive: Path, frame_ids: list[int], cameras: list[in
     messages = _read_all(bag)
     calib = drive.parent
     for index in cameras:
-        topic = kitti_to_bag.image_topic(index)
+        topic = kitti_bag.image_topic(index)
         assert len(messages[topic]) == len(frame_ids)
         calibration = load_kitti_calibration(calib, index)
         P_rect = parse_kitti_calib_file(calib / "calib_cam_to_cam.txt")[f"P_rect_{index:02d}"]
         for frame_id, m, mi in zip(
             frame_ids,
             messages[topic],
-            messages[kitti_to_bag.camera_info_topic(index)],
+            messages[kitti_bag.camera_info_topic(index)],
             strict=True,
         ):
             image = to_ros(m.data, m.msgtype)
             stamp = EPOCH_NS + frame_id * 100_000_000
             assert stamp_to_nanoseconds(image.header.stamp) == stamp == m.timestamp
-            assert image.header.frame_id == kitti_to_bag.optical_frame(index)
+            assert image.header.frame_id == kitti_bag.optical_frame(index)
             assert image.encoding == "rgb8"
             source = read_rgb(drive / f"image_{index:02d}" / "data" / f"{frame_id:010d}.png")
             np.testing.assert_array_equal(image_to_rgb(image), source)
@@ -90,13 +91,13 @@ def _check_frames(bag: Path, drive: Path, frame_ids: list[int], cameras: list[in
         statics = parse_tf_message(messages["/tf_static"][0].data)
         T_velo_opt = _chain(
             statics,
-            ["velodyne", kitti_to_bag.camera_frame(index), kitti_to_bag.optical_frame(index)],
+            ["velodyne", kitti_bag.camera_frame(index), kitti_bag.optical_frame(index)],
         )
         np.testing.assert_allclose(np.linalg.inv(T_velo_opt), calibration.T_cam_lidar, atol=1e-9)
         # REP 103: the camera body's x axis looks forward like the LiDAR's x axis
-        T_velo_body = _chain(statics, ["velodyne", kitti_to_bag.camera_frame(index)])
+        T_velo_body = _chain(statics, ["velodyne", kitti_bag.camera_frame(index)])
         assert T_velo_body[0, 0] > 0.99
-    clouds = messages[kitti_to_bag.LIDAR_TOPIC]
+    clouds = messages[kitti_bag.LIDAR_TOPIC]
     assert len(clouds) == len(frame_ids)
     for frame_id, m in zip(frame_ids, clouds, strict=True):
         cloud = to_ros(m.data, m.msgtype)

@@ -154,7 +154,7 @@ def _node_pipeline_on_real_frame(model: str, weights: Path, kitti: Path) -> dict
 
 
 def smoke_selfdc(out: Path, data: Path) -> dict[str, Any]:
-    from depth_completion_ros.tools import kitti_to_bag
+    from depth_completion_ros import kitti_bag
     from training import pseudo_labels
     from training.datasets import build_dataset
     from training.evaluate import backend_for_module, evaluate_dataset
@@ -162,7 +162,7 @@ def smoke_selfdc(out: Path, data: Path) -> dict[str, Any]:
     drive = data / "kitti_raw_seq" / "2011_09_26" / "2011_09_26_drive_0000_sync"
     bag = out / "bag"
     if not bag.exists():
-        _check(kitti_to_bag.main([str(drive), str(bag), "--cameras", "2"]), "kitti_to_bag")
+        kitti_bag.convert(drive, bag, cameras=(2,), log=lambda _line: None)
     _check(
         pseudo_labels.main(
             ["--method", "felzenszwalb", "--images", f"bag:{bag}", "--out", str(out / "segments")]

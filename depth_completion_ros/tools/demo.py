@@ -27,13 +27,15 @@ from pathlib import Path
 
 import numpy as np
 
+from depth_completion_ros import kitti_bag
 from depth_completion_ros.bag_io import BagReader
 from depth_completion_ros.cli_help import DefaultsFormatter
 from depth_completion_ros.depth_io import write_atomic, write_kitti_depth, write_ply, write_rgb
+from depth_completion_ros.frame import support_from_parameters
 from depth_completion_ros.messages import image_to_depth
 from depth_completion_ros.metrics import kitti_metrics
-from depth_completion_ros.support import SupportConfig, outside_support
-from depth_completion_ros.tools import kitti_to_bag
+from depth_completion_ros.parameters import defaults as parameter_defaults
+from depth_completion_ros.support import outside_support
 from depth_completion_ros.tools.graph import (
     ros_environment,
     start_node_process,
@@ -43,9 +45,9 @@ from depth_completion_ros.tools.graph import (
 from depth_completion_ros.visualization import demo_picture
 
 GROUND_TRUTH_MAX_DEPTH = 80.0  # metres; KITTI's ground truth ends near here (5-85 m)
-IMAGE_TOPIC = kitti_to_bag.image_topic(2)
-INFO_TOPIC = kitti_to_bag.camera_info_topic(2)
-POINTS_TOPIC = kitti_to_bag.LIDAR_TOPIC
+IMAGE_TOPIC = kitti_bag.image_topic(2)
+INFO_TOPIC = kitti_bag.camera_info_topic(2)
+POINTS_TOPIC = kitti_bag.LIDAR_TOPIC
 COLLECTED = ("depth/image", "depth/points", "sparse_depth/image")
 
 
@@ -375,32 +377,11 @@ def play_into_node(
 
 
 def run(args: argparse.Namespace) -> dict:
-    from depth_completion_ros.kitti import KittiDrive
-
+    """The demo: input drive -> bag -> the node over DDS -> outputs and summary.json."""
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="depth_completion_demo_") as work:
-        work = Path(work)
-        if args.kitti_drive:
-            print("[demo] converting the KITTI drive to a bag ...", flush=True)
-            drive = KittiDrive(args.kitti_drive)
-            if args.frames and args.frames < len(drive.frame_ids):
-                drive.frame_ids = drive.frame_ids[: args.frames]
-                drive_dir = drive_subset(drive.drive_dir, drive.frame_ids, work / "kitti")
-            else:
-                drive_dir = drive.drive_dir
-            source = f"KITTI drive {drive.drive_dir}"
-        else:
-            print("[demo] generating a synthetic street as a KITTI drive ...", flush=True)
-            drive_dir = synthetic_drive(args.frames, work / "kitti")
-            drive = KittiDrive(drive_dir)
-            source = "synthetic street scene (open3d)"
-        notes = []
-        bag = work / "bag"
-        kitti_to_bag.convert(drive_dir, bag, cameras=(2,), log=notes.append)
-        if any("stamps synthesised" in note for note in notes):
-            source += " (no timestamps.txt: stamps synthesised at 10 Hz)"
-        frames = demo_frames(bag, drive)
+        bag, drive, frames, source = prepare_input(args, Path(work))
         print(f"[demo] {len(frames)} frames from {source}", flush=True)
         clear_previous_run(output, source, log=lambda text: print(text, flush=True))
         parameters = {
@@ -417,11 +398,46 @@ def run(args: argparse.Namespace) -> dict:
         collector, elapsed = play_into_node(
             bag, parameters, [f.stamp_ns for f in frames], args, output
         )
+    per_frame, metrics = write_frame_outputs(frames, collector.outputs, output)
+    summary = summarize(args, source, frames, per_frame, metrics, collector, elapsed)
+    write_atomic(output / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
+    return summary
 
+
+def prepare_input(args: argparse.Namespace, work: Path):
+    """The input as a kitti_to_bag bag: (bag, drive, frames, description of the source)."""
+    from depth_completion_ros.kitti import KittiDrive
+
+    if args.kitti_drive:
+        print("[demo] converting the KITTI drive to a bag ...", flush=True)
+        drive = KittiDrive(args.kitti_drive)
+        if args.frames and args.frames < len(drive.frame_ids):
+            drive.frame_ids = drive.frame_ids[: args.frames]
+            drive_dir = drive_subset(drive.drive_dir, drive.frame_ids, work / "kitti")
+        else:
+            drive_dir = drive.drive_dir
+        source = f"KITTI drive {drive.drive_dir}"
+    else:
+        print("[demo] generating a synthetic street as a KITTI drive ...", flush=True)
+        drive_dir = synthetic_drive(args.frames, work / "kitti")
+        drive = KittiDrive(drive_dir)
+        source = "synthetic street scene (open3d)"
+    notes: list[str] = []
+    bag = work / "bag"
+    kitti_bag.convert(drive_dir, bag, cameras=(2,), log=notes.append)
+    if any("stamps synthesised" in note for note in notes):
+        source += " (no timestamps.txt: stamps synthesised at 10 Hz)"
+    return bag, drive, demo_frames(bag, drive), source
+
+
+def write_frame_outputs(frames, outputs_by_stamp: dict, output: Path) -> tuple[list, list]:
+    """Per frame: the depth PNG, the picture, scores against ground truth, and one cloud."""
+    # the node runs with its default parameters: the same support rule marks what it left NaN
+    support = support_from_parameters(parameter_defaults())
     per_frame, metrics = [], []
     cloud_written = False
     for frame in frames:
-        outputs = collector.outputs.get(frame.stamp_ns, {})
+        outputs = outputs_by_stamp.get(frame.stamp_ns, {})
         if "depth/image" not in outputs:
             per_frame.append({"frame": frame.name, "received": False})
             continue
@@ -432,8 +448,7 @@ def run(args: argparse.Namespace) -> dict:
             if "sparse_depth/image" in outputs
             else np.zeros_like(dense)
         )
-        # the node runs with its default support settings: the same mask marks what it left NaN
-        unsupported = outside_support(sparse, SupportConfig())
+        unsupported = outside_support(sparse, support)
         picture = demo_picture(frame.rgb, sparse, dense, unsupported, GROUND_TRUTH_MAX_DEPTH)
         write_rgb(output / "pictures" / f"{frame.name}.png", picture)
         entry = {
@@ -450,10 +465,18 @@ def run(args: argparse.Namespace) -> dict:
             write_ply(output / "cloud.ply", xyz, rgb)
             cloud_written = True
         per_frame.append(entry)
+    return per_frame, metrics
 
+
+def summarize(args, source, frames, per_frame, metrics, collector, elapsed: float) -> dict:
+    """summary.json: frames in and out, latency percentiles, accuracy, the machine."""
     latencies = collector.latencies() * 1000.0
     received = sum(1 for entry in per_frame if entry["received"])
-    summary = {
+    accuracy = None
+    if metrics:
+        keys = ("rmse_mm", "mae_mm", "irmse_1_per_km", "imae_1_per_km")
+        accuracy = {key: float(np.mean([m[key] for m in metrics])) for key in keys}
+    return {
         "source": source,
         "model": args.model,
         "input": f"kitti_to_bag -> play_bag (reliable, rate {args.rate:g}) -> node over DDS",
@@ -464,14 +487,7 @@ def run(args: argparse.Namespace) -> dict:
         "latency_ms_p95": float(np.percentile(latencies, 95)) if latencies.size else None,
         "latency_note": "play_bag publishes image and scan -> a subscriber beside it receives the "
         "dense depth (DDS source/receive timestamps; node in its own process)",
-        "accuracy": (
-            {
-                key: float(np.mean([m[key] for m in metrics]))
-                for key in ("rmse_mm", "mae_mm", "irmse_1_per_km", "imae_1_per_km")
-            }
-            if metrics
-            else None
-        ),
+        "accuracy": accuracy,
         "accuracy_note": "KITTI metrics averaged over frames with ground truth"
         if metrics
         else "no ground truth for this input",
@@ -482,8 +498,6 @@ def run(args: argparse.Namespace) -> dict:
         },
         "frames": per_frame,
     }
-    write_atomic(output / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
-    return summary
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,10 +29,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from depth_completion_ros.bag_io import BagError, BagReader
+from depth_completion_ros.bag_io import BagError, BagReader, load_rgbd_frames
 from depth_completion_ros.cli_help import DefaultsFormatter
 from depth_completion_ros.depth_io import write_rgb
-from depth_completion_ros.tools.fuse_rgbd import load_frames
 
 TUM_DEPTH_SCALE = 5000.0
 BAG_TOPICS = {
@@ -192,7 +191,7 @@ def export(
     if Path(output).exists() and not overwrite:
         raise ExportError(f"output folder {output} exists already (use --overwrite)")
     with BagReader(bag) as reader:
-        frames = load_frames(reader, topics["image"], topics["depth"], topics["camera_info"])
+        frames = load_rgbd_frames(reader, topics["image"], topics["depth"], topics["camera_info"])
     return write_sequence(frames, output, layout, overwrite, depth_scale, log)
 
 

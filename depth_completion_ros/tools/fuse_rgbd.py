@@ -17,9 +17,10 @@ import numpy as np
 from depth_completion_ros.bag_io import (
     BagError,
     BagReader,
+    load_rgbd_frames,
+    messages_by_stamp,
     parse_tf_message,
     read_static_transforms,
-    to_ros,
 )
 from depth_completion_ros.calibration import CalibrationError, load_kitti_calibration
 from depth_completion_ros.cli_help import DefaultsFormatter
@@ -32,50 +33,8 @@ from depth_completion_ros.fusion import (
     point_to_mesh_distances,
 )
 from depth_completion_ros.messages import (
-    camera_info_to_camera,
-    image_to_depth,
-    image_to_rgb,
     pointcloud2_to_array,
-    stamp_to_nanoseconds,
 )
-
-
-def _by_stamp(reader: BagReader, topic: str) -> dict[int, object]:
-    out = {}
-    for m in reader.messages([topic]):
-        msg = to_ros(m.data, m.msgtype)
-        out[stamp_to_nanoseconds(msg.header.stamp)] = msg
-    return out
-
-
-def load_frames(reader: BagReader, image_topic: str, depth_topic: str, info_topic: str):
-    """(stamp, rgb, depth, camera, frame_id) for every depth image with its colour image."""
-    reader.require(
-        {
-            image_topic: "sensor_msgs/msg/Image",
-            depth_topic: "sensor_msgs/msg/Image",
-            info_topic: "sensor_msgs/msg/CameraInfo",
-        }
-    )
-    images, infos = _by_stamp(reader, image_topic), _by_stamp(reader, info_topic)
-    frames = []
-    for stamp, depth in sorted(_by_stamp(reader, depth_topic).items()):
-        if stamp in images and stamp in infos:
-            camera = camera_info_to_camera(infos[stamp])
-            frames.append(
-                (
-                    stamp,
-                    image_to_rgb(images[stamp]),
-                    image_to_depth(depth),
-                    camera,
-                    depth.header.frame_id,
-                )
-            )
-    if not frames:
-        raise BagError(
-            f"{reader.path}: no {depth_topic} image has a {image_topic} image with the same stamp"
-        )
-    return frames
 
 
 def camera_poses(
@@ -89,7 +48,7 @@ def camera_poses(
     static = read_static_transforms(reader)
     camera_frame = frames[0][4]
     scans: dict[int, np.ndarray] = {}
-    clouds = _by_stamp(reader, points_topic) if points_topic in reader.topics else {}
+    clouds = messages_by_stamp(reader, points_topic) if points_topic in reader.topics else {}
     lidar_frame = next(iter(clouds.values())).header.frame_id if clouds else "velodyne"
     if T_cam_lidar is None and clouds:
         T_cam_lidar = static.lookup(camera_frame, lidar_frame)
@@ -160,7 +119,9 @@ def run(args) -> dict:
     if args.calibration_dir:
         T_cam_lidar = load_kitti_calibration(args.calibration_dir, args.camera_index).T_cam_lidar
     with BagReader(args.bag) as reader:
-        frames = load_frames(reader, args.image_topic, args.depth_topic, args.camera_info_topic)
+        frames = load_rgbd_frames(
+            reader, args.image_topic, args.depth_topic, args.camera_info_topic
+        )
         frames = frames[:: args.stride]
         poses, source, scans = camera_poses(
             reader, frames, args.points_topic, args.poses, T_cam_lidar
