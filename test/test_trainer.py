@@ -3,6 +3,7 @@ and samples, exported weights that the node's backend loads."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -379,6 +380,11 @@ def test_exported_weights_are_the_decay_weighted_average_of_the_live_weights(
             assert torch.equal(exported[name], seen[-1][name])
     # the average moved away from the initial weights and differs from the last live weights
     weights = [k for k in floats if k in initial and initial[k].ndim > 1]
+    # and the file says which settings the trained weights run with (SelfDC: legacy off)
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "run" / WEIGHTS), "pt") as f:
+        assert json.loads(f.metadata()["model_kwargs"]) == {"legacy": False}
     moved = [k for k in weights if not torch.equal(exported[k], initial[k])]
     assert len(moved) > 0.9 * len(weights), sorted(set(weights) - set(moved))
     assert any(not torch.allclose(exported[k], seen[-1][k]) for k in weights)

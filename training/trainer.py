@@ -409,6 +409,8 @@ class Trainer:
             "dataset": self.cfg.model.dataset,
             "step": str(self.step),
             "source": "depth_completion_ros training" + (" (EMA)" if self.ema else ""),
+            # settings the weights must run with besides the registry's (SelfDC's legacy flag)
+            **(self.task.export_metadata() if hasattr(self.task, "export_metadata") else {}),
             **(extra or {}),
         }
         return export_weights(path or self.out / WEIGHTS, weights, meta)
