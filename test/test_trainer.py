@@ -270,7 +270,15 @@ def test_exported_weights_are_the_ema_copy_and_load_in_the_node_backend(kitti_fr
 
     rgb, sparse, K = kitti_frame
     node = make_backend("selfdc_r18", str(tmp_path / "run" / WEIGHTS), device="cpu")
-    memory = backend_for_module("selfdc_r18", trainer.ema.module, "kitti", "cpu")
+    # the node runs the weights with its inference settings (preserve_input on) plus those the
+    # file records (legacy off); training ran preserve_input off: compare like with like
+    import copy
+
+    ema = copy.deepcopy(trainer.ema.module)
+    flags = {k: getattr(node.net.prop_layer, k) for k in ema.BEHAVIOUR_SETTINGS}
+    assert flags == {"legacy": False, "preserve_input": True}
+    ema.apply_settings(flags)
+    memory = backend_for_module("selfdc_r18", ema, "kitti", "cpu")
     a = node.complete(rgb, sparse, K)
     b = memory.complete(rgb, sparse, K)
     assert np.isfinite(a).all() and (a > 0).mean() > 0.5
