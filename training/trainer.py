@@ -250,10 +250,17 @@ def export_weights(path: Path, state_dict: dict[str, torch.Tensor], meta: dict[s
 
 
 def resolve_device(name: str, env: DistEnv) -> torch.device:
-    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise TrainingError("run.device is 'cuda' but CUDA is not available: use run.device=cpu")
+    """The node's device rule, strict (no silent CPU fallback for a training run), on this
+    process's GPU (LOCAL_RANK)."""
+    from depth_completion_ros.backends import BackendError
+    from depth_completion_ros.backends.network import resolve_device as node_device
+
+    try:
+        device = node_device(name, strict=True)
+    except BackendError as exc:
+        raise TrainingError(f"run.device: {exc}; use run.device=cpu") from exc
+    if device.type != "cuda":
+        return device
     torch.cuda.set_device(env.local_rank)
     return torch.device("cuda", env.local_rank)
 
