@@ -8,8 +8,8 @@ same dataset object (so the same frames and pixels; the JSON lists both per imag
   depth) at a reduced resolution; ``selfdc_r18`` trained on dense depth with DMD3C's stage-1
   recipe (``dmd3c_stage1.yaml``: AdamW, OneCycle, clipping; loss eq. 6 = L1 to the dense
   target, ``training.losses.dmd3c_loss({'l1': 1})`` on the network's final depth).
-- ``synthetic_selfsup``: the same frames, no depth labels: SelfDC's recipe
-  (``selfdc_kitti.yaml``: L_dc + 0.1 L_seg + L_gc + L_sms, Adam 1e-3) with the project's own
+- ``synthetic_selfsup``: the same frames, no depth labels: SelfDC's loss and optimiser
+  (eq. 7: L_dc + 0.1 L_seg + L_gc + L_sms, Adam 1e-3, constant rate) with the project's own
   weights-free pseudo-labels (``python -m training.pseudo_labels --method felzenszwalb``).
 - ``kitti_bag``: the real KITTI sequence in ../shared/data/kitti_raw_seq written as a ROS 2 bag
   (``kitti_to_bag``), SelfDC's bag recipe (``selfdc_bag.yaml``, self-supervised, Felzenszwalb
@@ -31,12 +31,14 @@ Training runs through ``training.trainer.Trainer.fit`` (one loop); the error cur
 trainer's validation at ``run.eval_every`` steps plus the untrained network at step 0.
 
 Usage: ``PYTHONPATH=$PWD .venv/bin/python benchmarks/learning_check.py [--parts ...]
-[--steps 300 300 250] [--json OUT]``; JSON on stdout (and to --json), a table on stderr.
+[--supervised-steps 200 --selfsup-steps 150 --bag-steps 120] [--json OUT]``; JSON on stdout
+(and to --json), a table on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import shutil
@@ -205,7 +207,10 @@ def felzenszwalb_labels(images: str, out: Path) -> dict[str, Any]:
     from training import pseudo_labels
     from training.cache import read_meta
 
-    code = pseudo_labels.main(["--method", "felzenszwalb", "--images", images, "--out", str(out)])
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON only
+        code = pseudo_labels.main(
+            ["--method", "felzenszwalb", "--images", images, "--out", str(out)]
+        )
     if code != 0:
         raise RuntimeError(f"pseudo_labels exited with {code}")
     meta = read_meta(out)
@@ -325,6 +330,7 @@ def run_overrides(args: argparse.Namespace, out: Path, steps: int) -> list[str]:
         "model.dataset=kitti",
         f"model.kwargs={TRAIN_KWARGS}",
         "model.init=''",
+        "model.encoder_init=''",  # from scratch (no download; selfdc_r18 has no release)
         "run.device=cpu",
         "run.precision=fp32",
         "run.ema_decay=0.0",  # a few hundred steps: score the live weights
@@ -485,8 +491,8 @@ def synthetic_experiments(args: argparse.Namespace, work: Path, parts: list[str]
         labels = felzenszwalb_labels(str(train_root / "images"), work / "street_segments")
         data["pseudo_labels"] = {**labels, "seconds": round(time.perf_counter() - t1, 1)}
         steps = args.selfsup_steps
-        cfg = load_config(
-            "selfdc_kitti.yaml",
+        cfg = load_config(  # SelfDC's loss and optimiser; selfdc_kitti.yaml's data part
+            None,  # (240 x 1216 crops, zoom, rotation, denoising) is KITTI's
             [
                 f"data.train={spec_train}",
                 f"data.val={spec_val}",
@@ -517,7 +523,9 @@ def kitti_bag_experiment(args: argparse.Namespace, work: Path) -> dict[str, Any]
     t0 = time.perf_counter()
     drive = args.data / KITTI_DRIVE
     bag = work / "kitti_bag"
-    if kitti_to_bag.main([str(drive), str(bag), "--cameras", "2", "--overwrite"]) != 0:
+    with contextlib.redirect_stdout(sys.stderr):
+        code = kitti_to_bag.main([str(drive), str(bag), "--cameras", "2", "--overwrite"])
+    if code != 0:
         raise RuntimeError(f"kitti_to_bag failed on {drive}")
     labels = felzenszwalb_labels(f"bag:{bag}", work / "kitti_segments")
     prep_seconds = time.perf_counter() - t0
@@ -648,10 +656,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--train-poses", type=int, default=12, help="frames per training street")
     g.add_argument("--val-scenes", type=int, default=4)
     g.add_argument("--val-poses", type=int, default=3, help="frames per held-out street")
-    g.add_argument("--supervised-steps", type=int, default=300)
-    g.add_argument("--selfsup-steps", type=int, default=300)
+    g.add_argument("--supervised-steps", type=int, default=200)
+    g.add_argument("--selfsup-steps", type=int, default=150)
     g = p.add_argument_group("KITTI bag")
-    g.add_argument("--bag-steps", type=int, default=250)
+    g.add_argument("--bag-steps", type=int, default=120)
     g.add_argument("--bag-crop", type=int, nargs=2, default=[128, 416], metavar=("H", "W"))
     g.add_argument("--bag-crop-rows", type=int, default=256, help="crops lie in these rows")
     g.add_argument("--bag-val-frames", type=int, default=5, help="last N frames held out")
