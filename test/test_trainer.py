@@ -684,3 +684,35 @@ def test_a_higher_is_better_metric_keeps_the_maximum(kitti_frame, tmp_path):
         0.9,
         2,
     )
+
+
+class _Scored(_Frames):
+    """_Frames with ground truth (the LiDAR itself), for evaluation during training."""
+
+    metric = "kitti"
+
+    def __getitem__(self, i: int):
+        sample = super().__getitem__(i)
+        sample["gt"] = sample["sparse"].copy()
+        return sample
+
+
+def test_validation_scores_what_the_node_runs(kitti_frame, tmp_path):
+    """Evaluation during training (and so the best checkpoint) runs the EMA with the node's
+    settings (SelfDC: preserve_input on, trained off), equal to the node loading the exported
+    weights; the training settings are restored afterwards."""
+    from depth_completion_ros.backends import make_backend
+    from training.evaluate import evaluate_dataset
+
+    cfg = _config(tmp_path, "schedule.max_steps=3")
+    trainer = Trainer(cfg, _Frames(kitti_frame), _Scored(kitti_frame))
+    trainer.fit()
+    assert trainer.ema.module.prop_layer.preserve_input is False
+    during = trainer.evaluate()
+    assert trainer.ema.module.prop_layer.preserve_input is False  # restored
+    node = make_backend("selfdc_r18", str(tmp_path / "run" / WEIGHTS), device="cpu")
+    assert node.net.prop_layer.preserve_input is True
+    expected = evaluate_dataset(node, _Scored(kitti_frame), metric="kitti", progress=False)
+    # (with the training settings, preserve_input off, it scored 5820 mm RMSE against 638)
+    for key in ("rmse_mm", "mae_mm"):
+        assert during[key] == pytest.approx(expected["mean"][key], rel=1e-4), key

@@ -174,6 +174,19 @@ class Task:
         recorded = {k: kwargs[k] for k in RECORDED_KWARGS if k in kwargs}
         return {"model_kwargs": json.dumps(recorded, sort_keys=True)} if recorded else {}
 
+    def node_settings(self) -> dict[str, Any]:
+        """The behaviour settings the node will run the exported weights with: the registry's
+        inference settings for the dataset, then those the file records (what evaluation during
+        training must use, so the best checkpoint is chosen by what the node runs)."""
+        with torch.device("meta"):  # the node's build, without allocating its weights
+            built = self.model_spec.build(self.cfg.model.dataset)
+        current = getattr(built, "behaviour_settings", None)
+        settings = current() if current is not None else {}
+        recorded = self.export_metadata().get("model_kwargs")
+        if recorded:
+            settings.update(json.loads(recorded))
+        return settings
+
     def train_module(self, net: nn.Module) -> TrainForward:
         return TrainForward(net, self.model_spec.needs_intrinsics)
 

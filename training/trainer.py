@@ -249,6 +249,22 @@ def export_weights(path: Path, state_dict: dict[str, torch.Tensor], meta: dict[s
 # ---------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def node_settings_applied(net: nn.Module, settings: dict[str, Any]) -> Iterator[None]:
+    """Run ``net`` with the node's behaviour settings (SelfDC: ``preserve_input`` on at
+    inference, trained off) for the duration, then restore the training ones."""
+    current = getattr(net, "behaviour_settings", None)
+    if current is None or not settings:
+        yield
+        return
+    before = current()
+    net.apply_settings({k: v for k, v in settings.items() if k in before})
+    try:
+        yield
+    finally:
+        net.apply_settings(before)
+
+
 def resolve_device(name: str, env: DistEnv) -> torch.device:
     """The node's device rule, strict (no silent CPU fallback for a training run), on this
     process's GPU (LOCAL_RANK)."""
@@ -600,16 +616,18 @@ class Trainer:
         from training.evaluate import backend_for_module, evaluate_dataset
 
         source = self.ema.module if self.ema is not None else self.net
-        backend = backend_for_module(
-            self.cfg.model.name, source, self.cfg.model.dataset, self.device
-        )
-        return evaluate_dataset(
-            backend,
-            self.val_set,
-            metric=getattr(self.val_set, "metric", "kitti"),
-            max_samples=self.cfg.data.val_max_samples,
-            progress=False,
-        )["mean"]
+        with node_settings_applied(source, self.task.node_settings()):
+            # built inside: the backend may copy the network as it is now
+            backend = backend_for_module(
+                self.cfg.model.name, source, self.cfg.model.dataset, self.device
+            )
+            return evaluate_dataset(
+                backend,
+                self.val_set,
+                metric=getattr(self.val_set, "metric", "kitti"),
+                max_samples=self.cfg.data.val_max_samples,
+                progress=False,
+            )["mean"]
 
     # -- the run --------------------------------------------------------------------------------
 

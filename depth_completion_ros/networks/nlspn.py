@@ -353,6 +353,10 @@ class SelfDCNet(nn.Module):
     #: constructor settings that change how the weights run but not their shapes
     BEHAVIOUR_SETTINGS = ("legacy", "preserve_input")
 
+    def behaviour_settings(self) -> dict[str, Any]:
+        """The behaviour-only settings as they are now (see :meth:`apply_settings`)."""
+        return {key: getattr(self.prop_layer, key) for key in self.BEHAVIOUR_SETTINGS}
+
     def apply_settings(self, settings: dict[str, Any]) -> dict[str, Any]:
         """Set behaviour-only settings after construction (a checkpoint's recorded training
         settings, applied by ``checkpoints.load_checkpoint``); unknown keys are ignored with a
