@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System libraries that the wheels link against (open3d needs libusb, GL and X client libs).
-SYSTEM_PACKAGES=(libusb-1.0-0 libgl1 libegl1 libx11-6 libudev1 libgomp1)
+# System libraries that the wheels link against (open3d needs libusb, GL and X client libs), and
+# the compiler + Python headers that scripts/build_tf2_msgs.py builds tf2_msgs with.
+SYSTEM_PACKAGES=(libusb-1.0-0 libgl1 libegl1 libx11-6 libudev1 libgomp1 g++ python3-dev)
 missing=()
 for pkg in "${SYSTEM_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -22,7 +23,7 @@ fi
 
 PYTHON=${PYTHON:-python3}
 stamp=.venv/.requirements.sha256
-want=$(cat requirements.txt setup.py | sha256sum | cut -d' ' -f1)
+want=$(cat requirements.txt setup.py scripts/build_tf2_msgs.py | sha256sum | cut -d' ' -f1)
 if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
@@ -31,5 +32,8 @@ echo "[setup] creating .venv (first run takes about a minute)"
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -r requirements.txt
 .venv/bin/python -m pip install -q --no-deps -e .
+# tf2_msgs (/tf, /tf_static) has no PyPI wheel: generated and compiled into .venv (skipped
+# where tf2_msgs imports already, e.g. from a sourced ROS 2 distro)
+.venv/bin/python scripts/build_tf2_msgs.py
 echo "$want" > "$stamp"
 echo "[setup] environment ready: .venv"
