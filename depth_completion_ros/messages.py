@@ -15,6 +15,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from std_msgs.msg import Header
 
 from depth_completion_ros.calibration import CalibrationError, PinholeCamera
+from depth_completion_ros.deskew import TimeField, TimeFieldSpec, point_times, resolve_time_field
 
 #: message classes by their type name (as bags and frame.OUTPUTS name them)
 MESSAGE_CLASSES = {
@@ -231,6 +232,25 @@ def _cloud_dtype(msg: PointCloud2, names: tuple[str, ...], scale: float | None) 
     )
 
 
+def _cloud_records(msg: PointCloud2, dtype: np.dtype) -> np.ndarray:
+    """The cloud's width x height points as one record array of ``dtype`` (row_step padding
+    removed); a data buffer too short for them is refused."""
+    width, height = int(msg.width), int(msg.height)
+    row_step = int(msg.row_step) or width * msg.point_step
+    if row_step < width * msg.point_step or len(msg.data) < row_step * (height - 1) + (
+        width * msg.point_step
+    ):
+        raise MessageError(
+            f"point cloud data holds {len(msg.data)} bytes, too few for {width}x{height} points "
+            f"of {msg.point_step} bytes (row_step {msg.row_step})"
+        )
+    raw = np.frombuffer(msg.data, dtype=np.uint8)
+    if row_step == width * msg.point_step:
+        return raw[: width * height * msg.point_step].view(dtype)
+    rows = raw[: row_step * height].reshape(height, row_step)[:, : width * msg.point_step]
+    return np.ascontiguousarray(rows).reshape(-1).view(dtype)
+
+
 def pointcloud2_to_array(
     msg: PointCloud2, with_intensity: bool = False, scale: float | None = None
 ) -> np.ndarray:
@@ -257,20 +277,7 @@ def pointcloud2_to_array(
     count = width * height
     if count == 0:
         return np.zeros((0, 4 if with_intensity else 3), dtype=np.float32)
-    row_step = int(msg.row_step) or width * msg.point_step
-    if row_step < width * msg.point_step or len(msg.data) < row_step * (height - 1) + (
-        width * msg.point_step
-    ):
-        raise MessageError(
-            f"point cloud data holds {len(msg.data)} bytes, too few for {width}x{height} points "
-            f"of {msg.point_step} bytes (row_step {msg.row_step})"
-        )
-    raw = np.frombuffer(msg.data, dtype=np.uint8)
-    if row_step == width * msg.point_step:
-        records = raw[: count * msg.point_step].view(dtype)
-    else:
-        rows = raw[: row_step * height].reshape(height, row_step)[:, : width * msg.point_step]
-        records = np.ascontiguousarray(rows).reshape(-1).view(dtype)
+    records = _cloud_records(msg, dtype)
     out = np.empty((count, len(wanted) if not with_intensity else 4), dtype=np.float32)
     with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf: dropped
         for column, name in enumerate(wanted):
@@ -312,6 +319,70 @@ def xyz_array_to_pointcloud2(
     msg.row_step = msg.point_step * msg.width
     msg.is_dense = bool(np.isfinite(points).all())
     msg.data = _to_uint8_array(np.ascontiguousarray(points, dtype="<f4"))
+    return msg
+
+
+def pointcloud2_times(
+    msg: PointCloud2, spec: TimeFieldSpec = TimeFieldSpec(), scale: float | None = None
+) -> tuple[np.ndarray, TimeField] | None:
+    """Per-point time of a cloud: float64 seconds relative to its header stamp, one per point
+    that :func:`pointcloud2_to_array` returns (NaN/inf points dropped alike), and the field read;
+    None when the cloud has no time field (``spec``: which field, unit and reference; 'auto'
+    finds the drivers' layouts, :data:`deskew.KNOWN_TIME_FIELDS`). A named field that is
+    missing, or of unknown unit, raises :class:`deskew.NoMotion`."""
+    fields = {
+        f.name: np.dtype(_FIELD_DTYPES[f.datatype])
+        for f in msg.fields
+        if f.datatype in _FIELD_DTYPES
+    }
+    field = resolve_time_field(fields, spec)
+    if field is None:
+        return None
+    if int(msg.width) * int(msg.height) == 0:
+        return np.zeros(0), field
+    dtype = _cloud_dtype(msg, (*_AXES, field.name), scale)
+    records = _cloud_records(msg, dtype)
+    times = point_times(records[field.name], field, stamp_to_nanoseconds(msg.header.stamp))
+    with np.errstate(over="ignore", invalid="ignore"):  # the rows pointcloud2_to_array keeps
+        xyz = np.empty((len(records), 3), dtype=np.float32)
+        for column, name in enumerate(_AXES):
+            xyz[:, column] = records[name] * scale if scale is not None else records[name]
+        finite = np.isfinite(xyz).all(axis=1)
+    return (times if finite.all() else times[finite]), field
+
+
+_DTYPE_FIELDS = {np.dtype(code).str[1:]: datatype for datatype, code in _FIELD_DTYPES.items()}
+
+
+def structured_to_pointcloud2(
+    records: np.ndarray, header: Header | None = None, is_dense: bool = False
+) -> PointCloud2:
+    """A numpy structured array (one record per point, any field types PointField knows, packed
+    or with padding) -> PointCloud2 with those fields at their offsets; a 2-D array gives an
+    organised cloud (height = rows). How drivers' layouts (Ouster, Hesai, Velodyne, Livox) are
+    written in tests and simulations."""
+    records = np.ascontiguousarray(records)
+    height, width = records.shape if records.ndim == 2 else (1, records.size)
+    msg = PointCloud2()
+    if header is not None:
+        msg.header = header
+    msg.height, msg.width = int(height), int(width)
+    fields = []
+    for name in records.dtype.names:
+        dtype, offset = records.dtype.fields[name][:2]
+        if dtype.byteorder == ">":
+            raise MessageError(f"field {name!r} is big-endian; write little-endian records")
+        fields.append(
+            PointField(
+                name=name, offset=int(offset), datatype=_DTYPE_FIELDS[dtype.str[1:]], count=1
+            )
+        )
+    msg.fields = fields
+    msg.is_bigendian = False
+    msg.point_step = int(records.dtype.itemsize)
+    msg.row_step = msg.point_step * msg.width
+    msg.is_dense = bool(is_dense)
+    msg.data = _to_uint8_array(records)
     return msg
 
 
@@ -416,6 +487,8 @@ __all__ = [
     "camera_info_to_camera",
     "camera_to_camera_info",
     "pointcloud2_to_array",
+    "pointcloud2_times",
+    "structured_to_pointcloud2",
     "xyz_array_to_pointcloud2",
     "organised_xyzrgb_cloud",
     "pack_rgb",

@@ -12,20 +12,12 @@ from collections.abc import Callable
 
 import numpy as np
 
+from depth_completion_ros.deskew import NoMotion
 from depth_completion_ros.messages import stamp_to_seconds
 from depth_completion_ros.projection import SensorMotion
 
 #: largest |scan stamp - odometry stamp| (s) for which the odometry still describes the sweep
 ODOMETRY_MAX_AGE = 0.5
-
-
-class NoMotion(Exception):
-    """No usable odometry for a scan (it is processed without deskewing); ``cause`` is a short
-    key for counting and throttling, the message names the fix."""
-
-    def __init__(self, cause: str, text: str) -> None:
-        super().__init__(text)
-        self.cause = cause
 
 
 def scan_motion(
