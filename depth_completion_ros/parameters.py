@@ -23,6 +23,8 @@ from depth_completion_ros.networks.registry import DATASETS, MODELS
 NODE_NAME = "depth_completion"
 #: parameters rclpy declares itself; accepted everywhere and meaningless offline
 ROS_BUILTIN_PARAMETERS = ("use_sim_time", "start_type_description_service")
+#: per-point time fields whose unit and reference are known (deskew.KNOWN_TIME_FIELDS)
+KNOWN_TIME_FIELD_NAMES = ("time", "t", "timestamp", "offset_time")
 #: values of the ``model`` parameter: the classical fill and every registry network
 MODEL_NAMES = ("classical", *MODELS)
 
@@ -91,8 +93,58 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter(
         "odometry_topic",
         "",
-        "nav_msgs/Odometry topic whose twist deskews each scan (its child frame must be the "
-        "cloud's frame or reach it through TF); '' = no deskewing",
+        "nav_msgs/Odometry topic whose twist deskews each scan: every point moved to where it "
+        "was at the image's stamp, the twist interpolated between messages at the point's time "
+        "(its child frame must be the cloud's frame or reach it through TF); '' = no deskewing",
+    ),
+    Parameter(
+        "points_time_field",
+        "auto",
+        "the cloud's per-point time field, for deskewing: 'auto' = the first present of time "
+        "(Velodyne, float32 s relative), t (Ouster, uint32 ns relative), timestamp (Hesai, "
+        "RoboSense float64 s / Livox float64 ns, absolute), offset_time (Livox, uint32 ns "
+        "relative); a field name (then set points_time_unit and points_time_reference); '' = "
+        "none: time from azimuth (the sweep_* parameters)",
+    ),
+    Parameter(
+        "points_time_unit",
+        "auto",
+        "unit of points_time_field's values; 'auto' = the known layout's",
+        choices=("auto", "s", "ms", "us", "ns"),
+    ),
+    Parameter(
+        "points_time_reference",
+        "auto",
+        "whether points_time_field counts from the cloud's header stamp (relative) or is a "
+        "time of its own (absolute, same clock as the stamps); 'auto' = the known layout's",
+        choices=("auto", "relative", "absolute"),
+    ),
+    Parameter(
+        "sweep_direction",
+        "cw",
+        "without a time field: the LiDAR's turning direction seen from above (+z); cw = "
+        "clockwise (Velodyne, KITTI), ccw = counter-clockwise",
+        choices=("cw", "ccw"),
+    ),
+    Parameter(
+        "sweep_period",
+        0.1,
+        "without a time field: seconds per turn (0.1 = 10 Hz)",
+        float_range=(0.001, 10.0),
+    ),
+    Parameter(
+        "sweep_reference_angle",
+        0.0,
+        "without a time field: the azimuth (rad, counter-clockwise from the cloud frame's +x) "
+        "the LiDAR faces at the cloud's header stamp",
+        float_range=(-6.2832, 6.2832),
+    ),
+    Parameter(
+        "sweep_stamp",
+        "middle",
+        "without a time field: where the header stamp lies in the sweep (middle: KITTI, half a "
+        "turn each side of the reference angle; start; end)",
+        choices=("middle", "start", "end"),
     ),
     Parameter("input_depth", 5, "QoS history depth of the subscriptions", int_range=(1, 100)),
     Parameter("output_depth", 2, "QoS history depth of the (reliable) outputs", int_range=(1, 100)),
@@ -241,13 +293,22 @@ def check_parameters(values: dict, source: str = "") -> dict:
 
 
 def check_relations(config: dict) -> None:
-    """The rules between parameters (today one: min_depth < max_depth), on whichever of them
-    ``config`` holds."""
+    """The rules between parameters (min_depth < max_depth; a custom points_time_field needs its
+    unit and reference), on whichever of them ``config`` holds."""
     low, high = config.get("min_depth"), config.get("max_depth")
     if low is not None and high is not None and low >= high:
         raise ParameterError(
             f"parameters 'min_depth' ({low}) must be smaller than 'max_depth' ({high})"
         )
+    field = config.get("points_time_field")
+    if field not in (None, "", "auto") and field not in KNOWN_TIME_FIELD_NAMES:
+        for name in ("points_time_unit", "points_time_reference"):
+            if config.get(name) == "auto":
+                raise ParameterError(
+                    f"parameter '{name}' must be set (not 'auto') for points_time_field "
+                    f"'{field}': only the drivers' fields ({', '.join(KNOWN_TIME_FIELD_NAMES)}) "
+                    "have a known unit and reference"
+                )
 
 
 def validate(config: dict) -> dict:
