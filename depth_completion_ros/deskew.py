@@ -169,6 +169,12 @@ class AzimuthTiming:
     reference_angle: float = 0.0
     stamp_at: str = "middle"
 
+    @property
+    def span(self) -> tuple[float, float]:
+        """The sweep's first and last instant, s relative to the header stamp."""
+        start = {"middle": -0.5, "start": 0.0, "end": -1.0}[self.stamp_at] * self.period
+        return start, start + self.period
+
     def times(self, points: np.ndarray) -> np.ndarray:
         """Float64 seconds relative to the header stamp of each point (N x 2+)."""
         x = np.asarray(points[:, 0], np.float64)

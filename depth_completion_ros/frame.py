@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from depth_completion_ros import odometry
+from depth_completion_ros import deskew, odometry
 from depth_completion_ros.backends import BackendError, make_backend
 from depth_completion_ros.calibration import (
     CalibrationError,
@@ -35,7 +35,9 @@ from depth_completion_ros.messages import (
     image_to_rgb,
     numpy_to_image,
     organised_xyzrgb_cloud,
+    pointcloud2_times,
     pointcloud2_to_array,
+    stamp_to_nanoseconds,
 )
 from depth_completion_ros.parameters import ParameterError
 from depth_completion_ros.pipeline import DepthPipeline, FrameResult, InputError, check_image_size
@@ -150,6 +152,8 @@ class FrameInputs:
     odometry: object | None = None
     #: monotonic time the pair formed (latency starts here)
     received: float = 0.0
+    #: the recent nav_msgs/Odometry: a :class:`deskew.OdometryBuffer` (or its snapshot), or
+    #: one message; the motion during the sweep is interpolated between them
 
 
 @dataclass
@@ -160,7 +164,7 @@ class PreparedFrame:
     rgb: np.ndarray
     points: np.ndarray
     T_cam_lidar: np.ndarray
-    motion: SensorMotion | None
+    motion: deskew.SweepDeskew | SensorMotion | None
 
 
 @dataclass
@@ -255,6 +259,15 @@ class FrameProcessor:
 
     # --- entry points -----------------------------------------------------------------------
 
+        self.time_spec = deskew.TimeFieldSpec(
+            config["points_time_field"], config["points_time_unit"], config["points_time_reference"]
+        )
+        self.azimuth_timing = deskew.AzimuthTiming(
+            config["sweep_direction"],
+            config["sweep_period"],
+            config["sweep_reference_angle"],
+            config["sweep_stamp"],
+        )
     def process(self, inputs: FrameInputs, emit: Emit | None = None) -> FrameOutcome:
         """Run one frame, hand its outputs to ``emit`` (publish, write), and count it."""
         outcome = self.take_and_process(lambda: inputs, emit)
@@ -373,27 +386,48 @@ class FrameProcessor:
             self.source.extrinsics_fix,
             cloud.header.stamp,
         )
-        motion = self._motion(inputs, outcome or FrameOutcome())
+        motion = self._motion(inputs, points, outcome or FrameOutcome())
         return PreparedFrame(camera, rgb, points, T, motion)
 
-    def _motion(self, inputs: FrameInputs, outcome: FrameOutcome) -> SensorMotion | None:
-        """The LiDAR's motion from the latest odometry; None (noted in ``outcome``) when it
+    def _motion(
+        self, inputs: FrameInputs, points: np.ndarray, outcome: FrameOutcome
+    ) -> deskew.SweepDeskew | None:
+        """How to move each point to where it was at the image's stamp: its time (the cloud's
+        time field, else its azimuth) and the LiDAR's twist interpolated between the odometry
+        messages around the sweep. None (noted in ``outcome``) when the odometry or the times
         cannot be used: the frame is then processed without deskewing."""
         if not self.deskewing:
             return None
 
-        def rotation(child: str, lidar: str) -> np.ndarray | None:
+        def lookup(child: str, lidar: str) -> np.ndarray | None:
             try:
-                T = self.source.transforms.lookup(lidar, child)
+                return self.source.transforms.lookup(lidar, child)
             except CalibrationError:
                 return None
-            return None if T is None else T[:3, :3]
+        cloud, topic = inputs.cloud, self.source.topics["odometry"]
 
         try:
-            return odometry.scan_motion(
-                inputs.odometry, inputs.cloud.header, rotation, self.source.topics["odometry"]
+            try:
+                timed = pointcloud2_times(cloud, self.time_spec, self.points_scale)
+            except MessageError as exc:
+                raise deskew.NoMotion("time", f"the cloud's time field: {exc}") from exc
+            target = 1e-9 * (
+                stamp_to_nanoseconds(inputs.image.header.stamp)
+                - stamp_to_nanoseconds(cloud.header.stamp)
             )
-        except odometry.NoMotion as exc:
+            if timed is None:
+                times, span = None, self.azimuth_timing.span
+            else:
+                times, field = timed
+                if len(times) != len(points):
+                    raise deskew.NoMotion(
+                        "time", f"{len(times)} point times for {len(points)} points"
+                    )
+                deskew.check_times(times, field, self.source.topics["points"])
+                span = (float(times.min()), float(times.max()))
+            span = (min(span[0], target), max(span[1], target))
+            twists = deskew.lidar_twists(inputs.odometry, cloud.header, lookup, topic, span)
+        except deskew.NoMotion as exc:
             outcome.not_deskewed = exc
             return None
 
@@ -402,6 +436,7 @@ class FrameProcessor:
     ) -> dict[str, object]:
         """The enabled outputs of one frame, keyed by relative topic, with the camera image's
         header (REP 118)."""
+        return deskew.SweepDeskew(twists, target, times, self.azimuth_timing)
         out: dict[str, object] = {
             "depth/image": numpy_to_image(result.dense, "32FC1", header),
             "depth/camera_info": camera_to_camera_info(camera, header),

@@ -11,7 +11,6 @@ status line, on ``/diagnostics`` (where diagnostic_msgs is installed) and at shu
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import threading
 import time
@@ -28,11 +27,11 @@ from rcl_interfaces.msg import (
 )
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.node import Node
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from depth_completion_ros import parameters
-from depth_completion_ros.calibration import CalibrationError
+from depth_completion_ros.deskew import OdometryBuffer
 from depth_completion_ros.frame import (
     FrameInputs,
     FrameOutcome,
@@ -40,14 +39,14 @@ from depth_completion_ros.frame import (
     FrameSource,
     extrinsics_from_parameters,
 )
-from depth_completion_ros.messages import MESSAGE_CLASSES, stamp_to_seconds
+from depth_completion_ros.messages import MESSAGE_CLASSES, stamp_to_seconds, transport_topic
 from depth_completion_ros.pairing import LatestSlot, Pair, StampPairer
-from depth_completion_ros.transforms import NoTransforms, transform_to_matrix
+from depth_completion_ros.transforms import NoTransforms, TransformBuffer
 
 #: what the node tells the user when no transform relates the cloud to the image
 EXTRINSICS_FIX = (
     "set 'calibration_dir' (KITTI) or 'extrinsics' (4x4, 3x4 or x y z qx qy qz qw), or publish "
-    "the transform on TF (the node reads TF with tf2_ros, on a ROS 2 distro)"
+    "the transform on /tf_static or /tf (e.g. robot_state_publisher, static_transform_publisher)"
 )
 
 
@@ -71,33 +70,30 @@ def _reliability(name: str) -> ReliabilityPolicy:
     return ReliabilityPolicy.RELIABLE if name == "reliable" else ReliabilityPolicy.BEST_EFFORT
 
 
-class _TfTransforms:
-    """Transforms from TF through tf2_ros (only on a ROS 2 distro: it does not install from
-    PyPI)."""
-
-    name = "TF (tf2_ros)"
-
-    def __init__(self, node: Node) -> None:
-        import tf2_ros
-
-        self.buffer = tf2_ros.Buffer()
-        self.listener = tf2_ros.TransformListener(self.buffer, node)
-
-    def lookup(self, target: str, source: str, stamp: object = None) -> np.ndarray | None:
-        from rclpy.duration import Duration
-        from rclpy.time import Time
-
-        when = Time() if stamp is None else Time.from_msg(stamp)
-        try:
-            stamped = self.buffer.lookup_transform(
-                target, source, when, timeout=Duration(seconds=0.05)
-            )
-        except Exception as exc:  # noqa: BLE001 - tf2 raises several unrelated types
-            raise CalibrationError(
-                f"no TF from '{source}' to '{target}' at the scan's stamp ({exc}); publish it "
-                "(e.g. a static_transform_publisher) or set 'extrinsics'"
-            ) from exc
-        return transform_to_matrix(stamped.transform)
+def _subscribe_tf(node: Node, buffer: TransformBuffer) -> bool:
+    """Feed ``buffer`` from /tf_static (reliable, transient_local: a late joiner still gets
+    every static transform, as tf2_ros' listener subscribes) and /tf; False when tf2_msgs is
+    not installed (scripts/build_tf2_msgs.py builds it into a venv without a ROS 2 distro)."""
+    try:
+        from tf2_msgs.msg import TFMessage
+    except ImportError:
+        return False
+    static_qos = QoSProfile(
+        history=HistoryPolicy.KEEP_LAST,
+        depth=100,
+        reliability=ReliabilityPolicy.RELIABLE,
+        durability=DurabilityPolicy.TRANSIENT_LOCAL,
+    )
+    dynamic_qos = QoSProfile(
+        history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE
+    )
+    node.create_subscription(
+        TFMessage, "/tf_static", lambda msg: buffer.add_message(msg, static=True), static_qos
+    )
+    node.create_subscription(
+        TFMessage, "/tf", lambda msg: buffer.add_message(msg, static=False), dynamic_qos
+    )
+    return True
 
 
 class DepthCompletionNode(Node):
@@ -119,7 +115,8 @@ class DepthCompletionNode(Node):
         self.pairer: StampPairer[Image, PointCloud2] = StampPairer(self.config["max_time_offset"])
         self.slot: LatestSlot[Pair[Image, PointCloud2]] = LatestSlot()
         self._camera_info: CameraInfo | None = None
-        self._odometry = None  # the latest nav_msgs/Odometry, when odometry_topic is set
+        # the recent nav_msgs/Odometry (odometry_topic set): the sweep's motion is interpolated
+        self._odometry = OdometryBuffer()
         self._last_warning: dict[str, float] = {}
         self._latencies: deque[float] = deque(maxlen=200)
         now = time.monotonic()
@@ -139,7 +136,12 @@ class DepthCompletionNode(Node):
             depth=self.config["output_depth"],
             reliability=ReliabilityPolicy.RELIABLE,
         )
-        self.create_subscription(Image, self.config["image_topic"], self._on_image, input_qos)
+        self.create_subscription(
+            CompressedImage if self._compressed() else Image,
+            self._topic("image_topic"),
+            self._on_image,
+            input_qos,
+        )
         self.create_subscription(
             CameraInfo, self.config["camera_info_topic"], self._on_camera_info, input_qos
         )
@@ -175,14 +177,19 @@ class DepthCompletionNode(Node):
     # --- configuration ----------------------------------------------------------------------
 
     def _frame_source(self) -> FrameSource:
-        """Topic names for messages, and TF (through tf2_ros, where it is installed) when no
+        """Topic names for messages, and a TransformBuffer fed by /tf_static and /tf when no
         fixed extrinsics are set or odometry needs its frame related to the cloud's."""
         config = self.config
         fixed = extrinsics_from_parameters(config)[0] is not None
-        transforms = NoTransforms("nothing (no TF: tf2_ros is not installed here)")
+        transforms = NoTransforms("nothing (TF not read: fixed extrinsics and no odometry)")
         if not fixed or config["odometry_topic"]:
-            with contextlib.suppress(ImportError):  # tf2_ros: only on a ROS 2 distro
-                transforms = _TfTransforms(self)
+            buffer = TransformBuffer(tolerance=config["transform_tolerance"])
+            if _subscribe_tf(self, buffer):
+                transforms = buffer
+            else:
+                transforms = NoTransforms(
+                    "nothing (no TF: tf2_msgs is not installed; run scripts/build_tf2_msgs.py)"
+                )
         roles = {
             "image": "image_topic",
             "camera_info": "camera_info_topic",
@@ -197,8 +204,17 @@ class DepthCompletionNode(Node):
             return self.processor.extrinsics_source
         return f"{self.processor.source.transforms.name}, when the cloud's frame differs"
 
+    def _compressed(self) -> bool:
+        return self.config["image_transport"] == "compressed"
+
     def _topic(self, key: str) -> str:
-        return self.resolve_topic_name(self.config[key])
+        """A topic parameter resolved (namespace, remapping); the image topic with
+        image_transport's '/compressed' appended after resolving, as image_transport does (so
+        remapping 'image' moves the compressed topic along), when image_transport is compressed."""
+        name = self.resolve_topic_name(self.config[key])
+        if key == "image_topic":
+            name = transport_topic(name, self.config["image_transport"])
+        return name
 
     # --- logging ----------------------------------------------------------------------------
 
@@ -219,9 +235,9 @@ class DepthCompletionNode(Node):
         self._camera_info = msg
 
     def _on_odometry(self, msg) -> None:
-        self._odometry = msg
+        self._odometry.add(msg)
 
-    def _on_image(self, msg: Image) -> None:
+    def _on_image(self, msg: Image | CompressedImage) -> None:
         self._last_message["image"] = time.monotonic()
         with self._lock:
             self._dispatch(self.pairer.add_image(stamp_to_seconds(msg.header.stamp), msg))
@@ -286,7 +302,8 @@ class DepthCompletionNode(Node):
         pair = self.slot.take(timeout=0.0)
         if pair is None:
             return None
-        return FrameInputs(pair.image, pair.cloud, self._camera_info, self._odometry, pair.received)
+        odometry = self._odometry.snapshot()
+        return FrameInputs(pair.image, pair.cloud, self._camera_info, odometry, pair.received)
 
     def _publish(self, inputs: FrameInputs, output) -> None:
         for topic, msg in output.messages.items():

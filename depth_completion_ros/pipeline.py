@@ -12,6 +12,7 @@ import numpy as np
 
 from depth_completion_ros.backends.base import DepthCompletionBackend
 from depth_completion_ros.calibration import PinholeCamera
+from depth_completion_ros.deskew import SweepDeskew
 from depth_completion_ros.projection import (
     ProjectionConfig,
     SensorMotion,
@@ -76,16 +77,20 @@ class DepthPipeline:
         points: np.ndarray,
         camera: PinholeCamera,
         T_cam_lidar: np.ndarray,
-        motion: SensorMotion | None = None,
+        motion: SensorMotion | SweepDeskew | None = None,
     ) -> np.ndarray:
         """LiDAR points (N x 3+, cloud frame) -> sparse depth in the camera image.
 
-        With ``motion`` (the LiDAR's velocity during the sweep), the sweep is deskewed first.
+        With ``motion``, the sweep is deskewed first: a :class:`deskew.SweepDeskew` (per-point
+        time, 6-DoF motion, points moved to the image's stamp; what the frame step builds) or a
+        :class:`SensorMotion` (one constant velocity and yaw rate, the azimuth as time).
         """
         if points.ndim != 2 or points.shape[1] < 3:
             raise InputError(f"points must be N x 3 or wider, got shape {points.shape}")
-        if motion is not None:
+        if isinstance(motion, SensorMotion):
             points = deskew(points, motion.velocity, motion.yaw_rate, motion.sweep_period)
+        elif motion is not None:
+            points = motion.apply(points)
         return project_points(
             points, T_cam_lidar, camera.P, camera.width, camera.height, self.projection
         )
@@ -96,7 +101,7 @@ class DepthPipeline:
         points: np.ndarray,
         camera: PinholeCamera,
         T_cam_lidar: np.ndarray,
-        motion: SensorMotion | None = None,
+        motion: SensorMotion | SweepDeskew | None = None,
     ) -> FrameResult:
         """One frame through the whole path (``motion``: see :meth:`sparse_depth`)."""
         check_image_size(rgb, camera)

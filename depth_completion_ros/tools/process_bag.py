@@ -20,16 +20,18 @@ import numpy as np
 
 from depth_completion_ros import cli_help
 from depth_completion_ros.bag_io import (
+    TF_TYPE,
     BagError,
     BagReader,
     BagWriter,
     connection_definitions,
+    decode,
     from_ros,
-    read_static_transforms,
     to_ros,
 )
 from depth_completion_ros.calibration import CalibrationError
 from depth_completion_ros.depth_io import write_kitti_depth
+from depth_completion_ros.deskew import OdometryBuffer
 from depth_completion_ros.frame import (
     OUTPUTS,
     FrameInputs,
@@ -38,15 +40,22 @@ from depth_completion_ros.frame import (
     FrameSource,
 )
 from depth_completion_ros.kitti import KITTI_BAG_TOPICS
-from depth_completion_ros.messages import stamp_to_nanoseconds, stamp_to_seconds
+from depth_completion_ros.messages import (
+    IMAGE_TYPES,
+    stamp_to_nanoseconds,
+    stamp_to_seconds,
+    transport_topic,
+)
 from depth_completion_ros.pairing import StampPairer
 from depth_completion_ros.parameters import ParameterError, load_parameters, parse_assignment
-from depth_completion_ros.transforms import NoTransforms
+from depth_completion_ros.transforms import TransformBuffer, TransformSource
 
 #: the input topics of a kitti_to_bag bag
 DEFAULT_TOPICS = {role: KITTI_BAG_TOPICS[role] for role in ("image", "camera_info", "points")}
 #: what the tool tells the user when no transform relates the cloud to the image
-EXTRINSICS_FIX = "pass --calibration-dir or -p extrinsics:=[...]"
+EXTRINSICS_FIX = "pass --calibration-dir or -p extrinsics:=[...], or record /tf_static and /tf"
+TF_STATIC = "/tf_static"
+TF_TOPICS = ("/tf", TF_STATIC)
 
 
 # --- processing -----------------------------------------------------------------------------
@@ -79,6 +88,17 @@ def _require_messages(bag, counts: dict[str, int], topics: dict[str, str]) -> No
         f"{bag}: no messages on {', '.join(empty)}; messages per topic: {listing}. "
         "Name other topics with --image-topic/--camera-info-topic/--points-topic"
     )
+
+
+def _require_image_topic(reader: BagReader, topic: str) -> None:
+    """A raw image topic that the bag holds only compressed says how to read it."""
+    compressed = transport_topic(topic, "compressed")
+    if topic not in reader.topics and compressed in reader.topics:
+        raise BagError(
+            f"{reader.path}: no topic {topic!r}, but {compressed!r} "
+            f"({reader.topics[compressed]}): pass -p image_transport:=compressed (or "
+            f"--image-topic {compressed})"
+        )
 
 
 def offset_note(image_stamps: list[float], cloud_stamps: list[float], max_offset: float) -> str:
@@ -121,11 +141,23 @@ def _topic(namespace: str, relative: str) -> str:
     return "/" + "/".join(p for p in (namespace.strip("/"), relative) if p)
 
 
-def frame_source(reader: BagReader, topics: dict[str, str], odometry_topic: str) -> FrameSource:
-    """The bag's side of the frame step: its topic names and its /tf_static."""
-    static = read_static_transforms(reader)
-    transforms = static if len(static) else NoTransforms("the bag (it has no /tf_static)")
-    return FrameSource({**topics, "odometry": odometry_topic}, transforms, EXTRINSICS_FIX)
+def frame_source(
+    reader: BagReader, topics: dict[str, str], odometry_topic: str, tolerance: float = 0.1
+) -> FrameSource:
+    """The bag's side of the frame step: its topic names and the node's TransformBuffer, given
+    the bag's /tf_static now (latched: a node gets it at once, whenever it was recorded); the
+    bag's /tf and /tf_static messages are fed to it again in bag order by :func:`feed_tf`."""
+    buffer = TransformBuffer("the bag's /tf_static and /tf", tolerance=tolerance)
+    if TF_STATIC in reader.topics:
+        for message in reader.messages([TF_STATIC]):
+            feed_tf(buffer, message)
+    return FrameSource({**topics, "odometry": odometry_topic}, buffer, EXTRINSICS_FIX)
+
+
+def feed_tf(buffer: TransformSource, message) -> None:
+    """A bag's /tf or /tf_static message into the buffer, as the node's subscriptions do."""
+    if isinstance(buffer, TransformBuffer):
+        buffer.add_message(decode(message.data, TF_TYPE), static=message.topic == TF_STATIC)
 
 
 class _OutputSink:
@@ -202,10 +234,12 @@ def process(
     """
     odometry_topic = config["odometry_topic"]
     report = ProcessReport()
+    topics = {**topics, "image": transport_topic(topics["image"], config["image_transport"])}
     with BagReader(input_bag) as reader:
+        _require_image_topic(reader, topics["image"])
         reader.require(
             {
-                topics["image"]: "sensor_msgs/msg/Image",
+                topics["image"]: IMAGE_TYPES,
                 topics["camera_info"]: "sensor_msgs/msg/CameraInfo",
                 topics["points"]: "sensor_msgs/msg/PointCloud2",
             }
@@ -215,7 +249,8 @@ def process(
         _require_messages(input_bag, counts, topics)
         if odometry_topic in reader.topics:
             reader.require({odometry_topic: "nav_msgs/msg/Odometry"})
-        processor = FrameProcessor(config, frame_source(reader, topics, odometry_topic))
+        source = frame_source(reader, topics, odometry_topic, config["transform_tolerance"])
+        processor = FrameProcessor(config, source)
         if odometry_topic and odometry_topic not in reader.topics:  # processed, reported
             processor.accounting.deskew_notes["none"] = (
                 f"{input_bag} has no topic {odometry_topic!r} (parameter odometry_topic); its "
@@ -276,26 +311,29 @@ def _read_pairs(
 ) -> _ReadResult:
     """Every message in bag order: copied, and pairs formed and processed as they complete."""
     pairer: StampPairer = StampPairer(float(processor.config["max_time_offset"]))
-    latest: dict[str, object] = {"camera_info": None, "odometry": None}
+    latest: dict[str, object] = {"camera_info": None}
+    odometry = OdometryBuffer()  # the motion during a sweep is interpolated between messages
     image_stamps: list[float] = []
     cloud_stamps: list[float] = []
 
     def handle(pairs, timestamp: int) -> None:
         sink.timestamp = timestamp
         for pair in pairs:
-            frame = FrameInputs(pair.image, pair.cloud, latest["camera_info"], latest["odometry"])
+            frame = FrameInputs(pair.image, pair.cloud, latest["camera_info"], odometry.snapshot())
             processor.process(frame, sink.emit)
 
     bar = _progress(total, progress)
     last_timestamp = 0
-    wanted = None if copy_to is not None else set(topics.values()) | {odometry_topic}
+    wanted = None if copy_to is not None else {*topics.values(), odometry_topic, *TF_TOPICS}
     for message in reader.messages(wanted):
         bar.update(1)
         last_timestamp = message.timestamp
         if copy_to is not None:
             copy_to.write(message.topic, message.timestamp, message.data)
-        if message.topic == odometry_topic:
-            latest["odometry"] = to_ros(message.data, message.msgtype)
+        if message.topic in TF_TOPICS:  # in bag order, before the frames that follow
+            feed_tf(processor.source.transforms, message)
+        elif message.topic == odometry_topic:
+            odometry.add(to_ros(message.data, message.msgtype))
         elif message.topic == topics["camera_info"]:
             latest["camera_info"] = to_ros(message.data, message.msgtype)
         elif message.topic == topics["image"]:
@@ -394,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--calibration-dir",
         help="KITTI date folder, shortcut for -p calibration_dir:=DIR (default: the params, "
-        "else the bag's /tf_static)",
+        "else the bag's /tf_static and /tf)",
     )
     parser.add_argument(
         "--image-topic", default=DEFAULT_TOPICS["image"], help="camera image topic in the bag"
