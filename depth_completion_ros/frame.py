@@ -149,11 +149,11 @@ class FrameInputs:
     image: object
     cloud: object
     camera_info: object | None
+    #: the recent nav_msgs/Odometry: a :class:`deskew.OdometryBuffer` (or its snapshot), or
+    #: one message; the motion during the sweep is interpolated between them
     odometry: object | None = None
     #: monotonic time the pair formed (latency starts here)
     received: float = 0.0
-    #: the recent nav_msgs/Odometry: a :class:`deskew.OdometryBuffer` (or its snapshot), or
-    #: one message; the motion during the sweep is interpolated between them
 
 
 @dataclass
@@ -255,10 +255,6 @@ class FrameProcessor:
         self.outputs = enabled_outputs(config)
         self.points_scale = config["points_scale"] or None
         self.deskewing = bool(config["odometry_topic"])
-        self.accounting = FrameAccounting(lock or threading.Lock())
-
-    # --- entry points -----------------------------------------------------------------------
-
         self.time_spec = deskew.TimeFieldSpec(
             config["points_time_field"], config["points_time_unit"], config["points_time_reference"]
         )
@@ -268,6 +264,10 @@ class FrameProcessor:
             config["sweep_reference_angle"],
             config["sweep_stamp"],
         )
+        self.accounting = FrameAccounting(lock or threading.Lock())
+
+    # --- entry points -----------------------------------------------------------------------
+
     def process(self, inputs: FrameInputs, emit: Emit | None = None) -> FrameOutcome:
         """Run one frame, hand its outputs to ``emit`` (publish, write), and count it."""
         outcome = self.take_and_process(lambda: inputs, emit)
@@ -398,13 +398,13 @@ class FrameProcessor:
         cannot be used: the frame is then processed without deskewing."""
         if not self.deskewing:
             return None
+        cloud, topic = inputs.cloud, self.source.topics["odometry"]
 
         def lookup(child: str, lidar: str) -> np.ndarray | None:
             try:
                 return self.source.transforms.lookup(lidar, child)
             except CalibrationError:
                 return None
-        cloud, topic = inputs.cloud, self.source.topics["odometry"]
 
         try:
             try:
@@ -430,13 +430,13 @@ class FrameProcessor:
         except deskew.NoMotion as exc:
             outcome.not_deskewed = exc
             return None
+        return deskew.SweepDeskew(twists, target, times, self.azimuth_timing)
 
     def output_messages(
         self, header, camera: PinholeCamera, rgb: np.ndarray, result: FrameResult
     ) -> dict[str, object]:
         """The enabled outputs of one frame, keyed by relative topic, with the camera image's
         header (REP 118)."""
-        return deskew.SweepDeskew(twists, target, times, self.azimuth_timing)
         out: dict[str, object] = {
             "depth/image": numpy_to_image(result.dense, "32FC1", header),
             "depth/camera_info": camera_to_camera_info(camera, header),
