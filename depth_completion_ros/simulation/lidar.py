@@ -5,8 +5,10 @@ a simulated LiDAR from the origin onto a Poisson mesh of a monocular depth predi
 here knows what the mesh is: it takes a mesh (or a prepared ``RaycastingScene``), a beam pattern and
 a pose, and returns KITTI-like points.
 
-Frames: the LiDAR frame is KITTI's velodyne frame (x forward, y left, z up). Scans are
-instantaneous (no motion distortion during a sweep).
+Frames: the LiDAR frame is KITTI's velodyne frame (x forward, y left, z up). ``cast`` scans are
+instantaneous; ``cast_sweep`` fires each ray at its own time from a moving sensor (motion
+distortion, with per-point times), and ``driver_records`` lays points out as the drivers do
+(Ouster ``t``, Hesai ``timestamp``, Velodyne ``time``, Livox).
 """
 
 from __future__ import annotations
@@ -23,14 +25,18 @@ __all__ = [
     "T_LIDAR_TO_OPTICAL",
     "LidarModel",
     "LidarScan",
+    "DRIVER_LAYOUTS",
     "RosetteModel",
     "cast",
+    "cast_sweep",
+    "driver_records",
     "lidar_pose_in_optical_frame",
     "lidar_preset",
     "make_raycasting_scene",
     "range_image",
     "ray_directions",
     "rotate_vectors",
+    "sweep_times",
 ]
 
 # Takes points from a LiDAR frame (x forward, y left, z up) into an optical frame (z forward,
@@ -174,6 +180,24 @@ class LidarModel:
         kwargs.setdefault("azimuth_resolution_deg", 0.2)
         kwargs.setdefault("max_range", 200.0)
         return cls.from_elevations(np.linspace(15.0, -25.0, 128), **kwargs)
+
+    @classmethod
+    def os128(cls, **kwargs) -> LidarModel:
+        """An Ouster OS1-128-like sensor: 128 beams from +22.5 to -22.5 deg, 1024 columns."""
+        kwargs.setdefault("name", "os128")
+        kwargs.setdefault("azimuth_resolution_deg", 360.0 / 1024)
+        kwargs.setdefault("min_range", 0.5)
+        kwargs.setdefault("max_range", 120.0)
+        return cls.from_elevations(np.linspace(22.5, -22.5, 128), **kwargs)
+
+    @classmethod
+    def pandar64(cls, **kwargs) -> LidarModel:
+        """A Hesai Pandar64-like sensor: 64 beams from +15 to -25 deg, 0.2 deg at 10 Hz."""
+        kwargs.setdefault("name", "pandar64")
+        kwargs.setdefault("azimuth_resolution_deg", 0.2)
+        kwargs.setdefault("min_range", 0.3)
+        kwargs.setdefault("max_range", 200.0)
+        return cls.from_elevations(np.linspace(15.0, -25.0, 64), **kwargs)
 
     def with_(self, **changes) -> LidarModel:
         """A copy with some fields changed (e.g. ``hdl64().with_(range_noise_std=0.02)``)."""
@@ -329,6 +353,9 @@ class LidarScan:
     geometry_ids: np.ndarray
     primitive_ids: np.ndarray
     normals: np.ndarray
+    #: ``cast_sweep`` only: each point's firing time (s, as given) and where it hit (scene frame)
+    times: np.ndarray | None = None
+    world: np.ndarray | None = None
 
     @property
     def xyz(self) -> np.ndarray:
@@ -452,3 +479,188 @@ def range_image(scan: LidarScan, model: LidarModel | RosetteModel) -> np.ndarray
     img = np.zeros((model.n_beams, model.n_columns), dtype=np.float32)
     img[scan.ring, scan.column] = scan.ranges
     return img
+
+
+# --- a moving sensor, and the drivers' point layouts ----------------------------------------
+
+
+def sweep_times(
+    model: LidarModel, period: float = 0.1, direction: str = "cw", start_deg: float = 180.0
+) -> np.ndarray:
+    """Seconds from the sweep's start at which each ray of ``ray_directions(model)`` fires.
+
+    The sensor turns ``direction`` ('cw' or 'ccw' seen from above) once per ``period`` and
+    starts the sweep facing ``start_deg`` (degrees counter-clockwise from +x; 180 = backwards,
+    so the forward direction is mid-sweep, as on KITTI). All beams of a column fire together.
+    """
+    if direction not in ("cw", "ccw"):
+        raise ValueError(f"direction must be 'cw' or 'ccw', got {direction!r}")
+    azimuths = model.azimuths_deg()
+    turned = (start_deg - azimuths) if direction == "cw" else (azimuths - start_deg)
+    column = np.mod(turned, 360.0) / 360.0 * period
+    return np.broadcast_to(column[None, :], (model.n_beams, model.n_columns)).reshape(-1)
+
+
+def cast_sweep(
+    scene_or_mesh: o3d.t.geometry.RaycastingScene
+    | o3d.geometry.TriangleMesh
+    | o3d.t.geometry.TriangleMesh,
+    model: LidarModel,
+    pose_at,
+    times: np.ndarray,
+    *,
+    rng: np.random.Generator | None = None,
+    nthreads: int = 0,
+) -> LidarScan:
+    """A sweep from a moving sensor: ray ``i`` fires at ``times[i]`` (any clock) from the pose
+    ``pose_at(t)`` returns (4x4 LiDAR -> scene for a float t), so each point is where the sensor
+    saw it at its own instant, in the sensor's frame of that instant (motion distortion, what
+    deskewing undoes). The scan's ``times`` and ``world`` (hit points in the scene frame) are the
+    truth to check against; noise and dropout as in :func:`cast`.
+    """
+    scene = _as_scene(scene_or_mesh)
+    times = np.asarray(times, np.float64)
+    dirs_local = ray_directions(model)
+    if times.shape != (len(dirs_local),):
+        raise ValueError(f"need one time per ray ({len(dirs_local)}), got shape {times.shape}")
+    unique, inverse = np.unique(times, return_inverse=True)
+    poses = np.stack([_check_pose(pose_at(float(t))) for t in unique])
+    R, origin = poses[inverse, :3, :3], poses[inverse, :3, 3]
+    dirs_scene = np.einsum("nij,nj->ni", R, dirs_local.astype(np.float64))
+    rays = np.concatenate([origin, dirs_scene], axis=1).astype(np.float32)
+    hits = scene.cast_rays(o3d.core.Tensor.from_numpy(rays), nthreads=nthreads)
+    ranges = hits["t_hit"].numpy().astype(np.float32, copy=True)
+    finite = np.isfinite(ranges)
+    gen = rng if rng is not None else np.random.default_rng(model.seed)
+    if model.range_noise_std > 0.0:
+        noise = gen.normal(0.0, model.range_noise_std, size=ranges.shape)
+        ranges[finite] += noise[finite].astype(np.float32)
+    valid = finite & (ranges >= model.min_range) & (ranges <= model.max_range)
+    if model.dropout_prob > 0.0:
+        valid &= gen.random(ranges.shape) >= model.dropout_prob
+    keep = np.flatnonzero(valid)
+    ranges = ranges[keep]
+    normals = hits["primitive_normals"].numpy()[keep]
+    points = np.empty((keep.size, 4), dtype=np.float32)
+    points[:, :3] = dirs_local[keep] * ranges[:, None]
+    cos_inc = np.abs(np.einsum("ij,ij->i", normals, dirs_scene[keep]))
+    points[:, 3] = np.clip(cos_inc, 0.0, 1.0)
+    n_cols = model.n_columns
+    return LidarScan(
+        points=points,
+        ranges=ranges,
+        ring=(keep // n_cols).astype(np.int32),
+        column=(keep % n_cols).astype(np.int32),
+        geometry_ids=hits["geometry_ids"].numpy()[keep],
+        primitive_ids=hits["primitive_ids"].numpy()[keep],
+        normals=normals,
+        times=times[keep],
+        world=origin[keep] + dirs_scene[keep] * ranges[:, None].astype(np.float64),
+    )
+
+
+def _layout(fields: list[tuple[str, str, int]], itemsize: int) -> np.dtype:
+    names, formats, offsets = zip(*fields, strict=True)
+    return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": itemsize})
+
+
+#: the drivers' PointCloud2 point layouts (little-endian), as numpy dtypes
+DRIVER_LAYOUTS: dict[str, np.dtype] = {
+    # ouster-ros PointXYZIRT-like (its default "original" layout): t = ns after the stamp
+    "ouster": _layout(
+        [
+            ("x", "<f4", 0),
+            ("y", "<f4", 4),
+            ("z", "<f4", 8),
+            ("intensity", "<f4", 16),
+            ("t", "<u4", 20),
+            ("reflectivity", "<u2", 24),
+            ("ring", "<u2", 26),
+            ("ambient", "<u2", 28),
+            ("range", "<u4", 32),
+        ],
+        48,
+    ),
+    # HesaiLidar_ROS_2.0 / pandar: timestamp = absolute float64 seconds
+    "hesai": _layout(
+        [
+            ("x", "<f4", 0),
+            ("y", "<f4", 4),
+            ("z", "<f4", 8),
+            ("intensity", "<f4", 12),
+            ("timestamp", "<f8", 16),
+            ("ring", "<u2", 24),
+        ],
+        32,
+    ),
+    # velodyne_pointcloud PointXYZIRT: time = float32 seconds relative to the stamp
+    "velodyne": _layout(
+        [
+            ("x", "<f4", 0),
+            ("y", "<f4", 4),
+            ("z", "<f4", 8),
+            ("intensity", "<f4", 12),
+            ("ring", "<u2", 16),
+            ("time", "<f4", 18),
+        ],
+        22,
+    ),
+    # livox_ros_driver2 (xfer_format 0), packed: timestamp = absolute float64 nanoseconds
+    "livox": _layout(
+        [
+            ("x", "<f4", 0),
+            ("y", "<f4", 4),
+            ("z", "<f4", 8),
+            ("intensity", "<f4", 12),
+            ("tag", "u1", 16),
+            ("line", "u1", 17),
+            ("timestamp", "<f8", 18),
+        ],
+        26,
+    ),
+    # Livox CustomMsg points as PointCloud2: offset_time = uint32 ns after the stamp
+    "livox_custom": _layout(
+        [
+            ("x", "<f4", 0),
+            ("y", "<f4", 4),
+            ("z", "<f4", 8),
+            ("reflectivity", "u1", 12),
+            ("tag", "u1", 13),
+            ("line", "u1", 14),
+            ("offset_time", "<u4", 16),
+        ],
+        20,
+    ),
+}
+
+
+def driver_records(
+    points: np.ndarray,
+    times: np.ndarray,
+    layout: str,
+    stamp_ns: int,
+    ring: np.ndarray | None = None,
+) -> np.ndarray:
+    """N points (x, y, z[, intensity]) seen at ``times`` (s relative to the header stamp
+    ``stamp_ns``) as one driver's records (:data:`DRIVER_LAYOUTS`), the time in that driver's
+    field, unit and reference. Fields the simulator does not know are 0."""
+    points = np.asarray(points)
+    times = np.asarray(times, np.float64)
+    out = np.zeros(len(points), DRIVER_LAYOUTS[layout])
+    for column, name in enumerate("xyz"):
+        out[name] = points[:, column]
+    if "intensity" in out.dtype.names and points.shape[1] > 3:
+        out["intensity"] = points[:, 3]
+    if ring is not None and "ring" in out.dtype.names:
+        out["ring"] = ring
+    if layout == "ouster":
+        out["t"] = np.round(times * 1e9).astype(np.uint32)
+    elif layout == "hesai":
+        out["timestamp"] = stamp_ns * 1e-9 + times
+    elif layout == "velodyne":
+        out["time"] = times.astype(np.float32)
+    elif layout == "livox":
+        out["timestamp"] = (stamp_ns + np.round(times * 1e9).astype(np.int64)).astype(np.float64)
+    else:
+        out["offset_time"] = np.round(times * 1e9).astype(np.uint32)
+    return out
