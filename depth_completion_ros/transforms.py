@@ -223,6 +223,13 @@ class TransformBuffer:
 
     # --- looking up ---------------------------------------------------------------------------
 
+    def newest_ns(self) -> int:
+        """The oldest of the moving transforms' newest stamps: every /tf edge is known up to
+        here (-1 when there is none)."""
+        with self._lock:
+            newest = [e.stamps[-1] for e in self.edges.values() if e.static is None and e.stamps]
+        return min(newest) if newest else -1
+
     def describe(self) -> str:
         """What the buffer holds, for error messages."""
         with self._lock:
