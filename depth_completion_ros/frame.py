@@ -77,6 +77,9 @@ def pipeline_from_parameters(config: dict) -> DepthPipeline:
             dataset=config["dataset"],
             compile=config["compile"],
             max_depth=config["max_depth"],
+            network_input=config["network_input"],
+            network_focal=config["network_focal"],
+            support=support_from_parameters(config),
         )
     except BackendError as exc:
         raise ParameterError(f"parameter 'model'/'checkpoint': {exc}") from exc

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from depth_completion_ros.backends.base import DEVICES, PRECISIONS
-from depth_completion_ros.networks.registry import DATASETS, MODELS
+from depth_completion_ros.networks.registry import DATASETS, MODELS, NETWORK_INPUTS
 
 #: the node's name, and so the section of a params file that is its own
 NODE_NAME = "depth_completion"
@@ -173,6 +173,22 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("precision", "fp32", "network precision", choices=PRECISIONS),
     Parameter("dataset", "kitti", "input conventions the weights expect", choices=DATASETS),
     Parameter("compile", False, "torch.compile the network (slow first frame)"),
+    Parameter(
+        "network_input",
+        "auto",
+        "scale of the network's input: native = the camera's own pixels; resize = scaled so "
+        "the focal length becomes network_focal (objects at the size the weights were trained "
+        "on); auto = as the weights' release ran (KITTI weights native, NYU weights resize). "
+        "Either way the network sees every row from just above the LiDAR's top return down",
+        choices=NETWORK_INPUTS,
+    ),
+    Parameter(
+        "network_focal",
+        0.0,
+        "focal length (px) network_input:=resize scales fx to; 0 = the weights' (KITTI 721.5, "
+        "NYU 259.4: its 518.9 px Kinect at half size)",
+        float_range=(0.0, 100000.0),
+    ),
     Parameter("min_depth", 0.1, "smallest published depth (m)", float_range=(0.0, 1000.0)),
     Parameter("max_depth", 100.0, "largest published depth (m)", float_range=(0.1, 1000.0)),
     Parameter(

@@ -65,8 +65,9 @@ def test_kitti_frame_full_pipeline(kitti_frame, r18_weights):
     assert torch.equal(
         backend.net.prop_layer.conv_offset_aff.weight, saved["prop_layer.conv_offset_aff.weight"]
     )
-    g = backend.plan(375, 1242)
+    g = backend.plan(375, 1242, backend.top_row(sparse))
     assert (g.y0, g.x0, g.ch, g.cw) == (23, 13, 352, 1216)  # bottom rows, centred columns
+    assert g.tiles == ((0, 0, 13), (1210, 1229, 1242))  # and the columns beside them
     image, dep, _, _ = backend.prepare(rgb, sparse, K)
     # ImageNet statistics on 0-1 values, first pixel of the crop = input pixel (23, 13).
     mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
@@ -77,9 +78,10 @@ def test_kitti_frame_full_pipeline(kitti_frame, r18_weights):
     assert out.shape == sparse.shape and out.dtype == np.float32
     assert np.isfinite(out).all()
     inside = np.zeros(out.shape, bool)
-    inside[23:, 13:1229] = True
+    inside[23:, :] = True  # the window's rows, every column (crop and edge tiles)
     assert (out[~inside] == 0).all()
     assert (out[inside] > 0).mean() > 0.5
+    assert (out[23:, :13] > 0).any() and (out[23:, 1229:] > 0).any()
     # A second frame gives the same answer (no state kept between frames), also from a
     # negative-stride view (an RGB view of a BGR image) and float64 depth with NaN holes.
     bgr = np.ascontiguousarray(rgb[:, :, ::-1])
@@ -88,28 +90,29 @@ def test_kitti_frame_full_pipeline(kitti_frame, r18_weights):
     np.testing.assert_array_equal(again, out)  # same tensors in, same kernels: bit-equal
 
 
-def test_nyu_frame_resize_crop_pad(nyu_frame, r18_weights):
+def test_nyu_frame_resize_pad(nyu_frame, r18_weights):
+    """NYU settings resize to half the Kinect's focal length (240 x 320, as the release ran)
+    and, with samples everywhere, run the whole image padded to 256 x 320: no pixel is left
+    out (the release's 228 x 304 centre crop was the benchmark's, for NYU's white borders)."""
     rgb, sparse, K = nyu_frame
     backend = NetworkBackend(
         model="selfdc_r18", checkpoint=r18_weights, device="cpu", dataset="nyu"
     )
-    g = backend.plan(480, 640)
-    assert (g.rh, g.rw, g.ch, g.cw) == (240, 320, 228, 304)
-    assert g.net_size == (256, 320)  # padded to multiples of 32
+    g = backend.plan(480, 640, backend.top_row(sparse), backend.scale(K))
+    assert (g.rh, g.rw, g.ch, g.cw) == (240, 320, 240, 320)
+    assert g.net_size == (256, 320) and g.top == 8  # padded to multiples of 32
     out = backend.complete(rgb, sparse, K)
     assert out.shape == (480, 640) and np.isfinite(out).all()
-    # 228 x 304 of the 240 x 320 image is rows 12..468, columns 16..624 of the input.
-    assert (out[:11] == 0).all() and (out[470:] == 0).all()
-    assert (out[:, :15] == 0).all() and (out[:, 626:] == 0).all()
-    assert (out[14:466, 18:622] > 0).mean() > 0.5
+    assert (out > 0).mean() > 0.5 and (out[0] > 0).any() and (out[:, -1] > 0).any()
 
 
 def test_kitti_settings_pad_small_images(nyu_frame, r18_weights):
-    """An image smaller than the KITTI crop is padded to multiples of 32, not cropped."""
+    """An image smaller than the KITTI crop is padded to multiples of 32, not cropped (every
+    row wanted: no support limit; with one, the rows above the LiDAR's top may be left out)."""
     rgb, sparse, K = nyu_frame
     rgb, sparse = rgb[:470, :630], sparse[:470, :630]
-    backend = NetworkBackend(model="selfdc_r18", checkpoint=r18_weights, device="cpu")
-    g = backend.plan(470, 630)
+    backend = NetworkBackend(model="selfdc_r18", checkpoint=r18_weights, device="cpu", support=None)
+    g = backend.plan(470, 630, backend.top_row(sparse))
     assert (g.ch, g.cw) == (470, 630) and g.net_size == (480, 640)
     assert (g.top, g.left) == (5, 5)
     image, dep, k_net, _ = backend.prepare(rgb, sparse, K)
@@ -125,8 +128,9 @@ def test_kitti_settings_pad_small_images(nyu_frame, r18_weights):
 def test_intrinsics_follow_resize_crop_and_pad():
     """A 3D point projects to the same place through the geometry as through the new K."""
     K = np.array([[518.9, 0, 325.6], [0, 519.5, 253.7], [0, 0, 1.0]])
-    spec = get_model_spec("bpnet").input_spec("nyu")
-    g = plan_geometry(480, 640, spec)
+    spec = get_model_spec("bpnet").input_spec("kitti")
+    g = plan_geometry(480, 640, spec, top_row=300, scale=1.31)
+    assert g.resized and g.y0 > 0 and g.left > 0  # 629 x 838: bottom 352 rows, padded to 864
     K2 = adjust_intrinsics(K, g)
     rng = np.random.default_rng(1)
     pts = np.column_stack([rng.uniform(-1, 1, 20), rng.uniform(-1, 1, 20), rng.uniform(1, 5, 20)])

@@ -10,6 +10,7 @@ from depth_completion_ros.backends.base import (
     require_choice,
 )
 from depth_completion_ros.networks.registry import DATASETS, MODELS
+from depth_completion_ros.support import SupportConfig
 
 #: values accepted by the node's ``model`` parameter: the classical fill and every registry network
 MODEL_NAMES = ("classical", *MODELS)
@@ -23,9 +24,13 @@ def make_backend(
     dataset: str = "kitti",
     compile: bool = False,
     max_depth: float = 100.0,
+    network_input: str = "auto",
+    network_focal: float = 0.0,
+    support: SupportConfig | None = SupportConfig(),
 ) -> DepthCompletionBackend:
     """Build the backend the user asked for, or raise BackendError saying why not (a network's
-    device, precision and dataset are checked by the network backend itself)."""
+    device, precision and dataset are checked by the network backend itself). ``support``:
+    where the pipeline publishes (the network covers at least those rows)."""
     require_choice("model", model, MODEL_NAMES)
     if model == "classical":
         from depth_completion_ros.backends.classical import ClassicalBackend
@@ -44,6 +49,9 @@ def make_backend(
         precision=precision,
         dataset=dataset,
         compile=compile,
+        input_mode=network_input,
+        input_focal=network_focal,
+        support=support,
     )
 
 

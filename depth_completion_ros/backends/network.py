@@ -1,8 +1,10 @@
 """Torch network backend: a registry model plus the pre- and post-processing its weights expect.
 
-One frame goes: image + sparse depth + K -> (resize) -> crop (KITTI: bottom 352 rows, centred
-1216 columns) -> centred padding to the network's size multiple -> normalisation -> network ->
-the inverse geometry -> dense depth at the input size, 0 outside the region the network saw.
+One frame goes: image + sparse depth + K -> (resize to the weights' focal length, or the
+camera's own pixels) -> the window the LiDAR supports (rows from a little above its top return
+down to the bottom, every column; KITTI-sized frames: the release's bottom 352 x centred 1216
+crop plus edge tiles) -> centred padding to the network's size multiple -> normalisation ->
+network -> the inverse geometry -> dense depth at the input size, 0 above the window.
 K follows every step, because BP-Net uses it and a wrong K silently bends its output.
 """
 
@@ -28,7 +30,14 @@ from depth_completion_ros.backends.base import (
     require_choice,
 )
 from depth_completion_ros.networks.checkpoints import CheckpointError, load_checkpoint
-from depth_completion_ros.networks.registry import DATASETS, InputSpec, ModelSpec, get_model_spec
+from depth_completion_ros.networks.registry import (
+    DATASETS,
+    NETWORK_INPUTS,
+    InputSpec,
+    ModelSpec,
+    get_model_spec,
+)
+from depth_completion_ros.support import SupportConfig, support_rows
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +50,20 @@ AUTOCAST_DTYPES = dict(zip(PRECISIONS, (torch.float32, torch.float16, torch.bflo
 # ---------------------------------------------------------------------------------------------
 
 
+#: rows of context (network pixels) the window keeps above the LiDAR support's top row
+CONTEXT_ROWS = 16
+
+
 @dataclass(frozen=True)
 class FrameGeometry:
     """How an input of size (height, width) maps to the network input and back.
 
     Steps: scale by (sy, sx) to (rh, rw); crop rows y0:y0+ch, columns x0:x0+cw; pad
-    (top, bottom, left, right) with zeros to (nh, nw).
+    (top, bottom, left, right) with zeros to (nh, nw). ``tiles``: edge tiles that complete the
+    columns the window leaves out (only on frames of the weights' trained crop, see
+    :func:`plan_geometry`), each ``(start, keep_from, keep_to)`` in resized columns: the tile
+    covers columns start:start+tile_width of the window's rows, and its output is used for
+    columns keep_from:keep_to.
     """
 
     height: int
@@ -61,6 +78,8 @@ class FrameGeometry:
     bottom: int
     left: int
     right: int
+    tiles: tuple[tuple[int, int, int], ...] = ()
+    tile_width: int = 0
 
     @property
     def sy(self) -> float:
@@ -78,33 +97,64 @@ class FrameGeometry:
     def net_size(self) -> tuple[int, int]:
         return self.ch + self.top + self.bottom, self.cw + self.left + self.right
 
+    @property
+    def columns(self) -> tuple[int, int]:
+        """The resized columns that get the network's output (window and tiles together)."""
+        lo = min([self.x0, *(t[1] for t in self.tiles)])
+        hi = max([self.x0 + self.cw, *(t[2] for t in self.tiles)])
+        return lo, hi
 
-def plan_geometry(height: int, width: int, spec: InputSpec) -> FrameGeometry:
-    """The crop/resize/pad plan of ``spec`` for one input size.
 
-    The crop applies only when the (resized) image is at least as large as it in both
-    dimensions; otherwise the whole image is padded (e.g. 480 x 640 under KITTI settings).
+def plan_geometry(
+    height: int, width: int, spec: InputSpec, top_row: int = 0, scale: float = 1.0
+) -> FrameGeometry:
+    """The window the network sees for one frame.
+
+    ``top_row``: the first input row that must get an estimate (the LiDAR support's top);
+    ``scale``: the resize factor (1 = the camera's own pixels). The window is bottom-anchored
+    and spans every column; its height is the smallest multiple of ``size_multiple`` that
+    reaches ``CONTEXT_ROWS`` above ``top_row`` and is at least the trained crop's height (the
+    context the weights were evaluated with, and a window that keeps its shape from frame to
+    frame while the support stays below it). Image rows fill it where the image has them;
+    otherwise the whole image is padded (centred) to the multiple, as are columns.
+
+    Frames of the trained crop's size class (KITTI's 1224-1242 x 370-376: height >= 352,
+    width rounded down to 32 == 1216, support within the bottom 352 rows) get exactly that
+    crop, so the released weights run as they were evaluated, plus two edge tiles one
+    multiple wide for the few columns left of and right of it.
     """
     rh, rw = height, width
-    if spec.resize_height and spec.resize_height != height:
-        rh = spec.resize_height
-        rw = max(1, round(width * spec.resize_height / height))
-    ch, cw = rh, rw
-    y0 = x0 = 0
-    if spec.crop is not None and rh >= spec.crop[0] and rw >= spec.crop[1]:
-        ch, cw = spec.crop
-        y0 = rh - ch if spec.crop_anchor == "bottom" else (rh - ch) // 2
-        x0 = (rw - cw) // 2
+    if abs(scale - 1.0) > 1e-9:
+        rh, rw = max(1, round(height * scale)), max(1, round(width * scale))
     m = max(1, spec.size_multiple)
+    # the first resized row whose centre reaches the input row top_row, less the context
+    first = math.floor((min(max(top_row, 0), height) + 0.5) * rh / height - 0.5) - CONTEXT_ROWS
+    need = rh - max(first, 0)
+    crop = spec.crop
+    if crop is not None and rh >= crop[0] and rw // m * m == crop[1] and need <= crop[0]:
+        ch, cw = crop
+        y0, x0 = rh - ch, (rw - cw) // 2
+        tiles = []
+        if x0 > 0:
+            tiles.append((0, 0, x0))
+        if x0 + cw < rw:
+            tiles.append((rw - m, x0 + cw, rw))
+        return FrameGeometry(
+            height, width, rh, rw, y0, x0, ch, cw, 0, 0, 0, 0, tuple(tiles), m if tiles else 0
+        )
+    want = math.ceil(max(need, crop[0] if crop else 0, 1) / m) * m
+    ch = want if want <= rh else rh
+    cw = rw
     nh, nw = math.ceil(ch / m) * m, math.ceil(cw / m) * m
     top, left = (nh - ch) // 2, (nw - cw) // 2
     return FrameGeometry(
-        height, width, rh, rw, y0, x0, ch, cw, top, nh - ch - top, left, nw - cw - left
+        height, width, rh, rw, rh - ch, 0, ch, cw, top, nh - ch - top, left, nw - cw - left
     )
 
 
-def adjust_intrinsics(K: np.ndarray, g: FrameGeometry) -> np.ndarray:
-    """K of the network input: scaled with the resize, shifted by the crop and the padding."""
+def adjust_intrinsics(K: np.ndarray, g: FrameGeometry, tile: int | None = None) -> np.ndarray:
+    """K of the network input: scaled with the resize, shifted by the crop and the padding
+    (``tile``: of the edge tile starting at that resized column instead)."""
     K2 = np.array(K, dtype=np.float64, copy=True)
     if g.resized:
         # Pixel centres scale about the image corner: c' = (c + 0.5) * s - 0.5.
@@ -113,7 +163,7 @@ def adjust_intrinsics(K: np.ndarray, g: FrameGeometry) -> np.ndarray:
         K2[1, 1] *= g.sy
         K2[0, 2] = (K2[0, 2] + 0.5) * g.sx - 0.5
         K2[1, 2] = (K2[1, 2] + 0.5) * g.sy - 0.5
-    K2[0, 2] += g.left - g.x0
+    K2[0, 2] += -tile if tile is not None else g.left - g.x0
     K2[1, 2] += g.top - g.y0
     return K2
 
@@ -247,6 +297,9 @@ class NetworkBackend(DepthCompletionBackend):
         channels_last: bool | None = None,
         fuse_batchnorm: bool = True,
         net: nn.Module | None = None,
+        input_mode: str = "auto",
+        input_focal: float = 0.0,
+        support: SupportConfig | None = SupportConfig(),
     ) -> None:
         try:
             self.spec: ModelSpec = get_model_spec(model)
@@ -254,9 +307,17 @@ class NetworkBackend(DepthCompletionBackend):
             raise BackendError(str(e.args[0])) from None
         require_choice("dataset", dataset, DATASETS)
         require_choice("precision", precision, PRECISIONS)
+        require_choice("network_input", input_mode, NETWORK_INPUTS)
+        if not (math.isfinite(input_focal) and input_focal >= 0):
+            raise BackendError(f"network_focal must be 0 (the weights') or > 0, got {input_focal}")
         self.name = model
         self.dataset = dataset
         self.input_spec = self.spec.input_spec(dataset)
+        #: 'native' (the camera's pixels) or 'resize' (scaled so fx becomes input_focal)
+        self.input_mode = self.input_spec.default_input if input_mode == "auto" else input_mode
+        self.input_focal = float(input_focal) or self.input_spec.focal
+        #: how the LiDAR support's top row is found (None: the network sees every row)
+        self.support = support
         self.device = resolve_device(device)
         self.precision = self._check_precision(precision)
         self.checkpoint = Path(checkpoint).expanduser() if checkpoint else None
@@ -303,7 +364,7 @@ class NetworkBackend(DepthCompletionBackend):
         # (x * range / 255 - mean) / std == x * a + b, one fused pass on the device.
         self._norm_a = (scale / std).view(1, 3, 1, 1).to(self.device)
         self._norm_b = (-torch.tensor(s.mean) / std).view(1, 3, 1, 1).to(self.device)
-        self._plans: dict[tuple[int, int], FrameGeometry] = {}
+        self._plans: dict[tuple[int, int], FrameGeometry] = {}  # the last plan per size, to log
         self._host: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self.last_timing: dict[str, float] = {}
 
@@ -360,9 +421,12 @@ class NetworkBackend(DepthCompletionBackend):
     def describe(self) -> str:
         weights = self.weights_label
         extra = ", compiled" if self.compiled else ""
+        scale = (
+            f"resized to fx {self.input_focal:g} px" if self.input_mode == "resize" else "native"
+        )
         return (
-            f"network {self.name} ({self.dataset} settings) on {self.device} {self.precision}"
-            f"{extra}, weights {weights}"
+            f"network {self.name} ({self.dataset} settings, {scale} input) on {self.device} "
+            f"{self.precision}{extra}, weights {weights}"
         )
 
     # -- per-frame ----------------------------------------------------------------------------
@@ -391,12 +455,22 @@ class NetworkBackend(DepthCompletionBackend):
         if rgb.shape[0] < 8 or rgb.shape[1] < 8:
             raise BackendError(f"image {rgb.shape[:2]} is too small for a network (need >= 8 x 8)")
 
-    def plan(self, height: int, width: int) -> FrameGeometry:
-        key = (height, width)
-        if key not in self._plans:
-            self._plans[key] = plan_geometry(height, width, self.input_spec)
-            log.info("network input plan for %dx%d: %s", height, width, self._plans[key])
-        return self._plans[key]
+    def scale(self, K: np.ndarray) -> float:
+        """The resize factor for a camera with intrinsics K (1 with native input)."""
+        return 1.0 if self.input_mode == "native" else self.input_focal / float(K[0, 0])
+
+    def top_row(self, sparse: np.ndarray) -> int:
+        """The first row the network must cover: the LiDAR support's top (0 without support)."""
+        if self.support is None:
+            return 0
+        return int(support_rows(sparse, self.support)[0].min())
+
+    def plan(self, height: int, width: int, top_row: int = 0, scale: float = 1.0) -> FrameGeometry:
+        g = plan_geometry(height, width, self.input_spec, top_row, scale)
+        if self._plans.get((height, width)) != g:
+            self._plans[(height, width)] = g
+            log.info("network input plan for %dx%d: %s", height, width, g)
+        return g
 
     def _upload(self, rgb: np.ndarray, sparse: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Frame to the device; on CUDA through pinned buffers reused frame after frame."""
@@ -421,43 +495,87 @@ class NetworkBackend(DepthCompletionBackend):
     def prepare(
         self, rgb: np.ndarray, sparse: np.ndarray, K: np.ndarray
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, FrameGeometry]:
-        """Network inputs (image, sparse in network units, K), each with a batch dimension."""
-        g = self.plan(*sparse.shape)
+        """Network inputs of the window (image, sparse in network units, K), each with a batch
+        dimension, and the plan (its edge tiles: :meth:`prepare_all`)."""
+        window, _, g = self.prepare_all(rgb, sparse, K)
+        return (*window, g)
+
+    def prepare_all(self, rgb: np.ndarray, sparse: np.ndarray, K: np.ndarray) -> tuple:
+        """((image, sparse, K) of the window, (image, sparse, K) of the edge tiles batched, or
+        None, plan)."""
+        g = self.plan(*sparse.shape, self.top_row(sparse), self.scale(K))
         t_rgb, t_sparse = self._upload(rgb, sparse)
-        image = t_rgb.permute(2, 0, 1).unsqueeze(0).float()
+        image = t_rgb.permute(2, 0, 1).unsqueeze(0)
         if g.resized:
-            image = F.interpolate(image, size=(g.rh, g.rw), mode="bilinear", antialias=True)
+            image = F.interpolate(image.float(), size=(g.rh, g.rw), mode="bilinear", antialias=True)
             t_sparse = resize_sparse(t_sparse, g.rh, g.rw)
-        image = image[:, :, g.y0 : g.y0 + g.ch, g.x0 : g.x0 + g.cw] * self._norm_a + self._norm_b
-        dep = t_sparse[g.y0 : g.y0 + g.ch, g.x0 : g.x0 + g.cw].view(1, 1, g.ch, g.cw)
-        dep = dep * self.input_spec.depth_scale
+        rows = slice(g.y0, g.y0 + g.ch)
+        window = self._inputs(
+            image[:, :, rows, g.x0 : g.x0 + g.cw], t_sparse[rows, g.x0 : g.x0 + g.cw]
+        )
         pad = (g.left, g.right, g.top, g.bottom)
         if any(pad):
             # Zero after normalisation: padded pixels look like the mean colour, no depth.
-            image, dep = F.pad(image, pad), F.pad(dep, pad)
-        if self.channels_last:
-            image = image.contiguous(memory_format=torch.channels_last)
-            dep = dep.contiguous(memory_format=torch.channels_last)
-        k_net = torch.from_numpy(adjust_intrinsics(K, g)).float().unsqueeze(0).to(self.device)
-        return image, dep, k_net, g
+            window = F.pad(window[0], pad), F.pad(window[1], pad)
+        window = (*map(self._layout, window), self._intrinsics(K, g, None))
+        tiles = None
+        if g.tiles:
+            parts = [
+                self._inputs(
+                    image[:, :, rows, x : x + g.tile_width], t_sparse[rows, x : x + g.tile_width]
+                )
+                for x, _, _ in g.tiles
+            ]
+            tiles = (
+                self._layout(torch.cat([p[0] for p in parts])),
+                self._layout(torch.cat([p[1] for p in parts])),
+                torch.cat([self._intrinsics(K, g, x) for x, _, _ in g.tiles]),
+            )
+        return window, tiles, g
 
-    def restore(self, pred: torch.Tensor, g: FrameGeometry) -> np.ndarray:
-        """Network output (1 x 1 x nh x nw, network units) -> H x W metres, 0 outside the crop."""
+    def _inputs(
+        self, image: torch.Tensor, sparse: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A window's RGB (1 x 3 x h x w, 0-255) and sparse depth (h x w, metres) -> network
+        inputs (normalised; network units)."""
+        image = image.float() * self._norm_a + self._norm_b
+        dep = sparse.reshape(1, 1, *sparse.shape) * self.input_spec.depth_scale
+        return image, dep
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _intrinsics(self, K: np.ndarray, g: FrameGeometry, tile: int | None) -> torch.Tensor:
+        return torch.from_numpy(adjust_intrinsics(K, g, tile)).float().unsqueeze(0).to(self.device)
+
+    def restore(
+        self, pred: torch.Tensor, g: FrameGeometry, tiles: torch.Tensor | None = None
+    ) -> np.ndarray:
+        """Network output (1 x 1 x nh x nw, network units; ``tiles``: the edge tiles' outputs,
+        T x 1 x ch x tile_width) -> H x W metres, 0 where the network saw nothing."""
         pred = pred.float()[0, 0, g.top : g.top + g.ch, g.left : g.left + g.cw]
+        c0, c1 = g.columns
+        if g.tiles:
+            # One canvas over the resized columns c0:c1: the window, then each tile's strip.
+            canvas = pred.new_zeros((g.ch, c1 - c0))
+            canvas[:, g.x0 - c0 : g.x0 - c0 + g.cw] = pred
+            for i, (x, lo, hi) in enumerate(g.tiles):
+                canvas[:, lo - c0 : hi - c0] = tiles[i, 0, :, lo - x : hi - x].float()
+            pred = canvas
         pred = pred / self.input_spec.depth_scale
         pred = torch.where(torch.isfinite(pred), pred.clamp(min=0), torch.zeros_like(pred))
         out = torch.zeros((g.height, g.width), dtype=torch.float32, device=pred.device)
         if not g.resized:
-            out[g.y0 : g.y0 + g.ch, g.x0 : g.x0 + g.cw] = pred
+            out[g.y0 : g.y0 + g.ch, c0:c1] = pred
             return out.cpu().numpy()
-        # Sample the crop's prediction at every input pixel centre that falls inside it.
-        dev = pred.device
+        # Sample the window's prediction at every input pixel centre that falls inside it.
+        dev, cw = pred.device, c1 - c0
         vr = (torch.arange(g.height, device=dev) + 0.5) * g.sy - 0.5 - g.y0
-        ur = (torch.arange(g.width, device=dev) + 0.5) * g.sx - 0.5 - g.x0
+        ur = (torch.arange(g.width, device=dev) + 0.5) * g.sx - 0.5 - c0
         rows = (vr >= -0.5) & (vr <= g.ch - 0.5)
-        cols = (ur >= -0.5) & (ur <= g.cw - 0.5)
+        cols = (ur >= -0.5) & (ur <= cw - 0.5)
         gy = vr[rows].clamp(0, g.ch - 1) * (2.0 / max(g.ch - 1, 1)) - 1.0
-        gx = ur[cols].clamp(0, g.cw - 1) * (2.0 / max(g.cw - 1, 1)) - 1.0
+        gx = ur[cols].clamp(0, cw - 1) * (2.0 / max(cw - 1, 1)) - 1.0
         grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1).unsqueeze(0)
         sampled = F.grid_sample(pred[None, None], grid.float(), align_corners=True)[0, 0]
         r_idx, c_idx = torch.nonzero(rows).squeeze(1), torch.nonzero(cols).squeeze(1)
@@ -483,14 +601,15 @@ class NetworkBackend(DepthCompletionBackend):
             sparse = np.where(bad, 0.0, sparse).astype(np.float32)
         t0 = time.perf_counter()
         with torch.inference_mode():
-            image, dep, k_net, g = self.prepare(rgb, sparse, K)
+            window, tiles, g = self.prepare_all(rgb, sparse, K)
             t1 = time.perf_counter()
             amp = self.precision != "fp32"
             with torch.autocast(
                 self.device.type, dtype=AUTOCAST_DTYPES[self.precision], enabled=amp
             ):
-                pred = self._run(image, dep, k_net)
-            out = self.restore(pred, g)
+                pred = self._run(*window)
+                edges = self._run(*tiles) if tiles is not None else None
+            out = self.restore(pred, g, edges)
         t2 = time.perf_counter()
         self.last_timing = {"prepare_s": t1 - t0, "network_and_restore_s": t2 - t1}
         return out

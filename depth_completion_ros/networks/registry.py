@@ -34,10 +34,15 @@ class InputSpec:
     ``input_range`` is the range the mean/std are expressed in: 255.0 for 0-255 values, 1.0
     for 0-1 values (uint8 RGB is scaled by input_range / 255 before normalising).
     ``depth_scale`` is network units per metre (sparse input is multiplied, output divided).
-    Geometry, in order: optional resize so the image height becomes ``resize_height``; crop
-    to ``crop`` (h, w) anchored at the bottom ('bottom': KITTI's 352 x 1216 depth-completion
-    crop, columns centred) or the centre, when the image is at
-    least that big; pad (centred) up to multiples of ``size_multiple``.
+    Geometry (the backend's rule, ``backends/network.py``): ``focal`` is the focal length in
+    pixels of the images the weights were trained on (the target of ``network_input: resize``),
+    ``default_input`` the rule the releases ran with ('native': the camera's own pixels;
+    'resize': scaled to ``focal``); the network sees the LiDAR-supported rows, padded to
+    multiples of ``size_multiple``. ``crop`` (h, w) is the window the released weights were
+    evaluated at (KITTI: the bottom 352 rows, centred 1216 columns): on frames of that size
+    class (height >= h, width rounded down to the multiple == w, support within its rows) the
+    window is exactly that crop and the columns it leaves out are completed by edge tiles, so
+    results on KITTI's own frames are those of the release protocol.
     """
 
     mean: tuple[float, float, float]
@@ -45,8 +50,8 @@ class InputSpec:
     input_range: float
     depth_scale: float
     crop: tuple[int, int] | None
-    crop_anchor: str
-    resize_height: int | None
+    focal: float
+    default_input: str
     size_multiple: int
     max_depth: float
     #: constructor settings these weights were trained with
@@ -104,8 +109,17 @@ class ModelSpec:
         return out[-1] if isinstance(out, list | tuple) else out
 
 
-_KITTI_CROP = dict(crop=(352, 1216), crop_anchor="bottom", resize_height=None, max_depth=90.0)
-_NYU_CROP = dict(crop=(228, 304), crop_anchor="center", resize_height=240, max_depth=10.0)
+#: values of the node's ``network_input`` parameter: 'auto' = the weights' ``default_input``
+NETWORK_INPUTS = ("auto", "native", "resize")
+#: KITTI's image_02 focal length (P_rect_02 of 2011_09_26; the other dates are within 2 %)
+KITTI_FOCAL = 721.5377
+#: NYU Depth v2's Kinect focal length at 640x480; its releases ran on 240-row (half-size) images
+NYU_FOCAL = 518.857901
+
+# KITTI weights run on the camera's own pixels (resizing a KITTI frame by the 2 % between
+# recording dates would only blur it); NYU's releases were trained and run at half size.
+_KITTI_CROP = dict(crop=(352, 1216), focal=KITTI_FOCAL, default_input="native", max_depth=90.0)
+_NYU_CROP = dict(crop=None, focal=NYU_FOCAL * 0.5, default_input="resize", max_depth=10.0)
 _NLSPN_RELEASE = dict(legacy=True, preserve_input=True)
 
 MODELS: dict[str, ModelSpec] = {
