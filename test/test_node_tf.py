@@ -186,8 +186,9 @@ def test_node_takes_an_empty_frame_id_as_the_camera_frame_when_told(
 
 
 def test_process_bag_reads_tf_static_and_tf(scene, kitti_scan, tmp_path):
-    """The same TransformBuffer offline: /tf_static and a moving /tf from the bag, in bag
-    order, give the calibration_dir depth."""
+    """The same TransformBuffer offline: /tf_static (wherever it was recorded) and a moving /tf
+    from the bag, in bag order, the frame waiting for the /tf sample after its stamp, give the
+    calibration_dir depth."""
     from depth_completion_ros.bag_io import BagReader, BagWriter, qos_profile, to_ros
     from depth_completion_ros.tools import process_bag
 
@@ -204,7 +205,9 @@ def test_process_bag_reads_tf_static_and_tf(scene, kitti_scan, tmp_path):
         writer.add_topic(topics["image"], "sensor_msgs/msg/Image")
         writer.add_topic(topics["camera_info"], "sensor_msgs/msg/CameraInfo")
         writer.add_topic(topics["points"], "sensor_msgs/msg/PointCloud2")
-        writer.write("/tf_static", first, tf_message_bytes(_static(T)))
+        # recorded after the frame: latched, it holds from the start (as the node's
+        # transient_local subscription gets it whenever it was published)
+        writer.write("/tf_static", first + 5 * 10**9, tf_message_bytes(_static(T)))
         for offset, M in MOUNT_SAMPLES:
             stamp = seconds_to_nanoseconds(STAMP + 1 + offset)
             writer.write(
