@@ -357,7 +357,12 @@ class NetworkBackend(DepthCompletionBackend):
         self.net: nn.Module = net
         self._forward = self._compile(net) if compile else net
         self.compiled = compile
+        self._init_frame_io()
 
+    def _init_frame_io(self) -> None:
+        """State of the shared pre/post-processing (normalisation, plans, upload buffers): set
+        by every engine that runs through :meth:`prepare_all` / :meth:`restore` (this one and
+        ``backends.onnx.OnnxBackend``), from ``input_spec`` and ``device``."""
         s = self.input_spec
         scale = s.input_range / 255.0
         std = torch.tensor(s.std, dtype=torch.float32)
