@@ -276,18 +276,22 @@ class BagReader:
                 return list(getattr(c.ext, "offered_qos_profiles", []) or [])
         return []
 
-    def require(self, topics: dict[str, str]) -> None:
-        """Fail with a clear message when a topic is absent or has another type."""
+    def require(self, topics: dict[str, str | tuple[str, ...]]) -> None:
+        """Fail with a clear message when a topic is absent or has another type (a tuple:
+        any of these types)."""
         available = self.topics
         for topic, msgtype in topics.items():
+            kinds = (msgtype,) if isinstance(msgtype, str) else tuple(msgtype)
+            expected = " or ".join(kinds)
             if topic not in available:
                 listing = ", ".join(f"{t} ({m})" for t, m in sorted(available.items())) or "none"
                 raise BagError(
-                    f"{self.path}: topic {topic!r} ({msgtype}) is not in the bag; it has: {listing}"
+                    f"{self.path}: topic {topic!r} ({expected}) is not in the bag; it has: "
+                    f"{listing}"
                 )
-            if available[topic] != msgtype:
+            if available[topic] not in kinds:
                 raise BagError(
-                    f"{self.path}: topic {topic!r} holds {available[topic]}, expected {msgtype}"
+                    f"{self.path}: topic {topic!r} holds {available[topic]}, expected {expected}"
                 )
 
     def messages(

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from depth_completion_ros.distortion import DistortionError, Lens, SensorWindow, is_distorted
+
 
 class CalibrationError(ValueError):
     """Calibration input is missing or malformed; the message names the file/key and the fix."""
@@ -27,7 +29,15 @@ class CalibrationError(ValueError):
 
 @dataclass(frozen=True)
 class PinholeCamera:
-    """A rectified pinhole camera: image size plus the 3x4 projection matrix (and K, D, R)."""
+    """The camera of one image: its size, the 3x4 projection matrix P, K, D, R.
+
+    ``rectified`` (the default): the image is rectified and P projects onto it (image_geometry's
+    ``project3dToPixel``; D and R only describe the raw image). ``rectified=False``: the image
+    is the raw one and points land on it through K and the distortion D
+    (:mod:`depth_completion_ros.distortion`). width, height, K and P are those of the image as
+    published: with binning or a roi, ``sensor`` keeps what the CameraInfo said (full resolution,
+    binning, roi) so the camera_info published with the depth is the one that came in.
+    """
 
     width: int
     height: int
@@ -36,6 +46,8 @@ class PinholeCamera:
     D: np.ndarray = field(default_factory=lambda: np.zeros(5))
     R: np.ndarray = field(default_factory=lambda: np.eye(3))
     distortion_model: str = "plumb_bob"
+    rectified: bool = True
+    sensor: SensorWindow | None = None
 
     def __post_init__(self) -> None:
         P = np.asarray(self.P, dtype=np.float64).reshape(3, 4)
@@ -44,16 +56,46 @@ class PinholeCamera:
         object.__setattr__(self, "K", K)
         if self.width <= 0 or self.height <= 0:
             raise CalibrationError(f"camera size must be positive, got {self.width}x{self.height}")
-        if P[0, 0] <= 0 or P[1, 1] <= 0:
+        if not self.rectified:
+            if K[0, 0] <= 0 or K[1, 1] <= 0:
+                raise CalibrationError(
+                    f"K has non-positive focal lengths (fx={K[0, 0]}, fy={K[1, 1]}): a raw "
+                    "image (camera_model raw) is projected with K and D; publish a calibrated "
+                    "CameraInfo"
+                )
+            object.__setattr__(self, "_lens", self._make_lens())
+        elif P[0, 0] <= 0 or P[1, 1] <= 0:
             raise CalibrationError(
                 f"projection matrix has non-positive focal lengths (fx={P[0, 0]}, fy={P[1, 1]}): "
                 "the camera is uncalibrated; publish a calibrated CameraInfo (P must be set)"
             )
 
+    def _make_lens(self) -> Lens | None:
+        if not is_distorted(self.D):
+            return None
+        try:
+            return Lens.from_camera(self.K, self.D, self.distortion_model)
+        except DistortionError as exc:
+            raise CalibrationError(str(exc)) from exc
+
     @property
     def intrinsics(self) -> np.ndarray:
-        """The 3x3 matrix networks take: the rectified fx, fy, cx, cy from P."""
-        return self.P[:, :3].copy()
+        """The 3x3 matrix networks take: the rectified fx, fy, cx, cy from P; for a raw image
+        K (its pinhole part)."""
+        return (self.P[:, :3] if self.rectified else self.K).copy()
+
+    @property
+    def projection(self) -> np.ndarray:
+        """The 3x4 matrix points are projected with: P, or [K | 0] for a raw image (before
+        :attr:`lens` adds the distortion)."""
+        if self.rectified:
+            return self.P
+        return np.hstack([self.K, np.zeros((3, 1))])
+
+    @property
+    def lens(self) -> Lens | None:
+        """The distortion a raw image's pixels follow (None: rectified, or D all zero)."""
+        return None if self.rectified else self.__dict__.get("_lens")
 
 
 def parse_kitti_calib_file(path: str | Path) -> dict[str, np.ndarray]:

@@ -45,7 +45,9 @@ from depth_completion_ros.messages import (
     camera_to_camera_info,
     make_header,
     numpy_to_image,
+    rgb_to_compressed_image,
     seconds_to_nanoseconds,
+    transport_topic,
     xyz_array_to_pointcloud2,
 )
 
@@ -202,8 +204,18 @@ def convert(
     storage: str = "mcap",
     overwrite: bool = False,
     log=print,
+    compress: str | None = None,
+    jpeg_quality: int = 95,
 ) -> ConversionReport:
-    """Write one KITTI raw drive into a bag; returns what was written."""
+    """Write one KITTI raw drive into a bag; returns what was written.
+
+    ``compress`` "png" or "jpeg": the images go to image_transport's ``<image>/compressed``
+    topic as sensor_msgs/CompressedImage (format "rgb8; <codec> compressed bgr8") instead of
+    raw Images. png is lossless (KITTI's own images are png: the bag decodes to exactly the
+    source pixels); jpeg is what robots usually record (several times smaller, lossy).
+    """
+    if compress not in (None, "png", "jpeg"):
+        raise ValueError(f"compress must be png or jpeg, got {compress!r}")
     drive_dir = Path(drive_dir)
     calib_dir = Path(calib_dir) if calib_dir else drive_dir.parent
     drive = KittiDrive(drive_dir, camera_index=cameras[0], calib_dir=calib_dir)
@@ -236,8 +248,12 @@ def convert(
     with BagWriter(output, storage=storage, overwrite=overwrite) as bag:
         bag.add_topic("/tf_static", "tf2_msgs/msg/TFMessage", qos_profile("transient_local", 1))
         bag.write("/tf_static", first_ns, tf_message_bytes(statics))
+        image_topics = {
+            i: transport_topic(image_topic(i), "compressed" if compress else "raw") for i in present
+        }
         for i in present:
-            bag.add_topic(image_topic(i), "sensor_msgs/msg/Image")
+            kind = "CompressedImage" if compress else "Image"
+            bag.add_topic(image_topics[i], f"sensor_msgs/msg/{kind}")
             bag.add_topic(camera_info_topic(i), "sensor_msgs/msg/CameraInfo")
         bag.add_topic(LIDAR_TOPIC, "sensor_msgs/msg/PointCloud2")
         if oxts_ids:
@@ -257,7 +273,11 @@ def convert(
                 stamp = image_stamps[i][frame_id]
                 rgb = read_rgb(drive_dir / f"image_{i:02d}" / "data" / f"{frame_id:010d}.png")
                 header = make_header(stamp, optical_frame(i))
-                bag.write(image_topic(i), stamp, from_ros(numpy_to_image(rgb, "rgb8", header)))
+                if compress:
+                    image = rgb_to_compressed_image(rgb, compress, header, jpeg_quality)
+                else:
+                    image = numpy_to_image(rgb, "rgb8", header)
+                bag.write(image_topics[i], stamp, from_ros(image))
                 info = camera_to_camera_info(calibrations[i].camera, header)
                 bag.write(camera_info_topic(i), stamp, from_ros(info))
             stamp = lidar_stamps[frame_id]

@@ -11,15 +11,22 @@ import array
 
 import cv2
 import numpy as np
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField
 from std_msgs.msg import Header
 
 from depth_completion_ros.calibration import CalibrationError, PinholeCamera
 from depth_completion_ros.deskew import TimeField, TimeFieldSpec, point_times, resolve_time_field
+from depth_completion_ros.distortion import (
+    DistortionError,
+    SensorWindow,
+    image_size,
+    reduce_to_image,
+)
 
 #: message classes by their type name (as bags and frame.OUTPUTS name them)
 MESSAGE_CLASSES = {
     "sensor_msgs/msg/Image": Image,
+    "sensor_msgs/msg/CompressedImage": CompressedImage,
     "sensor_msgs/msg/CameraInfo": CameraInfo,
     "sensor_msgs/msg/PointCloud2": PointCloud2,
 }
@@ -62,8 +69,11 @@ def _image_array(msg: Image, dtype: np.dtype, channels: int) -> np.ndarray:
     return rows.view(dtype).reshape(height, width, channels)
 
 
-def image_to_rgb(msg: Image) -> np.ndarray:
-    """A colour or mono Image -> H x W x 3 uint8 RGB (a new contiguous array)."""
+def image_to_rgb(msg: Image | CompressedImage) -> np.ndarray:
+    """A colour or mono Image, or a jpeg/png CompressedImage -> H x W x 3 uint8 RGB (a new
+    contiguous array)."""
+    if isinstance(msg, CompressedImage):
+        return compressed_image_to_rgb(msg)
     encoding = msg.encoding.lower()
     if encoding not in COLOR_ENCODINGS:
         raise MessageError(
@@ -75,6 +85,80 @@ def image_to_rgb(msg: Image) -> np.ndarray:
     if order == (0, 1, 2) and channels == 3:
         return np.ascontiguousarray(pixels)
     return np.ascontiguousarray(pixels[..., list(order)])
+
+
+def compressed_image_to_rgb(msg: CompressedImage) -> np.ndarray:
+    """A CompressedImage (jpeg or png, image_transport's ``compressed``) -> H x W x 3 uint8 RGB.
+
+    Decoded with OpenCV; the channel order follows compressed_image_transport's format string:
+    ``"<encoding>; <codec> compressed <order>"`` (e.g. ``"rgb8; jpeg compressed bgr8"``) holds
+    BGR data when the order is bgr*, RGB data otherwise; a bare ``"jpeg"``/``"png"`` (older
+    publishers) holds BGR. A payload OpenCV cannot decode is a MessageError.
+    """
+    text = msg.format.strip()
+    head, sep, tail = text.partition(";")
+    if "compresseddepth" in text.lower().replace(" ", ""):
+        raise MessageError(
+            f"compressed image format {msg.format!r} is a compressedDepth (depth) image; the "
+            "node needs the colour image (image_transport 'compressed', jpeg or png)"
+        )
+    data = np.frombuffer(msg.data, dtype=np.uint8)
+    if data.size == 0:
+        raise MessageError(f"compressed image ({msg.format!r}) has no data")
+    decoded = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if decoded is None:
+        raise MessageError(
+            f"compressed image ({msg.format!r}, {data.size} bytes) cannot be decoded by OpenCV: "
+            "the jpeg/png payload is damaged or of another codec"
+        )
+    if decoded.dtype != np.uint8:
+        raise MessageError(
+            f"compressed image ({msg.format!r}) decodes to {decoded.dtype} pixels; 8-bit colour "
+            "or mono images are supported (publish rgb8/bgr8/mono8)"
+        )
+    if decoded.ndim == 2 or decoded.shape[2] == 1:
+        return np.ascontiguousarray(np.repeat(decoded.reshape(*decoded.shape[:2], 1), 3, axis=2))
+    if decoded.shape[2] not in (3, 4):
+        raise MessageError(f"compressed image decodes to {decoded.shape[2]} channels")
+    bgr = not sep or "compressed bgr" in tail.lower()
+    if not sep and head.lower() not in ("", "jpeg", "jpg", "png"):
+        raise MessageError(
+            f"unsupported compressed image format {msg.format!r}; expected jpeg or png "
+            "(image_transport's 'compressed', e.g. 'rgb8; jpeg compressed bgr8')"
+        )
+    return np.ascontiguousarray(decoded[..., [2, 1, 0]] if bgr else decoded[..., :3])
+
+
+#: message types an image topic may hold (raw and image_transport's compressed)
+IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+
+
+def transport_topic(topic: str, image_transport: str) -> str:
+    """The topic an image arrives on: ``topic`` itself (raw), or image_transport's
+    ``<topic>/compressed`` (compressed; a topic already ending in /compressed is kept)."""
+    if image_transport == "compressed" and not topic.rstrip("/").endswith("/compressed"):
+        return topic.rstrip("/") + "/compressed"
+    return topic
+
+
+def rgb_to_compressed_image(
+    rgb: np.ndarray, codec: str = "jpeg", header: Header | None = None, jpeg_quality: int = 95
+) -> CompressedImage:
+    """H x W x 3 uint8 RGB -> CompressedImage as compressed_image_transport writes it: BGR
+    data, format ``"rgb8; jpeg compressed bgr8"`` (or png, lossless)."""
+    if codec not in ("jpeg", "png"):
+        raise MessageError(f"codec must be jpeg or png, got {codec!r}")
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)] if codec == "jpeg" else []
+    ok, payload = cv2.imencode(".jpg" if codec == "jpeg" else ".png", rgb[..., ::-1], params)
+    if not ok:
+        raise MessageError(f"OpenCV could not encode a {rgb.shape} image as {codec}")
+    msg = CompressedImage()
+    if header is not None:
+        msg.header = header
+    msg.format = f"rgb8; {codec} compressed bgr8"
+    msg.data = _to_uint8_array(payload)
+    return msg
 
 
 def image_to_depth(msg: Image) -> np.ndarray:
@@ -116,8 +200,20 @@ def numpy_to_image(pixels: np.ndarray, encoding: str, header: Header | None = No
 # --- camera info ----------------------------------------------------------------------------
 
 
-def camera_info_to_camera(msg: CameraInfo) -> PinholeCamera:
-    """CameraInfo -> PinholeCamera (P as image_geometry uses it; K kept for reference)."""
+def camera_info_to_camera(msg: CameraInfo, camera_model: str = "rectified") -> PinholeCamera:
+    """CameraInfo -> the PinholeCamera of the image it describes, read as image_geometry reads it.
+
+    ``camera_model`` "rectified" (the default, depth_image_proc's assumption): the image is
+    rectified and P projects onto it. "raw": the image is the distorted raw image; points land
+    on it through K and D (plumb_bob, rational_polynomial, equidistant). Binning (0 = 1) and a
+    roi (all zero = the full image) give the image's own K and P (principal point moved by the
+    roi offset, then scaled by 1/binning) and size (roi size / binning; for a rectified image
+    with roi.do_rectify, the rectified roi's); the CameraInfo's own values are kept in
+    ``camera.sensor`` for the camera_info published with the depth.
+    """
+    if camera_model not in ("rectified", "raw"):
+        raise MessageError(f"camera_model must be rectified or raw, got {camera_model!r}")
+    rectified = camera_model == "rectified"
     P = np.asarray(msg.p, dtype=np.float64).reshape(3, 4)
     K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
     for name, matrix in (("p", P), ("k", K)):
@@ -127,36 +223,84 @@ def camera_info_to_camera(msg: CameraInfo) -> PinholeCamera:
                 f"camera_info field '{name}' holds NaN/inf at {name}[{', '.join(map(str, bad))}]: "
                 "the camera driver publishes a broken calibration; fix its calibration file"
             )
-    if not np.any(P):
+    if rectified and not np.any(P):
         raise MessageError(
             "camera_info has an all-zero projection matrix P: the camera is not calibrated "
             "(calibrate it, or publish CameraInfo with P filled)"
         )
+    if not rectified and not np.any(K):
+        raise MessageError(
+            "camera_info has an all-zero K, and camera_model is raw (projection with K and D): "
+            "the camera is not calibrated (calibrate it, or publish CameraInfo with K filled)"
+        )
+    D = np.asarray(msg.d, dtype=np.float64)
+    R = np.asarray(msg.r, dtype=np.float64).reshape(3, 3)
+    roi = msg.roi
+    window = SensorWindow(
+        width=int(msg.width),
+        height=int(msg.height),
+        K=K,
+        P=P,
+        binning_x=int(msg.binning_x) or 1,
+        binning_y=int(msg.binning_y) or 1,
+        roi=(
+            int(roi.x_offset),
+            int(roi.y_offset),
+            int(roi.width),
+            int(roi.height),
+            bool(roi.do_rectify),
+        ),
+    )
+    width, height, sensor = window.width, window.height, None
+    if not window.is_full_frame:
+        x, y, w, h, _ = window.roi
+        if any(window.roi[:4]) and (w == 0 or h == 0 or x + w > width or y + h > height):
+            raise MessageError(
+                f"camera_info roi (x_offset {x}, y_offset {y}, width {w}, height {h}) is empty "
+                f"or reaches beyond the {width}x{height} sensor"
+            )
+        K, P = reduce_to_image(window)
+        try:
+            width, height = image_size(window, rectified, D, msg.distortion_model, R)
+        except DistortionError as exc:
+            raise MessageError(f"camera_info roi with do_rectify: {exc}") from exc
+        sensor = window
     try:
         return PinholeCamera(
-            width=int(msg.width),
-            height=int(msg.height),
+            width=width,
+            height=height,
             P=P,
             K=K,
-            D=np.asarray(msg.d, dtype=np.float64),
-            R=np.asarray(msg.r, dtype=np.float64).reshape(3, 3),
+            D=D,
+            R=R,
             distortion_model=msg.distortion_model,
+            rectified=rectified,
+            sensor=sensor,
         )
     except CalibrationError as exc:
-        raise MessageError(f"camera_info fields width/height/p: {exc}") from exc
+        fields = "width/height/p" if rectified else "width/height/k/d/distortion_model"
+        raise MessageError(f"camera_info fields {fields}: {exc}") from exc
 
 
 def camera_to_camera_info(camera: PinholeCamera, header: Header | None = None) -> CameraInfo:
-    """PinholeCamera -> CameraInfo (rectified: the output depth image's calibration)."""
+    """PinholeCamera -> CameraInfo: the output depth image's calibration, the one its image
+    came with (full-resolution K, P, binning and roi when the image is binned or a roi)."""
     msg = CameraInfo()
     if header is not None:
         msg.header = header
-    msg.width, msg.height = int(camera.width), int(camera.height)
+    sensor = camera.sensor  # binned or a roi: the CameraInfo as it came (full resolution)
+    K, P = (camera.K, camera.P) if sensor is None else (sensor.K, sensor.P)
+    msg.width, msg.height = (camera.width, camera.height) if sensor is None else sensor.size
     msg.distortion_model = camera.distortion_model
     msg.d = [float(x) for x in np.asarray(camera.D).ravel()]
-    msg.k = np.asarray(camera.K, dtype=np.float64).ravel()
+    msg.k = np.asarray(K, dtype=np.float64).ravel()
     msg.r = np.asarray(camera.R, dtype=np.float64).ravel()
-    msg.p = np.asarray(camera.P, dtype=np.float64).ravel()
+    msg.p = np.asarray(P, dtype=np.float64).ravel()
+    if sensor is not None:
+        msg.binning_x, msg.binning_y = int(sensor.binning_x), int(sensor.binning_y)
+        x, y, w, h, do_rectify = sensor.roi
+        msg.roi.x_offset, msg.roi.y_offset = int(x), int(y)
+        msg.roi.width, msg.roi.height, msg.roi.do_rectify = int(w), int(h), bool(do_rectify)
     return msg
 
 
@@ -482,6 +626,10 @@ def make_header(nanoseconds: int, frame_id: str) -> Header:
 __all__ = [
     "MessageError",
     "image_to_rgb",
+    "compressed_image_to_rgb",
+    "rgb_to_compressed_image",
+    "transport_topic",
+    "IMAGE_TYPES",
     "image_to_depth",
     "numpy_to_image",
     "camera_info_to_camera",

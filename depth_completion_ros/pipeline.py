@@ -92,7 +92,13 @@ class DepthPipeline:
         elif motion is not None:
             points = motion.apply(points)
         return project_points(
-            points, T_cam_lidar, camera.P, camera.width, camera.height, self.projection
+            points,
+            T_cam_lidar,
+            camera.projection,
+            camera.width,
+            camera.height,
+            self.projection,
+            camera.lens,
         )
 
     def run(
@@ -140,5 +146,8 @@ class DepthPipeline:
 
     @staticmethod
     def points_xyz(dense: np.ndarray, camera: PinholeCamera) -> np.ndarray:
-        """Dense depth -> H x W x 3 points in the camera optical frame (NaN where none)."""
+        """Dense depth -> H x W x 3 points in the camera optical frame (NaN where none); a raw
+        distorted image's pixels along their undistorted rays."""
+        if camera.lens is not None:
+            return camera.lens.backproject(dense)
         return backproject(dense, camera.intrinsics)

@@ -96,7 +96,9 @@ def node_graph(
     process = start_node_process(parameters, domain_id, log_path, extra_args, transport)
     context = rclpy.Context()
     rclpy.init(context=context)
-    player = FramePlayer(reliable_inputs=reliable_inputs, context=context)
+    # image_transport compressed: the player sends jpeg CompressedImages on 'image/compressed'
+    codec = "jpeg" if parameters.get("image_transport") == "compressed" else None
+    player = FramePlayer(reliable_inputs=reliable_inputs, image_codec=codec, context=context)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(player)
     graph = Graph(process, log_path, player, executor, context)

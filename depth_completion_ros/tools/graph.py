@@ -19,7 +19,7 @@ import numpy as np
 import yaml
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
 
 from depth_completion_ros.calibration import PinholeCamera
@@ -29,6 +29,7 @@ from depth_completion_ros.messages import (
     camera_to_camera_info,
     make_header,
     numpy_to_image,
+    rgb_to_compressed_image,
     seconds_to_nanoseconds,
     stamp_to_nanoseconds,
     xyz_array_to_pointcloud2,
@@ -148,10 +149,17 @@ def header(stamp: float, frame_id: str) -> Header:
 
 
 def frame_messages(
-    frame: SensorFrame, camera_frame: str = "camera_optical", lidar_frame: str = "velodyne"
-) -> tuple[Image, CameraInfo, PointCloud2]:
-    """The three messages a camera + LiDAR driver pair would publish for one frame."""
-    image = numpy_to_image(frame.rgb, "rgb8", header(frame.stamp, camera_frame))
+    frame: SensorFrame,
+    camera_frame: str = "camera_optical",
+    lidar_frame: str = "velodyne",
+    codec: str | None = None,
+) -> tuple[Image | CompressedImage, CameraInfo, PointCloud2]:
+    """The three messages a camera + LiDAR driver pair would publish for one frame (``codec``
+    jpeg or png: the image as image_transport's compressed CompressedImage)."""
+    if codec:
+        image = rgb_to_compressed_image(frame.rgb, codec, header(frame.stamp, camera_frame))
+    else:
+        image = numpy_to_image(frame.rgb, "rgb8", header(frame.stamp, camera_frame))
     info = camera_to_camera_info(frame.camera, header(frame.stamp, camera_frame))
     cloud = xyz_array_to_pointcloud2(frame.points, header(frame.stamp, lidar_frame))
     return image, info, cloud
@@ -179,8 +187,17 @@ class PlayResult:
 class FramePlayer(Node):
     """Publishes sensor frames like drivers do and collects the node's outputs."""
 
-    def __init__(self, reliable_inputs: bool = True, name: str = "frame_player", **kwargs) -> None:
+    def __init__(
+        self,
+        reliable_inputs: bool = True,
+        name: str = "frame_player",
+        image_codec: str | None = None,
+        **kwargs,
+    ) -> None:
+        """``image_codec`` jpeg or png: images go out compressed on 'image/compressed' (the
+        node with image_transport compressed); None: raw Images on 'image'."""
         super().__init__(name, **kwargs)
+        self.image_codec = image_codec
         qos = QoSProfile(
             history=HistoryPolicy.KEEP_LAST,
             depth=5,
@@ -188,7 +205,10 @@ class FramePlayer(Node):
             if reliable_inputs
             else ReliabilityPolicy.BEST_EFFORT,
         )
-        self.image_pub = self.create_publisher(Image, "image", qos)
+        if image_codec:
+            self.image_pub = self.create_publisher(CompressedImage, "image/compressed", qos)
+        else:
+            self.image_pub = self.create_publisher(Image, "image", qos)
         self.info_pub = self.create_publisher(CameraInfo, "camera_info", qos)
         self.cloud_pub = self.create_publisher(PointCloud2, "points", qos)
         out_qos = QoSProfile(
@@ -228,7 +248,7 @@ class FramePlayer(Node):
         return False
 
     def publish_frame(self, frame: SensorFrame, messages=None) -> int:
-        image, info, cloud = messages or frame_messages(frame)
+        image, info, cloud = messages or frame_messages(frame, codec=self.image_codec)
         key = stamp_to_nanoseconds(image.header.stamp)
         self.result.sent_at[key] = time.monotonic()
         self.info_pub.publish(info)

@@ -35,6 +35,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--storage", choices=("mcap", "sqlite3"), default="mcap", help="bag storage format"
     )
+    parser.add_argument(
+        "--compress",
+        action="store_true",
+        help="write the images as sensor_msgs/CompressedImage on image_transport's "
+        "'<image>/compressed' topic (format: --compress-format)",
+    )
+    parser.add_argument(
+        "--compress-format",
+        choices=("png", "jpeg"),
+        default="png",
+        help="codec of --compress: png is lossless (KITTI's own images are png, so the bag "
+        "decodes to exactly the source pixels and the depth equals the raw bag's); jpeg is what "
+        "robots usually record (several times smaller, lossy)",
+    )
+    parser.add_argument(
+        "--jpeg-quality", type=int, default=95, help="jpeg quality (1-100) with --compress jpeg"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output bag")
     args = parser.parse_args(argv)
     try:
@@ -43,9 +60,18 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError
     except ValueError:
         parser.error(f"--cameras must list 2 and/or 3, got {args.cameras!r}")
+    if not 1 <= args.jpeg_quality <= 100:
+        parser.error(f"--jpeg-quality must be 1-100, got {args.jpeg_quality}")
     try:
         report = convert(
-            args.drive, args.output, cameras, args.calib_dir, args.storage, args.overwrite
+            args.drive,
+            args.output,
+            cameras,
+            args.calib_dir,
+            args.storage,
+            args.overwrite,
+            compress=args.compress_format if args.compress else None,
+            jpeg_quality=args.jpeg_quality,
         )
     except (KittiError, CalibrationError, BagError, FileNotFoundError) as exc:
         print(f"kitti_to_bag: error: {exc}", file=sys.stderr)
