@@ -53,6 +53,8 @@ setup(
         ],
         "torch": ["torch>=2.5"],
         "open3d": ["open3d-cpu>=0.18"],
+        # export_model and runtime:=onnxruntime (onnxruntime-gpu instead for CUDA/TensorRT)
+        "onnx": ["onnx>=1.17", "onnxruntime>=1.20", "onnxscript>=0.5"],
         "test": ["pytest>=8", "pytest-timeout>=2"],
     },
     zip_safe=True,
@@ -71,6 +73,7 @@ setup(
             f"export_rgbd = {PACKAGE}.tools.export_rgbd:main",
             f"fuse_rgbd = {PACKAGE}.tools.fuse_rgbd:main",
             f"convert_checkpoint = {PACKAGE}.tools.convert_checkpoint:main",
+            f"export_model = {PACKAGE}.tools.export_model:main",
         ],
     },
 )

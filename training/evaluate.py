@@ -165,6 +165,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--precision", default="fp32", help="fp32 | fp16 | bf16")
+    p.add_argument(
+        "--runtime",
+        default="torch",
+        choices=("torch", "onnxruntime"),
+        help="torch (checkpoint = weights) or onnxruntime (checkpoint = an export_model .onnx)",
+    )
     p.add_argument("--max-samples", type=int, default=0, help="0 = the whole split")
     p.add_argument(
         "--option",
@@ -198,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             device=args.device,
             precision=args.precision,
             dataset=weights_dataset,
+            runtime=args.runtime,
         )
     except (BackendError, ValueError, FileNotFoundError, KeyError) as e:
         print(f"evaluate: {e}", file=sys.stderr)

@@ -14,6 +14,9 @@ import numpy as np
 DEVICES = ("auto", "cpu", "cuda")
 #: network precisions (the node's ``precision`` parameter)
 PRECISIONS = ("fp32", "fp16", "bf16")
+#: what runs a network (the node's ``runtime`` parameter): PyTorch with a weights file, or ONNX
+#: Runtime (TensorRT, CUDA or CPU execution provider) with an ``export_model`` .onnx file
+RUNTIMES = ("torch", "onnxruntime")
 
 
 class BackendError(RuntimeError):

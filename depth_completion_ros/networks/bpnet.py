@@ -430,7 +430,11 @@ class Level(nn.Module):
         image_feat: Tensor,
         sparse: Tensor,
         K: Tensor,
+        neighbours: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor]:
+        """``neighbours``: this level's (offsets, indices) computed outside the model (an
+        exported graph, which cannot hold the data-dependent search; see
+        :func:`precompute_neighbours`); None searches here."""
         if self.upcat is not None:
             if feat is None or depth is None:
                 raise ValueError(f"BP-Net level {self.level} needs the coarser level's output")
@@ -444,7 +448,10 @@ class Level(nn.Module):
         # neighbour choice, as in the paper)
         with torch.autocast(device_type=sp.device.type, enabled=False):
             sp32 = _at_least_fp32(sp)
-            offsets, indices = nearest_valid_pixels(sp32.detach() > VALID_DEPTH, NUM_NEIGHBOURS)
+            if neighbours is None:
+                offsets, indices = nearest_valid_pixels(sp32.detach() > VALID_DEPTH, NUM_NEIGHBOURS)
+            else:
+                offsets, indices = neighbours
             points = _backproject(sp32, k_level.to(sp32.dtype))
         depth = self.prop(feat, points, offsets, indices)  # float32
         # MF: fuse features with the 3-D points of that depth, add a residual
@@ -488,7 +495,16 @@ class BPNet(nn.Module):
         self.pred4 = Level(4, c[5], c[4], drop_path, up=True, pool=True)
         self.pred5 = Level(5, c[5], c[5], drop_path, up=False, pool=True)
 
-    def forward(self, I: Tensor, S: Tensor, K: Tensor) -> list[Tensor]:  # noqa: N803, E741
+    def forward(
+        self,
+        I: Tensor,  # noqa: N803, E741
+        S: Tensor,  # noqa: N803
+        K: Tensor,  # noqa: N803
+        neighbours: list[tuple[Tensor, Tensor]] | None = None,
+    ) -> list[Tensor]:
+        """``neighbours``: per level 0..5, (offsets, indices) as :func:`precompute_neighbours`
+        returns them, for a graph without the neighbour search (ONNX export); None: searched
+        inside, as released."""
         _check_inputs(I, S, K)
         x0 = self.conv_img(I)
         x1 = self.layer1_img(x0)
@@ -508,7 +524,8 @@ class BPNet(nn.Module):
         feat: Tensor | None = None
         depth: Tensor | None = None
         for module, image_feat in levels:
-            feat, depth = module(feat, depth, image_feat, S, K)
+            nb = None if neighbours is None else neighbours[module.level]
+            feat, depth = module(feat, depth, image_feat, S, K, nb)
             scale = 2**module.level
             if scale == 1:
                 outputs.append(depth)
@@ -521,6 +538,32 @@ class BPNet(nn.Module):
     def init_weights(self) -> None:
         """Training start: see :func:`init_weights`."""
         init_weights(self)
+
+
+def level_valid_masks(S: Tensor) -> list[Tensor]:  # noqa: N803
+    """Valid-pixel masks B x H_l x W_l of the sparse depth each level searches, levels 0..5.
+
+    Level 0 searches ``S`` itself; level l > 0 searches :class:`WeightedPool`'s output, a
+    weighted mean of each 2^l x 2^l block's valid depths, which is valid exactly where the
+    block holds a valid pixel (for depths above 1.002e-3: the mean of values > 1e-3 with
+    weights whose sum is at least 4^-l, divided by that sum + 1e-6). So the masks, and the
+    neighbours, depend on ``S`` only, not on the network's weights.
+    """
+    valid = (S > VALID_DEPTH).float()
+    masks = [valid[:, 0] > 0]
+    for level in range(1, NUM_OUTPUTS):
+        s = 2**level
+        masks.append(F.max_pool2d(valid, s, stride=s)[:, 0] > 0)
+    return masks
+
+
+def precompute_neighbours(S: Tensor, method: str = "auto") -> list[tuple[Tensor, Tensor]]:  # noqa: N803
+    """(offsets B x 2 x 4 x H_l*W_l, indices B x 4 x H_l*W_l) for levels 0..5: the neighbour
+    search BP-Net runs inside :meth:`Level.forward`, done beforehand (an exported graph gets
+    them as inputs, see ``depth_completion_ros.export``)."""
+    return [
+        nearest_valid_pixels(mask, NUM_NEIGHBOURS, method=method) for mask in level_valid_masks(S)
+    ]
 
 
 def init_weights(module: nn.Module) -> None:
