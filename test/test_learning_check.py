@@ -94,6 +94,7 @@ def test_interpolation_baselines_are_exact_where_they_must_be():
     assert np.all(np.isfinite(linear)) and linear[0, 0] > 0
 
 
+@pytest.mark.slow
 def test_learning_check_synthetic_reduced(tmp_path):
     """Both synthetic experiments at 128 x 64, 6 steps: the JSON's structure, baselines on the
     same frames as the network, held-out streets, the recipes' settings."""
@@ -129,6 +130,7 @@ def test_learning_check_synthetic_reduced(tmp_path):
     assert sup["baselines"]["linear"]["mean"] == selfsup["baselines"]["linear"]["mean"]
 
 
+@pytest.mark.slow
 def test_learning_check_kitti_bag_reduced(tmp_path, data_root):
     """The real sequence as a bag, 4 training frames, 1 held-out frame, 4 steps on 64 x 128
     crops: scored at held-out returns of a frame that is not trained on."""
