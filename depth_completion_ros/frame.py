@@ -80,6 +80,7 @@ def pipeline_from_parameters(config: dict) -> DepthPipeline:
             network_input=config["network_input"],
             network_focal=config["network_focal"],
             support=support_from_parameters(config),
+            runtime=config["runtime"],
         )
     except BackendError as exc:
         raise ParameterError(f"parameter 'model'/'checkpoint': {exc}") from exc
@@ -239,7 +240,8 @@ class FrameSource:
 
     #: role (image, camera_info, points, odometry) -> topic name, for messages
     topics: dict[str, str]
-    #: where transforms between frames come from (TF in the node, /tf_static in a bag)
+    #: where transforms between frames come from: a TransformBuffer fed by /tf_static and /tf
+    #: (the node's subscriptions, the bag's messages in bag order)
     transforms: TransformSource
     #: what to do when no transform connects the cloud's frame to the image's
     extrinsics_fix: str
@@ -357,6 +359,7 @@ class FrameProcessor:
             f"camera_info on {topics['camera_info']}",
             camera_info_to_camera,
             inputs.camera_info,
+            self.config["camera_model"],
         )
         rgb = self._stage("image", f"image on {topics['image']}", image_to_rgb, inputs.image)
         self._stage("image", f"image on {topics['image']}", check_image_size, rgb, camera)
@@ -388,6 +391,7 @@ class FrameProcessor:
             inputs.image.header.frame_id,
             self.source.extrinsics_fix,
             cloud.header.stamp,
+            self.config["cloud_in_camera_frame"],
         )
         motion = self._motion(inputs, points, outcome or FrameOutcome())
         return PreparedFrame(camera, rgb, points, T, motion)

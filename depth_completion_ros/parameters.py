@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from depth_completion_ros.backends.base import DEVICES, PRECISIONS
+from depth_completion_ros.backends.base import DEVICES, PRECISIONS, RUNTIMES
 from depth_completion_ros.networks.registry import DATASETS, MODELS, NETWORK_INPUTS
 
 #: the node's name, and so the section of a params file that is its own
@@ -74,7 +74,25 @@ class Parameter:
 
 PARAMETERS: tuple[Parameter, ...] = (
     Parameter("image_topic", "image", "camera image topic (rgb8, bgr8, mono8, rgba8, bgra8)"),
+    Parameter(
+        "image_transport",
+        "raw",
+        "how the image arrives: raw = sensor_msgs/Image on image_topic; compressed = "
+        "sensor_msgs/CompressedImage (jpeg/png) on '<image_topic>/compressed', as image_transport "
+        "names it (decoded with OpenCV)",
+        choices=("raw", "compressed"),
+    ),
     Parameter("camera_info_topic", "camera_info", "CameraInfo of the image topic"),
+    Parameter(
+        "camera_model",
+        "rectified",
+        "what the image is: rectified = an image_rect (points projected with the CameraInfo's "
+        "P, as depth_image_proc assumes); raw = an image_raw, points projected with K and the "
+        "distortion D (plumb_bob, rational_polynomial, equidistant) onto the raw pixels, so the "
+        "depth aligns with the raw image and its camera_info; binning and roi are honoured "
+        "either way",
+        choices=("rectified", "raw"),
+    ),
     Parameter("points_topic", "points", "LiDAR PointCloud2 topic (float32 x, y, z)"),
     Parameter(
         "points_scale",
@@ -167,10 +185,35 @@ PARAMETERS: tuple[Parameter, ...] = (
         "LiDAR->camera optical transform: 16 (4x4), 12 (3x4) or 7 (x y z qx qy qz qw) values; "
         "[0.0] = unset",
     ),
+    Parameter(
+        "cloud_in_camera_frame",
+        False,
+        "without calibration_dir/extrinsics: take a cloud whose header.frame_id is empty as "
+        "being in the image's optical frame; false = such a cloud is refused (counted under "
+        "failed:extrinsics), since an empty frame_id names no frame",
+    ),
+    Parameter(
+        "transform_tolerance",
+        0.1,
+        "TF (/tf): how far (s) the scan's stamp may lie outside the received samples of a "
+        "moving transform, the nearest sample then being used; inside them it is interpolated",
+        float_range=(0.0, 10.0),
+    ),
     Parameter("model", "classical", "completion model", choices=MODEL_NAMES),
-    Parameter("checkpoint", "", "weights file for a network model (.pth/.pt/.safetensors)"),
+    Parameter(
+        "checkpoint",
+        "",
+        "weights file for a network model (.pth/.pt/.safetensors; .onnx with runtime:=onnxruntime)",
+    ),
     Parameter("device", "auto", "where a network runs", choices=DEVICES),
     Parameter("precision", "fp32", "network precision", choices=PRECISIONS),
+    Parameter(
+        "runtime",
+        "torch",
+        "what runs a network: torch (checkpoint = .pth/.safetensors weights) or onnxruntime "
+        "(checkpoint = an export_model .onnx file; TensorRT, CUDA or CPU provider by device)",
+        choices=RUNTIMES,
+    ),
     Parameter("dataset", "kitti", "input conventions the weights expect", choices=DATASETS),
     Parameter("compile", False, "torch.compile the network (slow first frame)"),
     Parameter(

@@ -13,6 +13,7 @@ import math
 import shutil
 import sys
 import tempfile
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +57,9 @@ DEFAULT_TOPICS = {role: KITTI_BAG_TOPICS[role] for role in ("image", "camera_inf
 EXTRINSICS_FIX = "pass --calibration-dir or -p extrinsics:=[...], or record /tf_static and /tf"
 TF_STATIC = "/tf_static"
 TF_TOPICS = ("/tf", TF_STATIC)
+#: most pairs held back waiting for /tf to reach their scan's stamp (bounds memory when the
+#: bag's clock and the stamps differ)
+TF_WAIT_PAIRS = 4
 
 
 # --- processing -----------------------------------------------------------------------------
@@ -309,18 +313,37 @@ def _read_pairs(
     processor: FrameProcessor,
     sink: _OutputSink,
 ) -> _ReadResult:
-    """Every message in bag order: copied, and pairs formed and processed as they complete."""
+    """Every message in bag order: copied, and pairs formed and processed as they complete
+    (with /tf in the bag, once /tf reaches the scan's stamp: see ``release``)."""
     pairer: StampPairer = StampPairer(float(processor.config["max_time_offset"]))
     latest: dict[str, object] = {"camera_info": None}
     odometry = OdometryBuffer()  # the motion during a sweep is interpolated between messages
     image_stamps: list[float] = []
     cloud_stamps: list[float] = []
+    transforms = processor.source.transforms
+    wait_for_tf = "/tf" in reader.topics and isinstance(transforms, TransformBuffer)
+    tolerance = round(float(processor.config["transform_tolerance"]) * 1e9)  # ns
+    pending: deque[tuple[FrameInputs, int, int]] = deque()  # (frame, bag time, scan stamp)
+
+    def release(now: int | None) -> None:
+        """Process the waiting pairs whose scan /tf has caught up with: a bag records the /tf
+        sample after a scan's stamp after the scan, and interpolation needs it. A pair waits
+        until every moving transform has a sample at or after its stamp, the bag's clock is
+        transform_tolerance past it, or TF_WAIT_PAIRS pairs wait; all go at the end (None)."""
+        while pending:
+            frame, timestamp, stamp = pending[0]
+            waits = wait_for_tf and now is not None and len(pending) <= TF_WAIT_PAIRS
+            if waits and transforms.newest_ns() < stamp and now < stamp + tolerance:
+                return
+            pending.popleft()
+            sink.timestamp = timestamp
+            processor.process(frame, sink.emit)
 
     def handle(pairs, timestamp: int) -> None:
-        sink.timestamp = timestamp
         for pair in pairs:
             frame = FrameInputs(pair.image, pair.cloud, latest["camera_info"], odometry.snapshot())
-            processor.process(frame, sink.emit)
+            pending.append((frame, timestamp, stamp_to_nanoseconds(pair.cloud.header.stamp)))
+        release(timestamp)
 
     bar = _progress(total, progress)
     last_timestamp = 0
@@ -330,8 +353,9 @@ def _read_pairs(
         last_timestamp = message.timestamp
         if copy_to is not None:
             copy_to.write(message.topic, message.timestamp, message.data)
-        if message.topic in TF_TOPICS:  # in bag order, before the frames that follow
-            feed_tf(processor.source.transforms, message)
+        if message.topic in TF_TOPICS:  # in bag order, before the frames that need them
+            feed_tf(transforms, message)
+            release(message.timestamp)
         elif message.topic == odometry_topic:
             odometry.add(to_ros(message.data, message.msgtype))
         elif message.topic == topics["camera_info"]:
@@ -345,6 +369,7 @@ def _read_pairs(
             cloud_stamps.append(stamp_to_seconds(cloud.header.stamp))
             handle(pairer.add_cloud(cloud_stamps[-1], cloud), message.timestamp)
     handle(pairer.flush(), last_timestamp)
+    release(None)
     bar.close()
     return _ReadResult(pairer, image_stamps, cloud_stamps)
 
@@ -435,7 +460,10 @@ def main(argv: list[str] | None = None) -> int:
         "else the bag's /tf_static and /tf)",
     )
     parser.add_argument(
-        "--image-topic", default=DEFAULT_TOPICS["image"], help="camera image topic in the bag"
+        "--image-topic",
+        default=DEFAULT_TOPICS["image"],
+        help="camera image topic in the bag: sensor_msgs/Image or CompressedImage (with -p "
+        "image_transport:=compressed, '<topic>/compressed' is read)",
     )
     parser.add_argument(
         "--camera-info-topic",

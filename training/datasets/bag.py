@@ -32,7 +32,13 @@ from depth_completion_ros.calibration import CalibrationError
 from depth_completion_ros.depth_io import write_bytes_atomic
 from depth_completion_ros.frame import FrameFailure, FrameInputs, FrameProcessor, FrameSource
 from depth_completion_ros.kitti import KITTI_BAG_TOPICS
-from depth_completion_ros.messages import MessageError, image_to_rgb, nanoseconds_to_seconds
+from depth_completion_ros.messages import (
+    IMAGE_TYPES,
+    MessageError,
+    image_to_rgb,
+    nanoseconds_to_seconds,
+    transport_topic,
+)
 from depth_completion_ros.pairing import StampPairer
 from depth_completion_ros.transforms import NoTransforms, pair_extrinsics
 from training.datasets.base import CachedMapsDataset, DatasetOptions, subsample
@@ -40,7 +46,7 @@ from training.datasets.node_params import node_parameters
 from training.sample import BadSample, Sample
 
 TOPIC_TYPES = {
-    "image": "sensor_msgs/msg/Image",
+    "image": IMAGE_TYPES,  # raw or image_transport's compressed (jpeg/png)
     "camera_info": "sensor_msgs/msg/CameraInfo",
     "points": "sensor_msgs/msg/PointCloud2",
 }
@@ -51,7 +57,8 @@ EXTRINSICS_FIX = "set the dataset option calibration_dir or extrinsics"
 
 def cdr_header(data: bytes | memoryview) -> tuple[int, str]:
     """(stamp in ns, frame_id) of a CDR-serialised message that starts with std_msgs/Header
-    (Image, CameraInfo, PointCloud2): read from the bytes without decoding the payload."""
+    (Image, CompressedImage, CameraInfo, PointCloud2): read from the bytes without decoding the
+    payload."""
     raw = bytes(data[:512])
     if len(raw) < 16:
         raise BagError("message too short to hold a std_msgs/Header")
@@ -79,6 +86,8 @@ class RosBagFrames(CachedMapsDataset):
             role: options.topics.get(role, KITTI_BAG_TOPICS[role]) for role in TOPIC_TYPES
         }
         self.config = node_parameters(options)
+        # image_transport compressed: '<image>/compressed', as the node subscribes
+        self.topics["image"] = transport_topic(self.topics["image"], self.config["image_transport"])
         self._reader: BagReader | None = None
         self._reader_pid = -1
         with BagReader(self.root) as reader:
@@ -164,6 +173,7 @@ class RosBagFrames(CachedMapsDataset):
                 cloud["frame"],
                 image["frame"],
                 EXTRINSICS_FIX,
+                cloud_in_camera_frame=self.config["cloud_in_camera_frame"],
             )
         except CalibrationError as exc:
             return str(exc)
