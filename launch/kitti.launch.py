@@ -7,9 +7,11 @@
 Topics are remapped to the names of the bags written by ``kitti_to_bag``; change them with the
 image/camera_info/points arguments for other drivers.
 
-DDS: ``dds_profile:=localhost`` (default) keeps all traffic on this machine (shared memory and
-loopback UDP); ``dds_profile:=robot`` lets other machines read the topics (RViz on a laptop).
-Every other process of the graph needs the same profile in FASTDDS_DEFAULT_PROFILES_FILE.
+DDS: by default the process keeps the DDS configuration it was started with (the team's own
+FASTDDS_DEFAULT_PROFILES_FILE, or Fast DDS's defaults). ``dds_profile:=localhost`` keeps all
+traffic on this machine (shared memory and loopback UDP); ``dds_profile:=robot`` lets other
+machines read the topics (RViz on a laptop). Every other process of the graph needs the same
+profile in FASTDDS_DEFAULT_PROFILES_FILE.
 ``rviz:=true`` needs rviz2 installed (it is not a dependency: headless robots do not get Qt).
 """
 
@@ -18,7 +20,7 @@ import os
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
-from launch.conditions import IfCondition
+from launch.conditions import IfCondition, LaunchConfigurationNotEquals
 from launch.substitutions import LaunchConfiguration, PythonExpression
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
@@ -75,10 +77,11 @@ def generate_launch_description() -> LaunchDescription:
         ),
         DeclareLaunchArgument(
             "dds_profile",
-            default_value="localhost",
-            choices=list(profiles),
-            description="localhost: DDS traffic stays on this machine; robot: other machines "
-            "reach the topics (UDP and multicast discovery on every interface)",
+            default_value="",
+            choices=["", *profiles],
+            description="'' = keep this process's DDS configuration; localhost: DDS traffic "
+            "stays on this machine; robot: other machines reach the topics (UDP and multicast "
+            "discovery on every interface)",
         ),
     ]
     node = Node(
@@ -115,10 +118,11 @@ def generate_launch_description() -> LaunchDescription:
     return LaunchDescription(
         [
             *arguments,
-            # multi-megabyte images and clouds between processes need the shared-memory profile
+            # only when asked: the team's own DDS configuration is not overridden
             SetEnvironmentVariable(
                 "FASTDDS_DEFAULT_PROFILES_FILE",
                 PythonExpression([repr(profiles), "['", LaunchConfiguration("dds_profile"), "']"]),
+                condition=LaunchConfigurationNotEquals("dds_profile", ""),
             ),
             node,
             rviz,

@@ -57,8 +57,9 @@ def test_launch_file_matches_node_parameters_and_topics():
         for node in ast.walk(tree)
         if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "DeclareLaunchArgument"
     }
-    # traffic stays on the machine unless the operator asks for the robot-facing profile
-    assert declared["dds_profile"]["default_value"].value == "localhost"
+    # the process's own DDS configuration is left alone unless a profile is asked for
+    assert declared["dds_profile"]["default_value"].value == ""
+    assert "LaunchConfigurationNotEquals" in text
     assert all(getattr(v.get("description"), "value", "x") for v in declared.values())
 
 
@@ -90,3 +91,52 @@ def test_node_runs_with_params_file_and_xml_profile(
         )
     received = [v for v in result.outputs.values() if "depth/colored" in v]
     assert len(received) == 3, graph.log()
+
+
+def _generic_launch():
+    """launch/depth_completion.launch.py as a module (launch itself is imported only inside
+    generate_launch_description, so its pure helpers run here)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "generic_launch", REPO / "launch" / "depth_completion.launch.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_generic_launch_sets_only_the_parameters_given():
+    """Empty arguments stay unset (the team's params file decides); given ones are typed as
+    -p would type them, and every argument names a node parameter."""
+    launch = _generic_launch()
+    assert set(launch.PARAMETER_ARGUMENTS) <= NODE_PARAMETERS
+    assert launch.node_parameter_overrides({name: "" for name in launch.PARAMETER_ARGUMENTS}) == {}
+    overrides = launch.node_parameter_overrides(
+        {
+            "image_transport": "compressed",
+            "extrinsics": "[0, 0, 0, 0, 0, 0, 1]",
+            "cloud_in_camera_frame": "true",
+            "max_time_offset": "0.05",
+            "model": "",
+        }
+    )
+    assert overrides == {
+        "image_transport": "compressed",
+        "extrinsics": [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0],
+        "cloud_in_camera_frame": True,
+        "max_time_offset": 0.05,
+    }
+    from depth_completion_ros.parameters import check_parameters
+
+    check_parameters(overrides)  # the node accepts exactly these values
+
+
+def test_generic_launch_leaves_dds_alone_unless_asked(tmp_path):
+    launch = _generic_launch()
+    assert launch.dds_profile_file(str(tmp_path), "") is None
+    for name, file in launch.DDS_PROFILES.items():
+        path = launch.dds_profile_file(str(REPO), name)
+        assert path == str(REPO / "config" / file) and Path(path).is_file()
+    text = (REPO / "launch" / "depth_completion.launch.py").read_text()
+    assert "remappings" in text and "OpaqueFunction" in text
