@@ -7,7 +7,7 @@
 #
 #   benchmarks/gpu_check.sh [OUT_DIR] [PART ...]
 #
-# PARTs: tests, sparse, timings, compiled, profiles, training (default: all). Each takes a few minutes;
+# PARTs: tests, sparse, timings, compiled, profiles, training, onnx (default: all). Each takes a few minutes;
 # on a machine with a per-command time limit, run them in separate calls into one OUT_DIR.
 #
 # Uses the python on PATH (PYTHON=... to override): a CUDA build of torch with numpy, scipy,
@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUT_DIR=$(realpath -m "${1:-output/gpu_check}")
 shift || true
-PARTS=" ${*:-tests sparse timings compiled profiles training} "
+PARTS=" ${*:-tests sparse timings compiled profiles training onnx} "
 want() { [[ $PARTS == *" $1 "* ]]; }
 mkdir -p "$OUT_DIR"
 export PYTHONUNBUFFERED=1
@@ -73,13 +73,26 @@ if want training; then
         --models bpnet selfdc ${TRAIN_ARGS:-} \
         >"$OUT_DIR/train_step.json" 2>"$OUT_DIR/train_step.log"
 fi
+if want onnx; then
+    echo "== ONNX Runtime: TensorRT fp32/fp16 and CUDA EP against torch (same random weights)"
+    # needs onnxruntime-gpu (pip install onnxruntime-gpu==1.32.0, replacing onnxruntime) and,
+    # for TensorRT, its libraries (pip install tensorrt-cu12); without them ORT runs on the CPU
+    # and says so in the log. parity_vs_torch_fp32 in each result is the FP16 figure for fp16.
+    timeout 900 "$PY" bench_networks.py --devices cuda --runs 30 --precisions fp32 fp16 \
+        --runtimes torch onnxruntime --models selfdc_r18 selfdc bpnet \
+        >"$OUT_DIR/networks_trt.json" 2>"$OUT_DIR/networks_trt.log"
+    timeout 600 "$PY" bench_networks.py --devices cuda --runs 30 --precisions fp32 \
+        --runtimes onnxruntime --ort-providers CUDAExecutionProvider,CPUExecutionProvider \
+        --models selfdc_r18 selfdc bpnet >"$OUT_DIR/networks_ort_cuda.json" \
+        2>"$OUT_DIR/networks_ort_cuda.log"
+fi
 cd ..
 
 "$PY" - "$OUT_DIR" <<'EOF'
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
 targets = {"bpnet": 60.0, "selfdc": 25.0}
-for name in ("networks.json", "networks_compiled.json"):
+for name in ("networks.json", "networks_compiled.json", "networks_trt.json", "networks_ort_cuda.json"):
     path = out / name
     try:
         report = json.loads(path.read_text().strip().splitlines()[-1])
@@ -90,6 +103,12 @@ for name in ("networks.json", "networks_compiled.json"):
     for r in report["results"]:
         if "error" in r:
             print(f"  {r['model']:<11} {r['precision']:<5} error: {r['error']}")
+            continue
+        if r.get("runtime") == "onnxruntime":
+            print(
+                f"  {r['model']:<11} {r['precision']:<5} ORT {r['providers'][0]} frame p50 "
+                f"{r['frame_ms_median']:7.1f} ms  parity {r['parity_vs_torch_fp32']:.2g}"
+            )
             continue
         goal = targets.get(r["model"])
         verdict = "" if goal is None else ("meets" if r["frame_ms_median"] <= goal else "misses")

@@ -134,7 +134,10 @@ class OnnxBackend(NetworkBackend):
         input_focal: float = 0.0,
         support: SupportConfig | None = SupportConfig(),
         threads: int = 0,
+        only: tuple[str, ...] = (),
     ) -> None:
+        """``only``: keep just these of the providers ``device`` picks (benchmarks time
+        TensorRT and CUDA apart); ``threads``: ONNX Runtime's intra-op threads (0: its own)."""
         ort = _import_ort()
         try:
             self.spec: ModelSpec = get_model_spec(model)
@@ -186,6 +189,8 @@ class OnnxBackend(NetworkBackend):
         if threads:
             options.intra_op_num_threads = threads
         providers = choose_providers(device, precision, path, ort.get_available_providers())
+        if only:
+            providers = [p for p in providers if p[0] in only] or [(CPU, {})]
         t0 = time.perf_counter()
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
