@@ -591,6 +591,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             results = synthetic_experiments(args, work, synthetic)
             experiments["synthetic_data"] = results.pop("data")
             experiments.update(results)
+            if args.json:  # a later part that fails leaves these results on disk
+                partial = {"benchmark": "learning_check", "partial": True, **experiments}
+                Path(args.json).write_text(json.dumps(partial, indent=1) + "\n")
         if "kitti_bag" in args.parts:
             experiments["kitti_bag"] = kitti_bag_experiment(args, work)
     finally:
