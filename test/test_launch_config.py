@@ -10,11 +10,12 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
 import yaml
 from ros_graph import node_graph
 
 from depth_completion_ros.kitti import KittiDrive
-from depth_completion_ros.parameters import PARAMETERS
+from depth_completion_ros.parameters import PARAMETERS, load_parameters
 from depth_completion_ros.resources import package_file
 from depth_completion_ros.tools.graph import SensorFrame
 
@@ -22,13 +23,15 @@ REPO = Path(__file__).resolve().parents[1]
 NODE_PARAMETERS = {p.name for p in PARAMETERS}
 
 
-def test_params_file_only_sets_declared_parameters():
-    config = yaml.safe_load((REPO / "config" / "kitti.yaml").read_text())
+@pytest.mark.parametrize("name", ["kitti.yaml", "robot_example.yaml"])
+def test_params_file_only_sets_declared_parameters(name):
+    config = yaml.safe_load((REPO / "config" / name).read_text())
     parameters = config["depth_completion"]["ros__parameters"]
     assert set(parameters) <= NODE_PARAMETERS, set(parameters) - NODE_PARAMETERS
     defaults = {p.name: p.default for p in PARAMETERS}
-    for name, value in parameters.items():
-        assert type(value) is type(defaults[name]) or name == "extrinsics", name
+    for key, value in parameters.items():
+        assert type(value) is type(defaults[key]) or key == "extrinsics", key
+    load_parameters(REPO / "config" / name)  # every value valid, as the node checks it
 
 
 def test_launch_file_matches_node_parameters_and_topics():
