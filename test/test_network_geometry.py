@@ -98,6 +98,12 @@ def test_every_lidar_supported_pixel_gets_the_network(street_scan, name, mode):
     coverage = (out[supported] > 0).mean()
     assert coverage >= 0.99, f"{name} {mode}: {coverage:.4f} of LiDAR-supported pixels"
     assert coverage == 1.0  # nothing is lost for geometric reasons
+    height, width = sparse.shape
+    if mode == "native" and height >= 352 and width >= 1216:
+        # The rule before this one (the bottom 352 x centred 1216 crop) left supported pixels out.
+        crop = np.zeros_like(supported)
+        crop[height - 352 :, (width - 1216) // 2 : (width - 1216) // 2 + 1216] = True
+        assert crop[supported].mean() < 0.99
     # The network saw the supported rows with their context, not the sky above them.
     g = backend.plan(*sparse.shape, backend.top_row(sparse), backend.scale(K))
     top = int(np.flatnonzero(supported.any(axis=1))[0])
