@@ -11,6 +11,7 @@ status line, on ``/diagnostics`` (where diagnostic_msgs is installed) and at shu
 
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 import time
@@ -25,6 +26,7 @@ from rcl_interfaces.msg import (
     ParameterDescriptor,
     ParameterType,
 )
+from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -159,9 +161,14 @@ class DepthCompletionNode(Node):
             for topic, kind in self.processor.outputs.items()
         }
         self._diagnostics_pub = _diagnostics_publisher(self)
-        self.create_timer(self.config["diagnostics_period"], self._report)
+        # on the steady clock: with use_sim_time the node clock stops with the bag's /clock, and
+        # the status (and the last counts on /diagnostics) must not stop with it
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self.create_timer(self.config["diagnostics_period"], self._report, clock=steady)
         # checked often, so the first warning comes no_pair_warning s after the last pair
-        self.create_timer(min(0.25, self.config["no_pair_warning"] / 4), self._check_pairs)
+        self.create_timer(
+            min(0.25, self.config["no_pair_warning"] / 4), self._check_pairs, clock=steady
+        )
 
         self._running = True
         self._worker = threading.Thread(target=self._work, name="depth_completion", daemon=True)
@@ -458,13 +465,38 @@ def _diagnostics_publisher(node: Node):
     return node.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
 
+class StopRequest:
+    """SIGINT/SIGTERM handled by the node itself: the first asks the spin loop to stop, later ones
+    (a terminal's Ctrl-C and launch's SIGINT arrive together) are noted and ignored, so the
+    clean-up is never interrupted and runs while the context is still valid (the last status
+    line reaches /rosout; rclpy's own handler shut the context down first)."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signals = 0
+
+    def install(self) -> None:
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, self._handle)
+
+    def _handle(self, _number, _frame) -> None:
+        self.signals += 1
+        self.event.set()
+
+
 def main(args: list[str] | None = None) -> int:
-    """Console script ``depth_completion_node``: init, spin, clean shutdown."""
+    """Console script ``depth_completion_node``: init, spin until SIGINT/SIGTERM (or an external
+    shutdown), destroy the node while the context is valid, then shut down."""
+    from rclpy.signals import SignalHandlerOptions
+
     from depth_completion_ros.cli_help import prepare_node_arguments
 
     args = prepare_node_arguments(args)  # --help, unknown/bad -p values: one line, before rclpy
-    rclpy.init(args=args)
+    stop = StopRequest()
+    stop.install()
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     node = None
+    executor = rclpy.executors.SingleThreadedExecutor()
     try:
         try:
             node = DepthCompletionNode()
@@ -475,17 +507,20 @@ def main(args: list[str] | None = None) -> int:
         ) as exc:
             rclpy.logging.get_logger("depth_completion").fatal(f"cannot start: {exc}")
             return 2
-        except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
+        except rclpy.executors.ExternalShutdownException:
             raise
         except Exception as exc:  # noqa: BLE001 - one line naming the fault, not a traceback
             rclpy.logging.get_logger("depth_completion").fatal(
                 f"cannot start: unexpected {type(exc).__name__}: {exc}"
             )
             return 1
-        rclpy.spin(node)
-    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
+        executor.add_node(node)
+        while not stop.event.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
+    except rclpy.executors.ExternalShutdownException:
         pass
     finally:
+        executor.shutdown(timeout_sec=1.0)
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
