@@ -65,7 +65,8 @@ def rss_mb(pid: int) -> float | None:
 _SUMMARY = re.compile(
     r"pairs processed (?P<published>\d+), dropped while busy (?P<dropped_busy>\d+), "
     r"rejected (?P<rejected>\d+) \(stamp offset (?P<rejected_offset>\d+), no image "
-    r"(?P<rejected_no_image>\d+)\), failed (?P<failed>\d+), waiting (?P<waiting>\d+) = "
+    r"(?P<rejected_no_image>\d+)\), failed (?P<failed>\d+), waiting (?P<waiting>\d+), "
+    r"idle \(no subscriber\) (?P<idle>\d+) = "
     r"(?P<received>\d+) scans received; (?P<images_received>\d+) images received, "
     r"(?P<time_jumps>\d+) time jumps"
 )
@@ -207,7 +208,8 @@ def main() -> None:
         raise SystemExit(f"no shutdown summary in the node log:\n{log[-3000:]}")
 
     def accounted(c: dict[str, int]) -> int:
-        return c["published"] + c["dropped_busy"] + c["rejected"] + c["failed"] + c["waiting"]
+        parts = ("published", "dropped_busy", "rejected", "failed", "waiting", "idle")
+        return sum(c[k] for k in parts)
 
     status = [c for line in log.splitlines() if (c := parse_summary(line)) is not None]
     rss = [s["node_rss_mb"] for s in samples if s["node_rss_mb"]] + [final_rss or 0.0]

@@ -100,7 +100,7 @@ def _checked_ros_args(args: list[str]) -> list[str]:
             name, value = parameters.parse_assignment(args[index + 1])
             if name.startswith(f"{parameters.NODE_NAME}:"):
                 name = name.split(":", 1)[1]
-            if name not in parameters.ROS_BUILTIN_PARAMETERS:
+            if not parameters.is_ros_parameter(name):
                 checked = parameters.check_parameters({name: value}, f"-p {args[index + 1]}")
                 overrides[name] = checked[name]
                 if repr(checked[name]) != repr(value):
@@ -131,7 +131,7 @@ def node_help() -> str:
         "      -p calibration_dir:=/data/kitti/2011_09_26 -r image:=/camera/image_raw",
         "  ros2 launch depth_completion_ros kitti.launch.py calibration_dir:=/data/kitti/DATE",
         "",
-        "parameters (all read-only: change them with a restart):",
+        "parameters (read-only unless marked 'settable at runtime' (ros2 param set)):",
     ]
     for param in parameters.PARAMETERS:
         lines.append(f"  {param.name} ({param.kind}, default {param.default!r})")

@@ -84,6 +84,12 @@ def pipeline_from_parameters(config: dict) -> DepthPipeline:
         )
     except BackendError as exc:
         raise ParameterError(f"parameter 'model'/'checkpoint': {exc}") from exc
+    return pipeline_around(backend, config)
+
+
+def pipeline_around(backend, config: dict) -> DepthPipeline:
+    """The DepthPipeline of ``config``'s range, projection and support around a built backend
+    (at start-up, and again when those parameters change at runtime: the weights stay loaded)."""
     return DepthPipeline(
         backend,
         ProjectionConfig(
@@ -158,6 +164,8 @@ class FrameInputs:
     odometry: object | None = None
     #: monotonic time the pair formed (latency starts here)
     received: float = 0.0
+    #: the outputs to build (someone listens to them); None = every enabled output
+    wanted: frozenset[str] | None = None
 
 
 @dataclass
@@ -271,6 +279,19 @@ class FrameProcessor:
         )
         self.accounting = FrameAccounting(lock or threading.Lock())
 
+    def reconfigure(self, config: dict) -> None:
+        """Apply new values of the runtime parameters (parameters.RUNTIME_PARAMETERS, already
+        checked): the depth range, projection, support and enabled outputs change; the backend
+        and its weights stay. The next frame uses them (one attribute swap per field)."""
+        backend = self.pipeline.backend
+        if hasattr(backend, "support"):  # the network's window follows the LiDAR support
+            backend.support = support_from_parameters(config)
+        if isinstance(getattr(backend, "max_depth", None), float):  # the classical fill
+            backend.max_depth = float(config["max_depth"])
+        self.pipeline = pipeline_around(backend, config)
+        self.outputs = enabled_outputs(config)
+        self.config = config
+
     # --- entry points -----------------------------------------------------------------------
 
     def process(self, inputs: FrameInputs, emit: Emit | None = None) -> FrameOutcome:
@@ -338,6 +359,7 @@ class FrameProcessor:
             frame.camera,
             frame.rgb,
             result,
+            inputs.wanted,
         )
         latency = time.monotonic() - inputs.received if inputs.received else 0.0
         return FrameOutput(messages, frame.camera, frame.rgb, result, latency)
@@ -440,21 +462,29 @@ class FrameProcessor:
         return deskew.SweepDeskew(twists, target, times, self.azimuth_timing)
 
     def output_messages(
-        self, header, camera: PinholeCamera, rgb: np.ndarray, result: FrameResult
+        self,
+        header,
+        camera: PinholeCamera,
+        rgb: np.ndarray,
+        result: FrameResult,
+        wanted: frozenset[str] | None = None,
     ) -> dict[str, object]:
-        """The enabled outputs of one frame, keyed by relative topic, with the camera image's
-        header (REP 118)."""
-        out: dict[str, object] = {
-            "depth/image": numpy_to_image(result.dense, "32FC1", header),
-            "depth/camera_info": camera_to_camera_info(camera, header),
-        }
-        if "depth/points" in self.outputs:
+        """The enabled outputs of one frame (those in ``wanted`` when given: an output nobody
+        listens to is not built), keyed by relative topic, with the camera image's header
+        (REP 118)."""
+        build = set(self.outputs) if wanted is None else set(self.outputs) & wanted
+        out: dict[str, object] = {}
+        if "depth/image" in build:
+            out["depth/image"] = numpy_to_image(result.dense, "32FC1", header)
+        if "depth/camera_info" in build:
+            out["depth/camera_info"] = camera_to_camera_info(camera, header)
+        if "depth/points" in build:
             xyz = self.pipeline.points_xyz(result.dense, camera)
             out["depth/points"] = organised_xyzrgb_cloud(xyz, rgb, header)
-        if "sparse_depth/image" in self.outputs:
+        if "sparse_depth/image" in build:
             sparse = np.where(result.sparse > 0, result.sparse, np.nan).astype(np.float32)
             out["sparse_depth/image"] = numpy_to_image(sparse, "32FC1", header)
-        if "depth/colored" in self.outputs:
+        if "depth/colored" in build:
             colored = colorize_depth(result.dense, self.config["max_depth"])
             out["depth/colored"] = numpy_to_image(colored, "rgb8", header)
         return out

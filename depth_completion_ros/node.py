@@ -25,16 +25,19 @@ from rcl_interfaces.msg import (
     IntegerRange,
     ParameterDescriptor,
     ParameterType,
+    SetParametersResult,
 )
 from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from depth_completion_ros import parameters
 from depth_completion_ros.deskew import OdometryBuffer
 from depth_completion_ros.frame import (
+    OUTPUTS,
     FrameInputs,
     FrameOutcome,
     FrameProcessor,
@@ -138,17 +141,29 @@ class DepthCompletionNode(Node):
             depth=self.config["output_depth"],
             reliability=ReliabilityPolicy.RELIABLE,
         )
+        # QoS as parameters the ROS way: qos_overrides.<topic>.subscription.reliability, ...
+        # (input_reliability / input_depth stay the defaults the overrides start from)
+        overrides = QoSOverridingOptions.with_default_policies()
         self.create_subscription(
             CompressedImage if self._compressed() else Image,
             self._topic("image_topic"),
             self._on_image,
             input_qos,
+            qos_overriding_options=overrides,
         )
         self.create_subscription(
-            CameraInfo, self.config["camera_info_topic"], self._on_camera_info, input_qos
+            CameraInfo,
+            self.config["camera_info_topic"],
+            self._on_camera_info,
+            input_qos,
+            qos_overriding_options=overrides,
         )
         self.create_subscription(
-            PointCloud2, self.config["points_topic"], self._on_cloud, input_qos
+            PointCloud2,
+            self.config["points_topic"],
+            self._on_cloud,
+            input_qos,
+            qos_overriding_options=overrides,
         )
         if self.config["odometry_topic"]:
             from nav_msgs.msg import Odometry
@@ -156,20 +171,29 @@ class DepthCompletionNode(Node):
             self.create_subscription(
                 Odometry, self.config["odometry_topic"], self._on_odometry, input_qos
             )
+        # every output has a publisher (publish_* can be switched on at runtime); an output is
+        # built only while it is enabled and someone subscribes to it
         self._publishers_by_topic = {
-            topic: self.create_publisher(MESSAGE_CLASSES[kind], topic, output_qos)
-            for topic, kind in self.processor.outputs.items()
+            topic: self.create_publisher(
+                MESSAGE_CLASSES[kind], topic, output_qos, qos_overriding_options=overrides
+            )
+            for topic, (kind, _) in OUTPUTS.items()
         }
+        self._idle = 0  # pairs not processed because nobody subscribed to an enabled output
         self._diagnostics_pub = _diagnostics_publisher(self)
         # on the steady clock: with use_sim_time the node clock stops with the bag's /clock, and
         # the status (and the last counts on /diagnostics) must not stop with it
-        steady = Clock(clock_type=ClockType.STEADY_TIME)
-        self.create_timer(self.config["diagnostics_period"], self._report, clock=steady)
+        self._steady = Clock(clock_type=ClockType.STEADY_TIME)
+        steady = self._steady
+        self._report_timer = self.create_timer(
+            self.config["diagnostics_period"], self._report, clock=steady
+        )
         # checked often, so the first warning comes no_pair_warning s after the last pair
         self.create_timer(
             min(0.25, self.config["no_pair_warning"] / 4), self._check_pairs, clock=steady
         )
 
+        self.add_on_set_parameters_callback(self._on_set_parameters)
         self._running = True
         self._worker = threading.Thread(target=self._work, name="depth_completion", daemon=True)
         self._worker.start()
@@ -205,6 +229,36 @@ class DepthCompletionNode(Node):
         }
         topics = {role: self._topic(key) if config[key] else "" for role, key in roles.items()}
         return FrameSource(topics, transforms, EXTRINSICS_FIX)
+
+    def _on_set_parameters(self, changed: list) -> SetParametersResult:
+        """``ros2 param set``: runtime parameters checked by the same table as at start-up and
+        applied to the next frame; anything else, or a bad value, is refused with the reason and
+        the running value kept. Parameters rclpy owns (use_sim_time, qos_overrides) pass."""
+        ours = {p.name: p.value for p in changed if p.name in parameters.TABLE}
+        if not ours:
+            return SetParametersResult(successful=True)
+        try:
+            checked = parameters.check_update(self.config, ours)
+        except parameters.ParameterError as exc:
+            self.get_logger().warning(f"parameter change refused: {exc}")
+            return SetParametersResult(successful=False, reason=str(exc))
+        config = {**self.config, **checked}
+        with self._lock:  # the next frame sees all of the change or none of it
+            self.processor.reconfigure(config)
+            self.pipeline = self.processor.pipeline
+            self.pairer.max_offset = config["max_time_offset"]
+            self.pairer.horizon = max(self.pairer.horizon, 2.0 * config["max_time_offset"])
+            self.config = config
+        if "diagnostics_period" in checked:
+            self._report_timer.cancel()
+            self.destroy_timer(self._report_timer)
+            self._report_timer = self.create_timer(
+                config["diagnostics_period"], self._report, clock=self._steady
+            )
+        self.get_logger().info(
+            "parameters changed: " + ", ".join(f"{k}={v!r}" for k, v in checked.items())
+        )
+        return SetParametersResult(successful=True)
 
     def _extrinsics_source(self) -> str:
         if self.processor.fixed_extrinsics is not None:
@@ -305,12 +359,24 @@ class DepthCompletionNode(Node):
                 self._report_outcome(outcome)
 
     def _take(self) -> FrameInputs | None:
-        """The newest pair with the camera_info and odometry of now (under the lock)."""
+        """The newest pair with the camera_info and odometry of now (under the lock), and the
+        outputs someone listens to; with no listener the pair is taken and counted as idle:
+        no inference runs for nobody (depth_image_proc's lazy subscription, by count)."""
         pair = self.slot.take(timeout=0.0)
         if pair is None:
             return None
+        wanted = frozenset(
+            topic
+            for topic in self.processor.outputs
+            if self._publishers_by_topic[topic].get_subscription_count() > 0
+        )
+        if not wanted:
+            self._idle += 1
+            return None
         odometry = self._odometry.snapshot()
-        return FrameInputs(pair.image, pair.cloud, self._camera_info, odometry, pair.received)
+        return FrameInputs(
+            pair.image, pair.cloud, self._camera_info, odometry, pair.received, wanted
+        )
 
     def _publish(self, inputs: FrameInputs, output) -> None:
         for topic, msg in output.messages.items():
@@ -367,7 +433,8 @@ class DepthCompletionNode(Node):
 
     def counts(self) -> dict[str, int]:
         """Where every scan went: received == published + dropped_busy + rejected + failed +
-        waiting (in the pairing buffer, handed to the worker or in process); one snapshot."""
+        waiting (in the pairing buffer, handed to the worker or in process) + idle (nobody
+        subscribed to an output); one snapshot."""
         with self._lock:
             stats = self.pairer.stats
             frames = self.processor.accounting
@@ -380,6 +447,7 @@ class DepthCompletionNode(Node):
                 "rejected_no_image": stats.no_image,
                 "failed": frames.failed,
                 "waiting": self.pairer.waiting + self.slot.pending + frames.in_process,
+                "idle": self._idle,
                 "images_received": stats.images,
                 "time_jumps": stats.time_jumps,
             }
@@ -401,7 +469,8 @@ class DepthCompletionNode(Node):
         return (
             f"pairs processed {c['published']}, dropped while busy {c['dropped_busy']}, "
             f"rejected {c['rejected']} (stamp offset {c['rejected_offset']}, no image "
-            f"{c['rejected_no_image']}), failed {c['failed']}, waiting {c['waiting']} = "
+            f"{c['rejected_no_image']}), failed {c['failed']}, waiting {c['waiting']}, "
+            f"idle (no subscriber) {c['idle']} = "
             f"{c['received']} scans received; {c['images_received']} images received, "
             f"{c['time_jumps']} time jumps; latency p50 {np.percentile(latency, 50):.1f} ms, "
             f"p95 {np.percentile(latency, 95):.1f} ms"

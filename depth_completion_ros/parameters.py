@@ -10,6 +10,7 @@ classical fill work on a machine without it.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,30 @@ from depth_completion_ros.networks.registry import DATASETS, MODELS, NETWORK_INP
 NODE_NAME = "depth_completion"
 #: parameters rclpy declares itself; accepted everywhere and meaningless offline
 ROS_BUILTIN_PARAMETERS = ("use_sim_time", "start_type_description_service")
+#: parameters settable while the node runs (``ros2 param set``), checked by this table like at
+#: start-up; every other one is read-only (a change needs a restart: it rebuilds subscriptions,
+#: the backend or the transform source)
+RUNTIME_PARAMETERS = (
+    "max_time_offset",
+    "min_depth",
+    "max_depth",
+    "occlusion_window",
+    "limit_to_lidar_support",
+    "support_band",
+    "support_margin",
+    "publish_points",
+    "publish_sparse",
+    "publish_colored",
+    "publish_confidence",
+    "diagnostics_period",
+    "no_pair_warning",
+)
+
+
+def is_ros_parameter(name: str) -> bool:
+    """A parameter rclpy declares itself: use_sim_time, ..., and the QoS overrides of the
+    subscriptions and publishers (``qos_overrides./image.subscription.reliability``)."""
+    return name in ROS_BUILTIN_PARAMETERS or name.split(".", 1)[0] == "qos_overrides"
 #: per-point time fields whose unit and reference are known (deskew.KNOWN_TIME_FIELDS)
 KNOWN_TIME_FIELD_NAMES = ("time", "t", "timestamp", "offset_time")
 #: values of the ``model`` parameter: the classical fill and every registry network
@@ -69,6 +94,8 @@ class Parameter:
             extra.append(f"one of {', '.join(self.choices)}")
         if self.limits:
             extra.append(f"range [{self.limits[0]}, {self.limits[1]}]")
+        if not self.read_only:
+            extra.append("settable at runtime")
         return self.description + (f" ({'; '.join(extra)})" if extra else "")
 
 
@@ -263,6 +290,20 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("publish_sparse", False, "publish the projected LiDAR depth on 'sparse_depth/image'"),
     Parameter("publish_colored", False, "publish a colour-mapped rgb8 view on 'depth/colored'"),
     Parameter(
+        "publish_confidence",
+        False,
+        "publish a 0-1 confidence per depth pixel on 'depth/confidence' (32FC1, NaN where the "
+        "depth is NaN): NLSPN's confidence head for selfdc/selfdc_r18 (torch), else "
+        "exp(-d / confidence_distance) with d the pixel distance to the nearest LiDAR return",
+    ),
+    Parameter(
+        "confidence_distance",
+        5.0,
+        "pixels from the nearest LiDAR return at which the distance-based confidence falls to "
+        "1/e (5 px: about one HDL-64 scan-line gap at KITTI's fx 721; scale it with fx)",
+        float_range=(0.1, 1000.0),
+    ),
+    Parameter(
         "diagnostics_period",
         5.0,
         "seconds between status lines in the log (and /diagnostics messages)",
@@ -276,6 +317,9 @@ PARAMETERS: tuple[Parameter, ...] = (
     ),
 )
 
+PARAMETERS = tuple(
+    dataclasses.replace(p, read_only=p.name not in RUNTIME_PARAMETERS) for p in PARAMETERS
+)
 TABLE: dict[str, Parameter] = {p.name: p for p in PARAMETERS}
 
 
@@ -342,7 +386,7 @@ def check_parameters(values: dict, source: str = "") -> dict:
     as they are)."""
     checked = {}
     for name, value in values.items():
-        if name in ROS_BUILTIN_PARAMETERS:
+        if is_ros_parameter(name):
             checked[name] = value
         elif name not in TABLE:
             raise unknown_parameter(name, source)
@@ -435,7 +479,7 @@ def read_params_file(path: str | Path) -> tuple[dict, dict[str, object]]:
     values: dict[str, object] = {}
     for key, parameters, own in sections:
         for name, value in parameters.items():
-            if name in ROS_BUILTIN_PARAMETERS:
+            if is_ros_parameter(name):
                 continue
             if name not in TABLE:
                 if own:
@@ -459,6 +503,24 @@ def load_parameters(
     if params_file:
         config.update(read_params_file(params_file)[1])
     config.update(check_parameters(overrides or {}, overrides_source))
-    for name in ROS_BUILTIN_PARAMETERS:
-        config.pop(name, None)
+    for name in [n for n in config if is_ros_parameter(n)]:
+        config.pop(name)
     return validate(config)
+
+
+def check_update(config: dict, changes: dict[str, object]) -> dict:
+    """Changes to a running node's parameters (``ros2 param set``): each must be runtime-settable
+    and valid, and the result must satisfy the rules between parameters; returns the changes
+    coerced, or raises ParameterError with the reason (the running values are then kept)."""
+    checked = {}
+    for name, value in changes.items():
+        if name not in TABLE:
+            raise unknown_parameter(name, "ros2 param set")
+        if TABLE[name].read_only:
+            raise ParameterError(
+                f"parameter '{name}' is read-only while the node runs: set it at start-up "
+                f"(runtime-settable: {', '.join(RUNTIME_PARAMETERS)})"
+            )
+        checked[name] = check_parameter(TABLE[name], value, "ros2 param set")
+    check_relations({**config, **checked})
+    return checked

@@ -193,6 +193,7 @@ def test_bad_inputs_are_reported_and_survived(drive, ros_domain_id, tmp_path):
         + summary["rejected"]
         + summary["failed"]
         + summary["waiting"]
+        + summary["idle"]
         == summary["received"]
     ), log
     assert summary["waiting"] == 0 and summary["received"] >= 40, log
@@ -254,7 +255,7 @@ def test_status_lines_and_no_pair_warning_keep_their_periods(drive, ros_domain_i
     assert len(status) >= 3, log
     assert len(g.diagnostics) >= 3, g.diagnostics
     for c in g.diagnostics:  # every snapshot adds up, taken while frames flow
-        parts = ("published", "dropped_busy", "rejected", "failed", "waiting")
+        parts = ("published", "dropped_busy", "rejected", "failed", "waiting", "idle")
         assert sum(c[k] for k in parts) == c["received"], c
     gaps = np.diff(status)
     assert np.all((gaps > 1.5) & (gaps < 3.0)), (gaps, log)
