@@ -120,8 +120,11 @@ def _checked_ros_args(args: list[str]) -> list[str]:
 def node_help() -> str:
     """``depth_completion_node --help``: usage and every parameter with its default."""
     lines = [
-        "usage: depth_completion_node [--ros-args [-p NAME:=VALUE ...] [--params-file FILE] "
-        "[-r FROM:=TO ...]]",
+        "usage: depth_completion_node [--lifecycle] [--ros-args [-p NAME:=VALUE ...] "
+        "[--params-file FILE] [-r FROM:=TO ...]]",
+        "",
+        "--lifecycle: a managed node (configure loads the model, activate subscribes, deactivate",
+        "stops without unloading); without it the node starts active.",
         "",
         "Dense metric depth from a camera and a LiDAR: subscribes image, camera_info and points,",
         "publishes depth/image (32FC1, metres), depth/camera_info and depth/points.",

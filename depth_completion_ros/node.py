@@ -29,6 +29,8 @@ from rcl_interfaces.msg import (
 )
 from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+from rclpy.lifecycle import State as LifecycleState
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import QoSOverridingOptions
@@ -101,17 +103,25 @@ def _subscribe_tf(node: Node, buffer: TransformBuffer) -> bool:
     return True
 
 
-class DepthCompletionNode(Node):
-    """Subscribes image + camera_info + points, publishes dense depth and a coloured cloud."""
+class _DepthCompletion:
+    """What the plain node and the lifecycle node share: declaring the parameters, building
+    the frame step, publishers and timers (configure), and the input subscriptions (activate).
+    Mixed into rclpy's Node or LifecycleNode."""
 
-    def __init__(self, **kwargs) -> None:
-        self._worker: threading.Thread | None = None  # destroy_node works after a failed init
-        super().__init__(parameters.NODE_NAME, **kwargs)
+    _worker: threading.Thread | None = None  # destroy_node works after a failed init
+    _inputs: list = []
+
+    def _declare_parameters(self) -> None:
         for param in parameters.PARAMETERS:
             self.declare_parameter(param.name, param.default, _descriptor(param))
+
+    def _configure(self) -> None:
+        """Parameters -> the frame step (the backend loads its weights here), pairing, outputs,
+        /diagnostics, timers and the worker thread; inputs are subscribed by _subscribe_inputs."""
         self.config = parameters.validate(
             {p.name: self.get_parameter(p.name).value for p in parameters.PARAMETERS}
         )
+        self._inputs = []
         # guards the pairer, the slot hand-over and the counts, so a snapshot adds up exactly
         self._lock = threading.Lock()
         self.processor = FrameProcessor(self.config, self._frame_source(), self._lock)
@@ -131,46 +141,12 @@ class DepthCompletionNode(Node):
         self._reported_no_image = 0
         self._reported_jumps = 0
 
-        input_qos = QoSProfile(
-            history=HistoryPolicy.KEEP_LAST,
-            depth=self.config["input_depth"],
-            reliability=_reliability(self.config["input_reliability"]),
-        )
         output_qos = QoSProfile(
             history=HistoryPolicy.KEEP_LAST,
             depth=self.config["output_depth"],
             reliability=ReliabilityPolicy.RELIABLE,
         )
-        # QoS as parameters the ROS way: qos_overrides.<topic>.subscription.reliability, ...
-        # (input_reliability / input_depth stay the defaults the overrides start from)
         overrides = QoSOverridingOptions.with_default_policies()
-        self.create_subscription(
-            CompressedImage if self._compressed() else Image,
-            self._topic("image_topic"),
-            self._on_image,
-            input_qos,
-            qos_overriding_options=overrides,
-        )
-        self.create_subscription(
-            CameraInfo,
-            self.config["camera_info_topic"],
-            self._on_camera_info,
-            input_qos,
-            qos_overriding_options=overrides,
-        )
-        self.create_subscription(
-            PointCloud2,
-            self.config["points_topic"],
-            self._on_cloud,
-            input_qos,
-            qos_overriding_options=overrides,
-        )
-        if self.config["odometry_topic"]:
-            from nav_msgs.msg import Odometry
-
-            self.create_subscription(
-                Odometry, self.config["odometry_topic"], self._on_odometry, input_qos
-            )
         # every output has a publisher (publish_* can be switched on at runtime); an output is
         # built only while it is enabled and someone subscribes to it
         self._publishers_by_topic = {
@@ -197,7 +173,61 @@ class DepthCompletionNode(Node):
         self._running = True
         self._worker = threading.Thread(target=self._work, name="depth_completion", daemon=True)
         self._worker.start()
-        self.get_logger().info(
+
+    def _subscribe_inputs(self) -> None:
+        """image, camera_info, points (and odometry): frames start to flow."""
+        input_qos = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST,
+            depth=self.config["input_depth"],
+            reliability=_reliability(self.config["input_reliability"]),
+        )
+        # QoS as parameters the ROS way: qos_overrides.<topic>.subscription.reliability, ...
+        # (input_reliability / input_depth stay the defaults the overrides start from)
+        overrides = QoSOverridingOptions.with_default_policies()
+        self._inputs.append(
+            self.create_subscription(
+                CompressedImage if self._compressed() else Image,
+                self._topic("image_topic"),
+                self._on_image,
+                input_qos,
+                qos_overriding_options=overrides,
+            )
+        )
+        self._inputs.append(
+            self.create_subscription(
+                CameraInfo,
+                self.config["camera_info_topic"],
+                self._on_camera_info,
+                input_qos,
+                qos_overriding_options=overrides,
+            )
+        )
+        self._inputs.append(
+            self.create_subscription(
+                PointCloud2,
+                self.config["points_topic"],
+                self._on_cloud,
+                input_qos,
+                qos_overriding_options=overrides,
+            )
+        )
+        if self.config["odometry_topic"]:
+            from nav_msgs.msg import Odometry
+
+            self._inputs.append(
+                self.create_subscription(
+                    Odometry, self.config["odometry_topic"], self._on_odometry, input_qos
+                )
+            )
+
+    def _unsubscribe_inputs(self) -> None:
+        """No more frames: nothing is processed or published; the model stays loaded."""
+        for subscription in self._inputs:
+            self.destroy_subscription(subscription)
+        self._inputs = []
+
+    def _ready_line(self) -> str:
+        return (
             f"ready: {self.pipeline.backend.describe()}; inputs {self._topic('image_topic')}, "
             f"{self._topic('camera_info_topic')}, {self._topic('points_topic')} "
             f"({self.config['input_reliability']}), max_time_offset "
@@ -510,16 +540,92 @@ class DepthCompletionNode(Node):
         msg.header.stamp = self.get_clock().now().to_msg()
         return msg
 
-    def destroy_node(self) -> None:
-        """Stop the worker and log the totals; safe after a failed ``__init__``."""
-        worker = getattr(self, "_worker", None)
+    def _stop_worker(self) -> None:
+        """Stop the worker thread and log the totals (once; safe when it never started)."""
+        worker = self._worker
         if worker is not None:
             self._running = False
             self.slot.close()
             worker.join(timeout=5.0)
             self.get_logger().info(f"stopping: {self.latency_summary()}")
             self._worker = None
+
+    def destroy_node(self) -> None:
+        """Stop the worker and log the totals; safe after a failed ``__init__``."""
+        self._stop_worker()
         super().destroy_node()
+
+
+class DepthCompletionNode(_DepthCompletion, Node):
+    """The node: configured and subscribed at construction (the default)."""
+
+    def __init__(self, **kwargs) -> None:
+        Node.__init__(self, parameters.NODE_NAME, **kwargs)
+        self._declare_parameters()
+        self._configure()
+        self._subscribe_inputs()
+        self.get_logger().info(self._ready_line())
+
+
+class DepthCompletionLifecycleNode(_DepthCompletion, LifecycleNode):
+    """The node as a managed (lifecycle) node, so a system manager brings the graph up in order:
+    configure loads and warms the model and creates the outputs; activate subscribes the inputs;
+    deactivate unsubscribes them (nothing is processed or published, the model stays loaded);
+    cleanup releases everything configure made."""
+
+    def __init__(self, **kwargs) -> None:
+        LifecycleNode.__init__(self, parameters.NODE_NAME, **kwargs)
+        self._declare_parameters()
+        self._made: dict[str, set] = {}
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        before = self._entities()
+        try:
+            self._configure()
+            self.pipeline.backend.warm_up()
+        except parameters.ParameterError as exc:
+            self.get_logger().error(f"cannot configure: {exc}")
+            self._release(before)
+            return TransitionCallbackReturn.FAILURE
+        self._made = {kind: now - before[kind] for kind, now in self._entities().items()}
+        self.get_logger().info(f"configured: {self.pipeline.backend.describe()}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._subscribe_inputs()
+        self.get_logger().info(self._ready_line())
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._unsubscribe_inputs()
+        self.get_logger().info(f"deactivated: {self.latency_summary()}")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_worker()
+        self._release(self._made)
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._unsubscribe_inputs()
+        self._stop_worker()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _entities(self) -> dict[str, set]:
+        return {
+            "publishers": set(self.publishers),
+            "subscriptions": set(self.subscriptions),
+            "timers": set(self.timers),
+        }
+
+    def _release(self, made: dict[str, set]) -> None:
+        for publisher in made.get("publishers", ()):
+            self.destroy_publisher(publisher)
+        for subscription in made.get("subscriptions", ()):
+            self.destroy_subscription(subscription)
+        for timer in made.get("timers", ()):
+            self.destroy_timer(timer)
+        self._made = {}
 
 
 def _diagnostics_publisher(node: Node):
@@ -561,6 +667,8 @@ def main(args: list[str] | None = None) -> int:
     from depth_completion_ros.cli_help import prepare_node_arguments
 
     args = prepare_node_arguments(args)  # --help, unknown/bad -p values: one line, before rclpy
+    ros_start = args.index("--ros-args") if "--ros-args" in args else len(args)
+    lifecycle = "--lifecycle" in args[1:ros_start]
     stop = StopRequest()
     stop.install()
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
@@ -568,7 +676,7 @@ def main(args: list[str] | None = None) -> int:
     executor = rclpy.executors.SingleThreadedExecutor()
     try:
         try:
-            node = DepthCompletionNode()
+            node = DepthCompletionLifecycleNode() if lifecycle else DepthCompletionNode()
         except (
             parameters.ParameterError,
             InvalidParameterValueException,

@@ -8,6 +8,8 @@
 Topics are remapped (image, camera_info, points); everything else is a node parameter. A
 parameter argument left empty ('') is not set here, so the params file (or the node's default)
 decides it: the launch file never overrides a value the team keeps in its own YAML.
+``lifecycle:=true`` starts the managed (lifecycle) node for a system manager to configure and
+activate (nav2's lifecycle_manager, or ``ros2 lifecycle set /depth_completion configure``).
 
 DDS: by default the process keeps the DDS configuration it was started with (the team's own
 FASTDDS_DEFAULT_PROFILES_FILE, or Fast DDS's defaults). ``dds_profile:=localhost`` keeps all
@@ -61,6 +63,11 @@ def node_parameter_overrides(values: dict[str, str]) -> dict[str, object]:
     return out
 
 
+def node_arguments(lifecycle: str) -> list[str]:
+    """The node's own command-line arguments (before --ros-args) for the ``lifecycle`` argument."""
+    return ["--lifecycle"] if lifecycle.strip().lower() in ("true", "1", "yes") else []
+
+
 def dds_profile_file(share: str, name: str) -> str | None:
     """The profile file to export for ``dds_profile`` (None: leave the environment alone)."""
     if not name:
@@ -104,6 +111,12 @@ def generate_launch_description():
         DeclareLaunchArgument(
             "rviz", default_value="false", description="start RViz (needs rviz2 installed)"
         ),
+        DeclareLaunchArgument(
+            "lifecycle",
+            default_value="false",
+            description="true: a managed node (unconfigured until a lifecycle manager "
+            "configures and activates it); false: the plain node, active at once",
+        ),
         *(
             DeclareLaunchArgument(name, default_value="", description=f"{text} ('' = not set)")
             for name, text in PARAMETER_ARGUMENTS.items()
@@ -129,6 +142,7 @@ def generate_launch_description():
                 executable="depth_completion_node",
                 name="depth_completion",
                 output="screen",
+                arguments=node_arguments(LaunchConfiguration("lifecycle").perform(context)),
                 parameters=parameters,
                 remappings=[
                     ("image", LaunchConfiguration("image")),

@@ -138,6 +138,7 @@ def test_generic_launch_sets_only_the_parameters_given():
 def test_generic_launch_leaves_dds_alone_unless_asked(tmp_path):
     launch = _generic_launch()
     assert launch.dds_profile_file(str(tmp_path), "") is None
+    assert launch.node_arguments("true") == ["--lifecycle"] and launch.node_arguments("false") == []
     for name, file in launch.DDS_PROFILES.items():
         path = launch.dds_profile_file(str(REPO), name)
         assert path == str(REPO / "config" / file) and Path(path).is_file()

@@ -206,3 +206,70 @@ def test_qos_overrides_are_parameters(kitti_raw_seq, ros_domain_id, tmp_path):
     finally:
         client.close()
         stop_process(process)
+
+
+def test_lifecycle_node_transitions(kitti_raw_seq, ros_domain_id, tmp_path):
+    """--lifecycle: unconfigured = no inputs; configure loads and warms the model; activate
+    subscribes and frames come out; deactivate unsubscribes (no output, model kept); activate
+    again works; cleanup and shutdown end cleanly."""
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState, GetState
+
+    drive = KittiDrive(kitti_raw_seq / DRIVE)
+    use_ros_environment(ros_domain_id)
+    parameters = {
+        "calibration_dir": str(drive.calibration_dir),
+        "input_reliability": "reliable",
+        "diagnostics_period": 0.5,
+    }
+    log = tmp_path / "node.log"
+    process = start_node_process(parameters, ros_domain_id, log, node_args=("--lifecycle",))
+    client = Client()
+    base = drive.frame(drive.frame_ids[0])
+    frame = SensorFrame(100.0, base.rgb, base.points, drive.calibration.camera)
+
+    def change(transition: int) -> bool:
+        request = ChangeState.Request(transition=Transition(id=transition))
+        return client.call(ChangeState, "/depth_completion/change_state", request).success
+
+    def state() -> str:
+        return client.call(
+            GetState, "/depth_completion/get_state", GetState.Request()
+        ).current_state.label
+
+    def image_subscribed() -> bool:
+        client.spin(0.5)
+        return bool(client.node.get_subscriptions_info_by_topic("/image"))
+
+    def one_frame_out(stamp: float) -> bool:
+        count = len(client.depth)
+        client.publish(SensorFrame(stamp, frame.rgb, frame.points, frame.camera))
+        end = time.monotonic() + 10.0
+        while len(client.depth) == count and time.monotonic() < end:
+            client.spin(0.1)
+        return len(client.depth) > count
+
+    try:
+        assert state() == "unconfigured", log.read_text()
+        assert not image_subscribed()
+        assert change(Transition.TRANSITION_CONFIGURE) and state() == "inactive"
+        assert "configured:" in log.read_text()
+        assert not image_subscribed()  # configured, not active: no inputs yet
+        client.listen_to_depth()
+        assert change(Transition.TRANSITION_ACTIVATE) and state() == "active"
+        assert image_subscribed()
+        client.spin(1.0)
+        assert one_frame_out(200.0), log.read_text()
+        assert change(Transition.TRANSITION_DEACTIVATE) and state() == "inactive"
+        assert not image_subscribed()
+        assert not one_frame_out(201.0)
+        assert change(Transition.TRANSITION_ACTIVATE)
+        client.spin(1.0)
+        assert one_frame_out(202.0), log.read_text()
+        assert change(Transition.TRANSITION_DEACTIVATE)
+        assert change(Transition.TRANSITION_CLEANUP) and state() == "unconfigured"
+    finally:
+        client.close()
+        returncode = stop_process(process)
+    text = log.read_text()
+    assert returncode == 0 and "Traceback" not in text, text

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
 
 from depth_completion_ros import kitti_bag
 from depth_completion_ros.kitti import KITTI_BAG_TOPICS
@@ -89,6 +91,14 @@ def test_bag_replayed_on_sim_time_loses_no_scan(kitti_raw_seq, ros_domain_id, tm
         lambda msg: counts.append({kv.key: kv.value for kv in msg.status[0].values}),
         10,
     )
+    # a consumer of the depth: without one the node completes nothing (lazy outputs)
+    depth = []
+    listener.create_subscription(
+        Image,
+        "depth/image",
+        depth.append,
+        QoSProfile(depth=30, reliability=ReliabilityPolicy.RELIABLE),
+    )
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(listener)
     try:
@@ -116,4 +126,5 @@ def test_bag_replayed_on_sim_time_loses_no_scan(kitti_raw_seq, ros_domain_id, tm
     assert play.returncode == 0, play.stdout.read()
     assert counts, text
     assert counts[-1]["received"] == counts[-1]["published"] == "20", (counts[-1], text)
+    assert len(depth) == 20
     assert returncode == 0 and ROSOUT_ERROR not in text, text

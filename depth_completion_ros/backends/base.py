@@ -47,6 +47,15 @@ class DepthCompletionBackend(ABC):
     def complete(self, rgb: np.ndarray, sparse: np.ndarray, K: np.ndarray) -> np.ndarray:
         """Return dense depth for one frame."""
 
+    def warm_up(self) -> None:
+        """Run one small synthetic frame, so the first real frame does not pay for lazy set-up
+        (kernels, work buffers, allocator); a lifecycle node does it in ``configure``."""
+        rgb = np.zeros((64, 128, 3), np.uint8)
+        sparse = np.zeros((64, 128), np.float32)
+        sparse[32:, ::4] = 10.0
+        K = np.array([[100.0, 0.0, 64.0], [0.0, 100.0, 32.0], [0.0, 0.0, 1.0]], np.float32)
+        self.complete(rgb, sparse, K)
+
     def describe(self) -> str:
         """One line for the start-up log (device, precision, weights)."""
         return self.name

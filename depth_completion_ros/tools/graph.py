@@ -97,14 +97,17 @@ def start_node_process(
     log_path: str | Path,
     extra_args: list[str] | None = None,
     transport: str = "localhost",
+    node_args: tuple[str, ...] = (),
 ) -> subprocess.Popen:
-    """Start ``depth_completion_node`` in its own process with a generated parameter file."""
+    """Start ``depth_completion_node`` in its own process with a generated parameter file
+    (``node_args`` go before ``--ros-args``, e.g. ``("--lifecycle",)``)."""
     params_file = Path(tempfile.mkstemp(prefix="depth_completion_", suffix=".yaml")[1])
     params_file.write_text(yaml.safe_dump({"depth_completion": {"ros__parameters": parameters}}))
     command = [
         sys.executable,
         "-m",
         "depth_completion_ros.node",
+        *node_args,
         "--ros-args",
         "--params-file",
         str(params_file),
