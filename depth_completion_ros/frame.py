@@ -53,6 +53,7 @@ OUTPUTS: dict[str, tuple[str, str | None]] = {
     "depth/points": ("sensor_msgs/msg/PointCloud2", "publish_points"),
     "sparse_depth/image": ("sensor_msgs/msg/Image", "publish_sparse"),
     "depth/colored": ("sensor_msgs/msg/Image", "publish_colored"),
+    "depth/confidence": ("sensor_msgs/msg/Image", "publish_confidence"),
 }
 #: how many failure messages a run keeps as examples (counts are kept for every cause)
 FAILURE_EXAMPLES = 20
@@ -100,6 +101,7 @@ def pipeline_around(backend, config: dict) -> DepthPipeline:
         min_depth=config["min_depth"],
         max_depth=config["max_depth"],
         support=support_from_parameters(config),
+        confidence_distance=config["confidence_distance"],
     )
 
 
@@ -350,6 +352,8 @@ class FrameProcessor:
             frame.camera,
             frame.T_cam_lidar,
             frame.motion,
+            "depth/confidence" in self.outputs
+            and (inputs.wanted is None or "depth/confidence" in inputs.wanted),
         )
         messages = self._stage(
             "outputs",
@@ -487,4 +491,6 @@ class FrameProcessor:
         if "depth/colored" in build:
             colored = colorize_depth(result.dense, self.config["max_depth"])
             out["depth/colored"] = numpy_to_image(colored, "rgb8", header)
+        if "depth/confidence" in build and result.confidence is not None:
+            out["depth/confidence"] = numpy_to_image(result.confidence, "32FC1", header)
         return out

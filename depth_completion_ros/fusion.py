@@ -105,19 +105,46 @@ class FusionResult:
     mesh: object  # open3d.geometry.TriangleMesh
     cloud: object  # open3d.geometry.PointCloud
     frames: int
+    #: depth pixels integrated, and those left out for a confidence below ``min_confidence``
+    pixels: int = 0
+    low_confidence: int = 0
+
+
+def confident_depth(
+    depth: np.ndarray, confidence: np.ndarray | None, min_confidence: float
+) -> tuple[np.ndarray, int]:
+    """``depth`` (NaN = none) with the pixels whose confidence is below ``min_confidence`` (or
+    NaN) set to NaN, and how many valid depth pixels that removed. ``confidence`` None or
+    ``min_confidence`` <= 0: unchanged."""
+    depth = np.asarray(depth, np.float32)
+    if confidence is None or min_confidence <= 0:
+        return depth, 0
+    with np.errstate(invalid="ignore"):
+        drop = ~(np.asarray(confidence) >= min_confidence) & np.isfinite(depth)
+    return np.where(drop, np.float32(np.nan), depth), int(np.count_nonzero(drop))
 
 
 def fuse(
-    frames: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+    frames: Iterable[tuple],
     voxel: float = 0.1,
     truncation: float | None = None,
     max_depth: float = 40.0,
     weight_threshold: float = 0.5,
+    min_confidence: float = 0.0,
 ) -> FusionResult:
-    """Integrate (rgb, depth metres NaN=none, K 3x3, T_world_cam 4x4) frames into a TSDF.
+    """Integrate (rgb, depth metres NaN=none, K 3x3, T_world_cam 4x4[, confidence 0-1 or
+    None]) frames into a TSDF.
 
     open3d's sparse voxel-block grid (tensor API): memory follows the observed surfaces, so a
     street scene 40 m deep fits in a few hundred MB at 10 cm voxels.
+
+    Confidence: open3d's ``integrate`` gives every pixel the same weight (1 per observation)
+    and takes no per-pixel weight, and this project has no integrator of its own; so a
+    frame's confidence gates its pixels instead of weighting them: depth with confidence below
+    ``min_confidence`` is not integrated (:func:`confident_depth`). A gate keeps open3d's fast
+    integration and removes exactly the estimates a weight would shrink most (far from any
+    return, or doubted by the network), which are the ones that add surfaces where there are
+    none. ``min_confidence`` 0 (or no confidence) integrates every valid pixel.
     """
     import open3d as o3d
 
@@ -132,9 +159,14 @@ def fuse(
         device=core.Device("CPU:0"),
     )
     trunc_voxels = (truncation or 4 * voxel) / voxel
-    count = 0
-    for rgb, depth, K, T_world_cam in frames:
-        clean = np.ascontiguousarray(np.nan_to_num(np.asarray(depth, np.float32), nan=0.0))
+    count = pixels = low = 0
+    for frame in frames:
+        rgb, depth, K, T_world_cam = frame[:4]
+        confidence = frame[4] if len(frame) > 4 else None
+        depth, dropped = confident_depth(depth, confidence, min_confidence)
+        low += dropped
+        pixels += int(np.count_nonzero(np.isfinite(depth) & (depth > 0)))
+        clean = np.ascontiguousarray(np.nan_to_num(depth, nan=0.0))
         depth_image = o3d.t.geometry.Image(core.Tensor(clean))
         color = o3d.t.geometry.Image(
             core.Tensor(np.ascontiguousarray(rgb, dtype=np.float32) / 255.0)
@@ -161,7 +193,7 @@ def fuse(
     mesh = grid.extract_triangle_mesh(weight_threshold=weight_threshold).to_legacy()
     mesh.compute_vertex_normals()
     cloud = grid.extract_point_cloud(weight_threshold=weight_threshold).to_legacy()
-    return FusionResult(mesh=mesh, cloud=cloud, frames=count)
+    return FusionResult(mesh=mesh, cloud=cloud, frames=count, pixels=pixels, low_confidence=low)
 
 
 def point_to_mesh_distances(mesh, points: np.ndarray) -> np.ndarray:
@@ -178,6 +210,7 @@ __all__ = [
     "FusionError",
     "FusionResult",
     "PoseTrack",
+    "confident_depth",
     "fuse",
     "icp_odometry",
     "point_to_mesh_distances",

@@ -12,6 +12,7 @@ import numpy as np
 
 from depth_completion_ros.backends.base import DepthCompletionBackend
 from depth_completion_ros.calibration import PinholeCamera
+from depth_completion_ros.confidence import DEFAULT_DISTANCE, distance_confidence, mask_confidence
 from depth_completion_ros.deskew import SweepDeskew
 from depth_completion_ros.projection import (
     ProjectionConfig,
@@ -44,6 +45,8 @@ class FrameResult:
     sparse: np.ndarray  # 0 = no LiDAR point
     dense: np.ndarray  # NaN = no estimate (REP 118)
     points_in_image: int
+    #: 0-1 per pixel, NaN where ``dense`` is NaN; only when asked for (see DepthPipeline.run)
+    confidence: np.ndarray | None = None
 
 
 class DepthPipeline:
@@ -62,6 +65,7 @@ class DepthPipeline:
         min_depth: float = 0.1,
         max_depth: float = 100.0,
         support: SupportConfig | None = SupportConfig(),
+        confidence_distance: float = DEFAULT_DISTANCE,
     ) -> None:
         if not 0 <= min_depth < max_depth:
             raise ValueError(f"need 0 <= min_depth < max_depth, got {min_depth}, {max_depth}")
@@ -70,6 +74,8 @@ class DepthPipeline:
         self.min_depth = float(min_depth)
         self.max_depth = float(max_depth)
         self.support = support
+        #: d0 of the distance-based confidence (pixels), for backends without their own
+        self.confidence_distance = float(confidence_distance)
         self._mask: np.ndarray | None = None  # reused: a fresh image-sized mask costs page faults
 
     def sparse_depth(
@@ -108,8 +114,14 @@ class DepthPipeline:
         camera: PinholeCamera,
         T_cam_lidar: np.ndarray,
         motion: SensorMotion | SweepDeskew | None = None,
+        confidence: bool = False,
     ) -> FrameResult:
-        """One frame through the whole path (``motion``: see :meth:`sparse_depth`)."""
+        """One frame through the whole path (``motion``: see :meth:`sparse_depth`).
+
+        ``confidence``: also the per-pixel confidence (:mod:`depth_completion_ros.confidence`):
+        the backend's own (NLSPN's head) or, for a backend without one, exp(-d / d0) of the
+        distance to the nearest return; NaN where the published depth is NaN. Not computed
+        when not asked for."""
         check_image_size(rgb, camera)
         if len(points) == 0:
             raise InputError("point cloud has no finite points (empty or all NaN)")
@@ -120,10 +132,23 @@ class DepthPipeline:
                 f"none of the {len(points)} LiDAR points falls inside the image: check the "
                 "extrinsics (calibration_dir / extrinsics parameters) and the cloud's frame_id"
             )
-        dense = self.backend.complete(rgb, sparse, camera.intrinsics)
-        return FrameResult(
-            sparse=sparse, dense=self.publishable(dense, sparse), points_in_image=count
-        )
+        conf = None
+        if confidence:
+            dense, conf = self.backend.complete_with_confidence(rgb, sparse, camera.intrinsics)
+            if conf is None:
+                conf = distance_confidence(sparse, self.confidence_distance)
+        else:
+            dense = self.backend.complete(rgb, sparse, camera.intrinsics)
+        dense = self.publishable(dense, sparse)
+        if conf is not None:
+            conf = mask_confidence(conf, dense)
+        return FrameResult(sparse=sparse, dense=dense, points_in_image=count, confidence=conf)
+
+    def confidence_source(self) -> str:
+        """What depth/confidence holds with this backend, for the start-up log and docs."""
+        if getattr(self.backend, "has_confidence", False):
+            return f"{self.backend.name}'s confidence head (NLSPN)"
+        return f"exp(-d / {self.confidence_distance:g} px), d = distance to the nearest return"
 
     def publishable(self, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
         """A new float32 array of what is published: NaN outside the range and the support."""

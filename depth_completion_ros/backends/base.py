@@ -1,6 +1,7 @@
 """The one interface every completion engine implements.
 
-The node, the offline tools, the demo and evaluation only ever call ``complete``; a backend is
+The node, the offline tools, the demo and evaluation call ``complete`` (the pipeline calls
+``complete_with_confidence`` when ``depth/confidence`` is published); a backend is
 chosen by name through :func:`depth_completion_ros.backends.make_backend`.
 """
 
@@ -46,6 +47,15 @@ class DepthCompletionBackend(ABC):
     @abstractmethod
     def complete(self, rgb: np.ndarray, sparse: np.ndarray, K: np.ndarray) -> np.ndarray:
         """Return dense depth for one frame."""
+
+    def complete_with_confidence(
+        self, rgb: np.ndarray, sparse: np.ndarray, K: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Dense depth as :meth:`complete` and the method's own confidence (H x W float32,
+        0-1, on the same pixels as the depth), or None when the method has none (the pipeline
+        then uses :func:`depth_completion_ros.confidence.distance_confidence`). Called only
+        when the confidence is asked for, so the depth-only path costs nothing extra."""
+        return self.complete(rgb, sparse, K), None
 
     def warm_up(self) -> None:
         """Run one small synthetic frame, so the first real frame does not pay for lazy set-up

@@ -559,6 +559,25 @@ class NetworkBackend(DepthCompletionBackend):
     ) -> np.ndarray:
         """Network output (1 x 1 x nh x nw, network units; ``tiles``: the edge tiles' outputs,
         T x 1 x ch x tile_width) -> H x W metres, 0 where the network saw nothing."""
+        return self._to_image(pred, g, tiles, self.input_spec.depth_scale, None)
+
+    def restore_confidence(
+        self, conf: torch.Tensor, g: FrameGeometry, tiles: torch.Tensor | None = None
+    ) -> np.ndarray:
+        """A confidence map of the network input (shaped like :meth:`restore`'s ``pred``) ->
+        H x W, 0-1, through exactly the depth's way back (crop, tiles, resampling), so it
+        covers the same pixels; 0 where the network saw nothing."""
+        return self._to_image(conf, g, tiles, 1.0, 1.0)
+
+    def _to_image(
+        self,
+        pred: torch.Tensor,
+        g: FrameGeometry,
+        tiles: torch.Tensor | None,
+        divide: float,
+        upper: float | None,
+    ) -> np.ndarray:
+        """:meth:`restore` for any map: divided by ``divide``, clamped to [0, ``upper``]."""
         pred = pred.float()[0, 0, g.top : g.top + g.ch, g.left : g.left + g.cw]
         c0, c1 = g.columns
         if g.tiles:
@@ -568,8 +587,10 @@ class NetworkBackend(DepthCompletionBackend):
             for i, (x, lo, hi) in enumerate(g.tiles):
                 canvas[:, lo - c0 : hi - c0] = tiles[i, 0, :, lo - x : hi - x].float()
             pred = canvas
-        pred = pred / self.input_spec.depth_scale
-        pred = torch.where(torch.isfinite(pred), pred.clamp(min=0), torch.zeros_like(pred))
+        pred = pred / divide
+        pred = torch.where(
+            torch.isfinite(pred), pred.clamp(min=0, max=upper), torch.zeros_like(pred)
+        )
         out = torch.zeros((g.height, g.width), dtype=torch.float32, device=pred.device)
         if not g.resized:
             out[g.y0 : g.y0 + g.ch, c0:c1] = pred
@@ -614,7 +635,39 @@ class NetworkBackend(DepthCompletionBackend):
             self._forward, self.compiled = self.net, False
             return self.spec.predict(self._forward, image, dep, k_net)
 
+    @property
+    def has_confidence(self) -> bool:
+        """The network has a confidence head (NLSPN / SelfDC; not BP-Net, not an ONNX
+        export, whose graph returns depth only)."""
+        return bool(getattr(self.net, "provides_confidence", False))
+
+    def _run_confidence(
+        self, image: torch.Tensor, dep: torch.Tensor, k_net: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Depth and the confidence head's output (both B x 1 x H x W, network input)."""
+        try:
+            depth, aux = self._forward(image, dep, return_aux=True)
+        except Exception as e:
+            if self._forward is self.net:
+                raise
+            log.warning("compiled network failed (%s: %s); running eagerly", type(e).__name__, e)
+            self._forward, self.compiled = self.net, False
+            depth, aux = self._forward(image, dep, return_aux=True)
+        return depth, aux["confidence"]
+
     def complete(self, rgb: np.ndarray, sparse: np.ndarray, K: np.ndarray) -> np.ndarray:
+        return self._complete(rgb, sparse, K, False)[0]
+
+    def complete_with_confidence(
+        self, rgb: np.ndarray, sparse: np.ndarray, K: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Depth and, for NLSPN / SelfDC, its confidence head mapped back like the depth
+        (:meth:`restore_confidence`); None for a network without one (BP-Net, ONNX)."""
+        return self._complete(rgb, sparse, K, self.has_confidence)
+
+    def _complete(
+        self, rgb: np.ndarray, sparse: np.ndarray, K: np.ndarray, confidence: bool
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         self._validate(rgb, sparse, K)
         sparse = np.asarray(sparse, dtype=np.float32)
         bad = ~np.isfinite(sparse) | (sparse < 0)
@@ -628,12 +681,20 @@ class NetworkBackend(DepthCompletionBackend):
             with torch.autocast(
                 self.device.type, dtype=AUTOCAST_DTYPES[self.precision], enabled=amp
             ):
-                pred = self._run(*window)
+                run = self._run_confidence if confidence else self._run
+                pred = run(*window)
                 edges = None
                 if tiles is not None:
                     with self._tile_threads():
-                        edges = self._run(*tiles)
+                        edges = run(*tiles)
+            conf = None
+            if confidence:
+                pred, conf = pred
+                conf_edges = None
+                if edges is not None:
+                    edges, conf_edges = edges
+                conf = self.restore_confidence(conf, g, conf_edges)
             out = self.restore(pred, g, edges)
         t2 = time.perf_counter()
         self.last_timing = {"prepare_s": t1 - t0, "network_and_restore_s": t2 - t1}
-        return out
+        return out, conf

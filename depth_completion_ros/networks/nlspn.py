@@ -289,6 +289,9 @@ class SelfDCNet(nn.Module):
     in float32 at least.
     """
 
+    #: a confidence head: ``forward(..., return_aux=True)[1]['confidence']`` (B x 1 x H x W,
+    #: 0-1), published on depth/confidence by the network backend
+    provides_confidence = True
     #: prefixes of training-only parts; a checkpoint may carry them for a model built without
     training_only_prefixes: tuple[str, ...] = ("seg_decoder.",)
 
