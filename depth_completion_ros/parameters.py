@@ -48,6 +48,8 @@ def is_ros_parameter(name: str) -> bool:
     """A parameter rclpy declares itself: use_sim_time, ..., and the QoS overrides of the
     subscriptions and publishers (``qos_overrides./image.subscription.reliability``)."""
     return name in ROS_BUILTIN_PARAMETERS or name.split(".", 1)[0] == "qos_overrides"
+
+
 #: per-point time fields whose unit and reference are known (deskew.KNOWN_TIME_FIELDS)
 KNOWN_TIME_FIELD_NAMES = ("time", "t", "timestamp", "offset_time")
 #: values of the ``model`` parameter: the classical fill and every registry network

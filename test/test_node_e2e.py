@@ -30,6 +30,7 @@ def test_twenty_real_frames_over_dds(kitti_sequence, ros_domain_id, tmp_path):
         "calibration_dir": str(drive.calibration_dir),
         "publish_sparse": True,
         "publish_colored": True,
+        "publish_confidence": True,  # every output topic, so that each is checked per frame
         # every frame must arrive: best effort may drop multi-megabyte messages under load
         "input_reliability": "reliable",
     }
@@ -61,10 +62,15 @@ def test_twenty_real_frames_over_dds(kitti_sequence, ros_domain_id, tmp_path):
         assert [f.name for f in cloud.fields] == ["x", "y", "z", "rgb"]
 
         dense = image_to_depth(depth_msg)
+        confidence = image_to_depth(outputs["depth/confidence"])
+        assert confidence.shape == dense.shape
+        assert np.array_equal(np.isnan(confidence), np.isnan(dense))
+        assert np.nanmin(confidence) >= 0.0 and np.nanmax(confidence) <= 1.0
         sparse = np.nan_to_num(image_to_depth(outputs["sparse_depth/image"]), nan=0.0)
         lidar = sparse > 0
         assert lidar.sum() > 10_000  # 15-16.5k scan points land in image_02
         assert np.isfinite(dense[lidar]).mean() > 0.99
+        assert (confidence[lidar & np.isfinite(dense)] == 1.0).mean() > 0.99  # on a return: 1
         agreement.append(np.nanmedian(np.abs(dense[lidar] - sparse[lidar])))
     assert max(agreement) < 0.05, f"dense vs LiDAR median abs difference per frame: {agreement}"
     assert graph.returncode == 0, log

@@ -10,7 +10,7 @@ import pytest
 
 from depth_completion_ros.backends.classical import ClassicalBackend
 from depth_completion_ros.depth_io import read_kitti_depth, read_rgb
-from depth_completion_ros.frame import pipeline_from_parameters
+from depth_completion_ros.frame import pipeline_around, pipeline_from_parameters
 from depth_completion_ros.parameters import ParameterError, defaults, load_parameters
 from depth_completion_ros.pipeline import DepthPipeline
 from depth_completion_ros.projection import ProjectionConfig, project_points
@@ -96,20 +96,29 @@ def test_switching_it_off_restores_the_whole_image(real, classical_result):
 
 
 def test_every_backend_goes_through_it(real, r18_weights: Path):
-    """A network backend built from node parameters gets the same mask as the classical fill."""
+    """A network backend built from node parameters gets the same mask as the classical fill;
+    switched off, the network's window covers every row instead of the supported ones."""
     rgb, scan, camera, T, _ = real
     config = _node_defaults() | {"model": "selfdc_r18", "checkpoint": str(r18_weights)}
-    limited = pipeline_from_parameters(config).run(rgb, scan, camera, T)
-    full = pipeline_from_parameters(config | {"limit_to_lidar_support": False})
-    full = full.run(rgb, scan, camera, T).dense
+    pipeline = pipeline_from_parameters(config)
+    limited = pipeline.run(rgb, scan, camera, T)
     expected = outside_support(limited.sparse, SupportConfig())
     assert np.isnan(limited.dense[expected]).all()
-    # the network predicts inside its crop (rows 23-374) above the scan too; now NaN there
+    # the same window unmasked: the mask only hides, it changes no published value
+    unmasked = pipeline_around(pipeline.backend, config | {"limit_to_lidar_support": False})
+    same_window = unmasked.run(rgb, scan, camera, T).dense
+    shown = ~expected & np.isfinite(same_window)
+    assert shown.sum() > 0.5 * shown.size
+    np.testing.assert_array_equal(limited.dense[shown], same_window[shown])
+    # the release's crop (rows 23-374) predicts above the scan too; the mask made that NaN
     sky = expected.copy()
     sky[:23] = False
-    assert np.isfinite(full[sky]).mean() > 0.9
-    shown = ~expected & np.isfinite(full)
-    np.testing.assert_array_equal(limited.dense[shown], full[shown])
+    assert np.isfinite(same_window[sky]).mean() > 0.9
+    # switched off in the parameters: the window covers the rows above the crop as well
+    full = pipeline_from_parameters(config | {"limit_to_lidar_support": False})
+    full = full.run(rgb, scan, camera, T).dense
+    # (the rest: random weights' values outside [min_depth, max_depth])
+    assert np.isnan(same_window[:23]).all() and np.isfinite(full[:23]).mean() > 0.9
 
 
 def test_a_stray_return_does_not_open_the_sky():

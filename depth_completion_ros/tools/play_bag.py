@@ -3,8 +3,9 @@
 Stored CDR bytes are published as they are (``Publisher.publish(bytes)``), so nothing is decoded
 and re-encoded on the way; the message classes only name the types for DDS. Timing follows the
 bag's receive times, scaled by ``--rate``; ``--clock`` publishes the bag time on ``/clock`` so
-nodes run with ``use_sim_time:=true``. Types without a Python package here (tf2_msgs on PyPI
-installs) are skipped with a warning.
+nodes run with ``use_sim_time:=true``. Latched (transient-local) messages recorded before
+``--start-offset``, such as /tf_static, are published first. Types without a Python package here
+are skipped with a warning.
 
 By default it waits (up to ``--wait-for-subscribers`` s) for the subscribers before playing: a
 volatile reader that matches after a message was sent never gets it, so a node started just
@@ -167,6 +168,9 @@ def play(bag: str, options: PlayOptions, log=print, stop: StopFlag | None = None
             if options.delay:
                 stop.sleep(options.delay)
             start = reader.start_time + int(options.start_offset * 1e9)
+            latched = _publish_latched_before(reader, publishers, start, options.reliability)
+            for topic, count in latched.items():
+                sent[remap.get(topic, topic)] = count
             clock_period = 1.0 / options.clock_hz if options.clock_hz else 0.0
             while not stop.set:
                 wall0 = time.monotonic()
@@ -204,6 +208,24 @@ def play(bag: str, options: PlayOptions, log=print, stop: StopFlag | None = None
     if interrupted:
         raise Interrupted(sent)
     return sent
+
+
+def _publish_latched_before(
+    reader: BagReader, publishers: dict, start: int, reliability: str
+) -> dict[str, int]:
+    """Publish the latched (transient-local) messages recorded before ``start`` at once: a
+    /tf_static written at the bag's first instant must reach the node also when playing from
+    an offset, or every frame after it would lack its extrinsics."""
+    if start <= reader.start_time:
+        return {}
+    latched = [
+        t for t in publishers if _qos(reader, t, reliability).durability.name == "TRANSIENT_LOCAL"
+    ]
+    counts: dict[str, int] = {}
+    for message in reader.messages(latched, stop=start) if latched else ():
+        publishers[message.topic].publish(bytes(message.data))
+        counts[message.topic] = counts.get(message.topic, 0) + 1
+    return counts
 
 
 def _clock(Clock, stamp_ns: int):
