@@ -7,7 +7,7 @@
 #
 #   benchmarks/gpu_check.sh [OUT_DIR] [PART ...]
 #
-# PARTs: tests, sparse, timings, compiled, profiles, training, onnx (default: all). Each takes a few minutes;
+# PARTs: tests, sparse, timings, compiled, profiles, training, onnx, cameras (default: all). Each takes a few minutes;
 # on a machine with a per-command time limit, run them in separate calls into one OUT_DIR.
 #
 # Uses the python on PATH (PYTHON=... to override): a CUDA build of torch with numpy, scipy,
@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUT_DIR=$(realpath -m "${1:-output/gpu_check}")
 shift || true
-PARTS=" ${*:-tests sparse timings compiled profiles training onnx} "
+PARTS=" ${*:-tests sparse timings compiled profiles training onnx cameras} "
 want() { [[ $PARTS == *" $1 "* ]]; }
 mkdir -p "$OUT_DIR"
 export PYTHONUNBUFFERED=1
@@ -54,6 +54,13 @@ if want compiled; then
     echo "== per-model timings, torch.compile"
     timeout 1200 "$PY" bench_networks.py --devices cuda --runs 30 --compile \
         --precisions fp16 bf16 >"$OUT_DIR/networks_compiled.json" 2>"$OUT_DIR/networks_compiled.log"
+fi
+if want cameras; then
+    echo "== several cameras, one model: batched vs one by one vs a model each (CUDA)"
+    for model in selfdc_r18 selfdc; do
+        timeout 600 "$PY" bench_cameras.py --model "$model" --cameras 4 --device cuda --runs 20 \
+            >"$OUT_DIR/cameras_$model.json" 2>"$OUT_DIR/cameras_$model.log"
+    done
 fi
 if want profiles; then
     echo "== per-stage profiles"

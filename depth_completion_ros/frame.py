@@ -22,6 +22,7 @@ import numpy as np
 
 from depth_completion_ros import deskew, odometry
 from depth_completion_ros.backends import BackendError, make_backend
+from depth_completion_ros.backends.base import DepthCompletionBackend
 from depth_completion_ros.calibration import (
     CalibrationError,
     PinholeCamera,
@@ -200,6 +201,8 @@ class FrameOutcome:
     output: FrameOutput | None = None
     failure: FrameFailure | None = None
     not_deskewed: odometry.NoMotion | None = None
+    #: how many frames went through the backend's forward pass with this one (1: alone)
+    batch: int = 0
 
 
 @dataclass
@@ -214,6 +217,8 @@ class FrameAccounting:
     processed: int = 0
     failed: int = 0
     in_process: int = 0
+    #: processed frames that shared the backend's forward pass with another camera's
+    batched: int = 0
     failed_by_stage: Counter = field(default_factory=Counter)
     failure_examples: list[str] = field(default_factory=list)
     not_deskewed: Counter = field(default_factory=Counter)
@@ -234,6 +239,7 @@ class FrameAccounting:
                 self.failure_examples.append(str(outcome.failure))
         else:
             self.processed += 1
+            self.batched += outcome.batch > 1
         if outcome.not_deskewed is not None:
             cause = outcome.not_deskewed.cause
             self.not_deskewed[cause] += 1
@@ -261,11 +267,20 @@ class FrameProcessor:
     """The per-frame step, built once from the node's parameters."""
 
     def __init__(
-        self, config: dict, source: FrameSource, lock: threading.Lock | None = None
+        self,
+        config: dict,
+        source: FrameSource,
+        lock: threading.Lock | None = None,
+        backend: DepthCompletionBackend | None = None,
     ) -> None:
+        """``backend``: one already built (the cameras of a node share one model); None
+        builds it from ``config``."""
         self.config = config
         self.source = source
-        self.pipeline = pipeline_from_parameters(config)
+        if backend is None:
+            self.pipeline = pipeline_from_parameters(config)
+        else:
+            self.pipeline = pipeline_around(backend, config)
         self.fixed_extrinsics, self.extrinsics_source = extrinsics_from_parameters(config)
         self.outputs = enabled_outputs(config)
         self.points_scale = config["points_scale"] or None
@@ -308,52 +323,43 @@ class FrameProcessor:
         """``take()`` a frame and mark it in process atomically (under the accounting lock),
         then run it, ``emit(inputs, output)``, and count it; None when there was nothing to
         take. A failure of ``emit`` fails the frame like any other stage."""
-        accounting = self.accounting
-        with accounting.lock:
-            inputs = take()
-            if inputs is None:
-                return None
-            accounting.in_process += 1
-        outcome = FrameOutcome()
-        try:
-            output = self._run(inputs, outcome)
-            if emit is not None:
-                self._stage("emit", "publishing/writing the outputs", emit, inputs, output)
-            outcome.output = output
-        except FrameFailure as exc:
-            outcome.failure = exc
-        finally:
-            with accounting.lock:
-                accounting.in_process -= 1
-                accounting.record(outcome)
-        return outcome
+        return process_together([(self, take, emit)])[0]
 
     # --- the step ---------------------------------------------------------------------------
 
     def _stage(self, stage: str, what: str, run: Callable, *args):
         """``run(*args)``, with any failure turned into a FrameFailure naming ``what``."""
-        try:
-            return run(*args)
-        except (InputError, MessageError, CalibrationError) as exc:
-            raise FrameFailure(stage, f"{what}: {exc}") from exc
-        except Exception as exc:  # noqa: BLE001 - one frame never ends a node or a bag run
-            raise FrameFailure(
-                stage, f"{what}: unexpected error {exc!r}", type(exc).__name__
-            ) from exc
+        return run_stage(stage, what, run, *args)
 
-    def _run(self, inputs: FrameInputs, outcome: FrameOutcome) -> FrameOutput:
+    def _project(self, inputs: FrameInputs, outcome: FrameOutcome) -> _Projected:
+        """Checks, conversions and the sparse depth: everything before the backend."""
         frame = self.prepare(inputs, outcome)
-        result = self._stage(
+        sparse, count = self._stage(
             "pipeline",
             "completion",
-            self.pipeline.run,
+            self.pipeline.project,
             frame.rgb,
             frame.points,
             frame.camera,
             frame.T_cam_lidar,
             frame.motion,
-            "depth/confidence" in self.outputs
-            and (inputs.wanted is None or "depth/confidence" in inputs.wanted),
+        )
+        confidence = "depth/confidence" in self.outputs and (
+            inputs.wanted is None or "depth/confidence" in inputs.wanted
+        )
+        return _Projected(frame, sparse, count, confidence)
+
+    def _finish(self, inputs: FrameInputs, projected: _Projected, completed: tuple) -> FrameOutput:
+        """The backend's result -> what is published, and the output messages."""
+        frame = projected.frame
+        result = self._stage(
+            "pipeline",
+            "completion",
+            self.pipeline.finish,
+            projected.sparse,
+            projected.count,
+            *completed,
+            projected.confidence,
         )
         messages = self._stage(
             "outputs",
@@ -494,3 +500,124 @@ class FrameProcessor:
         if "depth/confidence" in build and result.confidence is not None:
             out["depth/confidence"] = numpy_to_image(result.confidence, "32FC1", header)
         return out
+
+
+# --- several frames at once -------------------------------------------------------------------
+
+
+def run_stage(stage: str, what: str, run: Callable, *args):
+    """``run(*args)``, with any failure turned into a FrameFailure naming ``what``."""
+    try:
+        return run(*args)
+    except (InputError, MessageError, CalibrationError) as exc:
+        raise FrameFailure(stage, f"{what}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - one frame never ends a node or a bag run
+        raise FrameFailure(stage, f"{what}: unexpected error {exc!r}", type(exc).__name__) from exc
+
+
+@dataclass
+class _Projected:
+    """A frame ready for the backend."""
+
+    frame: PreparedFrame
+    sparse: np.ndarray
+    count: int
+    confidence: bool
+
+
+@dataclass
+class _Job:
+    processor: FrameProcessor
+    inputs: FrameInputs
+    emit: Emit | None
+    outcome: FrameOutcome = field(default_factory=FrameOutcome)
+    projected: _Projected | None = None
+    completed: tuple | None = None
+
+
+#: one camera's frame source for :func:`process_together`: its processor, how to take its
+#: frame (None: nothing to do) and where its outputs go
+FrameJob = tuple[FrameProcessor, Callable[[], FrameInputs | None], Emit | None]
+
+
+def process_together(jobs: list[FrameJob]) -> list[FrameOutcome]:
+    """Take a frame of each job (atomically with its accounting, as take_and_process does),
+    run them, emit each one's outputs and count each one; the frames of processors that share
+    a backend go through it together (:meth:`DepthCompletionBackend.complete_batch`: one
+    forward pass for the frames of one input geometry). A failure fails only its own frame: a
+    batch that fails is retried frame by frame. Returns each job's outcome (None: nothing
+    was taken)."""
+    slots: list[_Job | None] = []
+    for processor, take, emit in jobs:
+        accounting = processor.accounting
+        with accounting.lock:
+            inputs = take()
+            if inputs is not None:
+                accounting.in_process += 1
+        slots.append(None if inputs is None else _Job(processor, inputs, emit))
+    taken = [job for job in slots if job is not None]
+    try:
+        for job in taken:
+            try:
+                job.projected = job.processor._project(job.inputs, job.outcome)
+            except FrameFailure as exc:
+                job.outcome.failure = exc
+        _complete_together([job for job in taken if job.outcome.failure is None])
+        for job in taken:
+            if job.outcome.failure is not None:
+                continue
+            try:
+                output = job.processor._finish(job.inputs, job.projected, job.completed)
+                if job.emit is not None:
+                    run_stage(
+                        "emit", "publishing/writing the outputs", job.emit, job.inputs, output
+                    )
+                job.outcome.output = output
+            except FrameFailure as exc:
+                job.outcome.failure = exc
+    finally:
+        for job in taken:
+            accounting = job.processor.accounting
+            with accounting.lock:
+                accounting.in_process -= 1
+                accounting.record(job.outcome)
+    return [None if job is None else job.outcome for job in slots]
+
+
+def _complete_together(jobs: list[_Job]) -> None:
+    """Each job's (depth, confidence) from its backend; jobs sharing a backend and a confidence
+    request in one complete_batch call. Sets ``job.completed`` or ``job.outcome.failure``."""
+    groups: dict[tuple[int, bool, int], list[_Job]] = {}
+    for job in jobs:
+        # batch_cameras false: each frame in a group of its own
+        alone = 0 if job.processor.config["batch_cameras"] else id(job)
+        key = (id(job.processor.pipeline.backend), job.projected.confidence, alone)
+        groups.setdefault(key, []).append(job)
+    for (_, confidence, _), members in groups.items():
+        backend = members[0].processor.pipeline.backend
+        frames = [
+            (j.projected.frame.rgb, j.projected.sparse, j.projected.frame.camera.intrinsics)
+            for j in members
+        ]
+        try:
+            results = run_stage(
+                "pipeline", "completion", backend.complete_batch, frames, confidence
+            )
+        except FrameFailure as exc:
+            if len(members) == 1:
+                members[0].outcome.failure = exc
+                continue
+            results = None  # one bad frame must not fail the others: each alone
+        for index, job in enumerate(members):
+            if results is not None:
+                job.completed = results[index]
+                job.outcome.batch = backend.last_batch_sizes[index]
+                continue
+            try:
+                alone = frames[index : index + 1]
+                job.completed = run_stage(
+                    "pipeline", "completion", backend.complete_batch, alone, confidence
+                )[0]
+                job.outcome.batch = 1
+            except FrameFailure as exc:
+                job.outcome.failure = exc

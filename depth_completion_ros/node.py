@@ -11,13 +11,12 @@ status line, on ``/diagnostics`` (where diagnostic_msgs is installed) and at shu
 
 from __future__ import annotations
 
+import functools
 import signal
 import sys
 import threading
 import time
-from collections import deque
 
-import numpy as np
 import rclpy
 import rclpy.executors
 from rcl_interfaces.msg import (
@@ -37,6 +36,7 @@ from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from depth_completion_ros import parameters
+from depth_completion_ros.camera_channel import CameraChannel
 from depth_completion_ros.deskew import OdometryBuffer
 from depth_completion_ros.frame import (
     OUTPUTS,
@@ -45,9 +45,10 @@ from depth_completion_ros.frame import (
     FrameProcessor,
     FrameSource,
     extrinsics_from_parameters,
+    process_together,
 )
 from depth_completion_ros.messages import MESSAGE_CLASSES, stamp_to_seconds, transport_topic
-from depth_completion_ros.pairing import LatestSlot, Pair, StampPairer
+from depth_completion_ros.pairing import Pair
 from depth_completion_ros.transforms import NoTransforms, TransformBuffer
 
 #: what the node tells the user when no transform relates the cloud to the image
@@ -68,7 +69,9 @@ def _descriptor(param: parameters.Parameter) -> ParameterDescriptor:
         descriptor.integer_range = [
             IntegerRange(from_value=param.int_range[0], to_value=param.int_range[1], step=1)
         ]
-    if isinstance(param.default, list):
+    if param.string_array:
+        descriptor.type = ParameterType.PARAMETER_STRING_ARRAY
+    elif isinstance(param.default, list):
         descriptor.type = ParameterType.PARAMETER_DOUBLE_ARRAY
     return descriptor
 
@@ -105,77 +108,96 @@ def _subscribe_tf(node: Node, buffer: TransformBuffer) -> bool:
 
 class _DepthCompletion:
     """What the plain node and the lifecycle node share: declaring the parameters, building
-    the frame step, publishers and timers (configure), and the input subscriptions (activate).
-    Mixed into rclpy's Node or LifecycleNode."""
+    the cameras' frame steps around one model, publishers and timers (configure), and the input
+    subscriptions (activate). Mixed into rclpy's Node or LifecycleNode."""
 
     _worker: threading.Thread | None = None  # destroy_node works after a failed init
     _inputs: list = []
+    channels: list[CameraChannel] = []
 
     def _declare_parameters(self) -> None:
         for param in parameters.PARAMETERS:
-            self.declare_parameter(param.name, param.default, _descriptor(param))
+            value = param.default
+            if param.string_array and param.name in self._parameter_overrides:
+                value = rclpy.Parameter.Type.STRING_ARRAY  # [] alone would be typed as bytes
+            self.declare_parameter(param.name, value, _descriptor(param))
+
+    def _read_parameters(self) -> dict:
+        """The table's values and, for each camera of ``cameras``, its own ``NAME.key`` values
+        (declared here, defaulting to the camera's defaults), validated together."""
+        values = {p.name: self.get_parameter(p.name).value for p in parameters.PARAMETERS}
+        try:
+            checked = parameters.check_parameters({"cameras": values["cameras"]})
+            parameters.check_cameras(checked)
+        except parameters.ParameterError:
+            return parameters.validate(values)  # raises with the reason
+        for camera, config in parameters.camera_configs(values):
+            if not camera:
+                continue
+            for key in parameters.CAMERA_KEYS:
+                name = f"{camera}.{key}"
+                entry = parameters.table_entry(name)
+                if not self.has_parameter(name):
+                    self.declare_parameter(name, config[key], _descriptor(entry))
+                values[name] = self.get_parameter(name).value
+        return parameters.validate(values)
 
     def _configure(self) -> None:
-        """Parameters -> the frame step (the backend loads its weights here), pairing, outputs,
-        /diagnostics, timers and the worker thread; inputs are subscribed by _subscribe_inputs."""
-        self.config = parameters.validate(
-            {p.name: self.get_parameter(p.name).value for p in parameters.PARAMETERS}
-        )
+        """Parameters -> one model and a frame step per camera, pairing, outputs, /diagnostics,
+        timers and the worker thread; inputs are subscribed by _subscribe_inputs."""
+        self.config = self._read_parameters()
         self._inputs = []
-        # guards the pairer, the slot hand-over and the counts, so a snapshot adds up exactly
+        # guards the pairers, the slot hand-overs and the counts, so a snapshot adds up exactly
         self._lock = threading.Lock()
-        self.processor = FrameProcessor(self.config, self._frame_source(), self._lock)
-        self.pipeline = self.processor.pipeline
-
-        self.pairer: StampPairer[Image, PointCloud2] = StampPairer(self.config["max_time_offset"])
-        self.slot: LatestSlot[Pair[Image, PointCloud2]] = LatestSlot()
-        self._camera_info: CameraInfo | None = None
+        self._wake = threading.Event()  # set when any camera has a new pair
         # the recent nav_msgs/Odometry (odometry_topic set): the sweep's motion is interpolated
         self._odometry = OdometryBuffer()
+        self._transforms = self._transform_source()
         self._last_warning: dict[str, float] = {}
-        self._latencies: deque[float] = deque(maxlen=200)
-        now = time.monotonic()
-        self._last_pair_time = now
-        self._last_message = {"image": 0.0, "camera_info": 0.0, "points": 0.0}
-        self._reported_rejections = 0
-        self._reported_no_image = 0
-        self._reported_jumps = 0
-
         output_qos = QoSProfile(
             history=HistoryPolicy.KEEP_LAST,
             depth=self.config["output_depth"],
             reliability=ReliabilityPolicy.RELIABLE,
         )
         overrides = QoSOverridingOptions.with_default_policies()
-        # every output has a publisher (publish_* can be switched on at runtime); an output is
-        # built only while it is enabled and someone subscribes to it
-        self._publishers_by_topic = {
-            topic: self.create_publisher(
-                MESSAGE_CLASSES[kind], topic, output_qos, qos_overriding_options=overrides
-            )
-            for topic, (kind, _) in OUTPUTS.items()
-        }
-        self._idle = 0  # pairs not processed because nobody subscribed to an enabled output
+        self.channels = []
+        backend = None  # built by the first camera's frame step, shared by the others
+        for name, config in parameters.camera_configs(self.config):
+            processor = FrameProcessor(config, self._frame_source(config), self._lock, backend)
+            backend = processor.pipeline.backend
+            channel = CameraChannel(name, config, processor)
+            # every output has a publisher (publish_* can be switched on at runtime); an output
+            # is built only while it is enabled and someone subscribes to it
+            channel.publishers = {
+                topic: self.create_publisher(
+                    MESSAGE_CLASSES[kind],
+                    channel.output_topic(topic),
+                    output_qos,
+                    qos_overriding_options=overrides,
+                )
+                for topic, (kind, _) in OUTPUTS.items()
+            }
+            self.channels.append(channel)
+        self.backend = backend
         self._diagnostics_pub = _diagnostics_publisher(self)
         # on the steady clock: with use_sim_time the node clock stops with the bag's /clock, and
         # the status (and the last counts on /diagnostics) must not stop with it
         self._steady = Clock(clock_type=ClockType.STEADY_TIME)
-        steady = self._steady
         self._report_timer = self.create_timer(
-            self.config["diagnostics_period"], self._report, clock=steady
+            self.config["diagnostics_period"], self._report, clock=self._steady
         )
         # checked often, so the first warning comes no_pair_warning s after the last pair
         self.create_timer(
-            min(0.25, self.config["no_pair_warning"] / 4), self._check_pairs, clock=steady
+            min(0.25, self.config["no_pair_warning"] / 4), self._check_pairs, clock=self._steady
         )
-
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._running = True
         self._worker = threading.Thread(target=self._work, name="depth_completion", daemon=True)
         self._worker.start()
 
     def _subscribe_inputs(self) -> None:
-        """image, camera_info, points (and odometry): frames start to flow."""
+        """Each camera's image and camera_info, each LiDAR topic once (its scans go to every
+        camera that uses it), and odometry: frames start to flow."""
         input_qos = QoSProfile(
             history=HistoryPolicy.KEEP_LAST,
             depth=self.config["input_depth"],
@@ -184,33 +206,38 @@ class _DepthCompletion:
         # QoS as parameters the ROS way: qos_overrides.<topic>.subscription.reliability, ...
         # (input_reliability / input_depth stay the defaults the overrides start from)
         overrides = QoSOverridingOptions.with_default_policies()
-        self._inputs.append(
-            self.create_subscription(
-                CompressedImage if self._compressed() else Image,
-                self._topic("image_topic"),
-                self._on_image,
-                input_qos,
-                qos_overriding_options=overrides,
+        by_points_topic: dict[str, list[CameraChannel]] = {}
+        for channel in self.channels:
+            config = channel.config
+            self._inputs.append(
+                self.create_subscription(
+                    CompressedImage if config["image_transport"] == "compressed" else Image,
+                    self._topic("image_topic", config),
+                    functools.partial(self._on_image, channel),
+                    input_qos,
+                    qos_overriding_options=overrides,
+                )
             )
-        )
-        self._inputs.append(
-            self.create_subscription(
-                CameraInfo,
-                self.config["camera_info_topic"],
-                self._on_camera_info,
-                input_qos,
-                qos_overriding_options=overrides,
+            self._inputs.append(
+                self.create_subscription(
+                    CameraInfo,
+                    self._topic("camera_info_topic", config),
+                    functools.partial(self._on_camera_info, channel),
+                    input_qos,
+                    qos_overriding_options=overrides,
+                )
             )
-        )
-        self._inputs.append(
-            self.create_subscription(
-                PointCloud2,
-                self.config["points_topic"],
-                self._on_cloud,
-                input_qos,
-                qos_overriding_options=overrides,
+            by_points_topic.setdefault(self._topic("points_topic", config), []).append(channel)
+        for topic, channels in by_points_topic.items():
+            self._inputs.append(
+                self.create_subscription(
+                    PointCloud2,
+                    topic,
+                    functools.partial(self._on_cloud, channels),
+                    input_qos,
+                    qos_overriding_options=overrides,
+                )
             )
-        )
         if self.config["odometry_topic"]:
             from nav_msgs.msg import Odometry
 
@@ -227,44 +254,56 @@ class _DepthCompletion:
         self._inputs = []
 
     def _ready_line(self) -> str:
+        cameras = "; ".join(
+            f"{channel.label}inputs {self._topic('image_topic', channel.config)}, "
+            f"{self._topic('camera_info_topic', channel.config)}, "
+            f"{self._topic('points_topic', channel.config)}, outputs "
+            f"{self.resolve_topic_name(channel.output_topic('depth/image'))}, ...; extrinsics: "
+            f"{self._extrinsics_source(channel)}"
+            for channel in self.channels
+        )
+        shared = f"one model for {len(self.channels)} cameras; " if len(self.channels) > 1 else ""
         return (
-            f"ready: {self.pipeline.backend.describe()}; inputs {self._topic('image_topic')}, "
-            f"{self._topic('camera_info_topic')}, {self._topic('points_topic')} "
+            f"ready: {self.backend.describe()}; {shared}{cameras} "
             f"({self.config['input_reliability']}), max_time_offset "
-            f"{self.config['max_time_offset']} s; extrinsics: {self._extrinsics_source()}; "
-            f"deskewing: {self._deskew_source()}"
+            f"{self.config['max_time_offset']} s; deskewing: {self._deskew_source()}"
         )
 
     # --- configuration ----------------------------------------------------------------------
 
-    def _frame_source(self) -> FrameSource:
-        """Topic names for messages, and a TransformBuffer fed by /tf_static and /tf when no
-        fixed extrinsics are set or odometry needs its frame related to the cloud's."""
-        config = self.config
-        fixed = extrinsics_from_parameters(config)[0] is not None
-        transforms = NoTransforms("nothing (TF not read: fixed extrinsics and no odometry)")
-        if not fixed or config["odometry_topic"]:
-            buffer = TransformBuffer(tolerance=config["transform_tolerance"])
-            if _subscribe_tf(self, buffer):
-                transforms = buffer
-            else:
-                transforms = NoTransforms(
-                    "nothing (no TF: tf2_msgs is not installed; run scripts/build_tf2_msgs.py)"
-                )
+    def _transform_source(self):
+        """A TransformBuffer fed by /tf_static and /tf when a camera has no fixed extrinsics or
+        odometry needs its frame related to the cloud's; else nothing (TF not read)."""
+        cameras = parameters.camera_configs(self.config)
+        fixed = all(extrinsics_from_parameters(c)[0] is not None for _, c in cameras)
+        if fixed and not self.config["odometry_topic"]:
+            return NoTransforms("nothing (TF not read: fixed extrinsics and no odometry)")
+        buffer = TransformBuffer(tolerance=self.config["transform_tolerance"])
+        if _subscribe_tf(self, buffer):
+            return buffer
+        return NoTransforms(
+            "nothing (no TF: tf2_msgs is not installed; run scripts/build_tf2_msgs.py)"
+        )
+
+    def _frame_source(self, config: dict) -> FrameSource:
+        """A camera's topic names (for messages) and the node's transforms."""
         roles = {
             "image": "image_topic",
             "camera_info": "camera_info_topic",
             "points": "points_topic",
             "odometry": "odometry_topic",
         }
-        topics = {role: self._topic(key) if config[key] else "" for role, key in roles.items()}
-        return FrameSource(topics, transforms, EXTRINSICS_FIX)
+        topics = {
+            role: self._topic(key, config) if config[key] else "" for role, key in roles.items()
+        }
+        return FrameSource(topics, self._transforms, EXTRINSICS_FIX)
 
     def _on_set_parameters(self, changed: list) -> SetParametersResult:
         """``ros2 param set``: runtime parameters checked by the same table as at start-up and
-        applied to the next frame; anything else, or a bad value, is refused with the reason and
-        the running value kept. Parameters rclpy owns (use_sim_time, qos_overrides) pass."""
-        ours = {p.name: p.value for p in changed if p.name in parameters.TABLE}
+        applied to the next frame of every camera; anything else, or a bad value, is refused
+        with the reason and the running value kept. Parameters rclpy owns (use_sim_time,
+        qos_overrides) pass."""
+        ours = {p.name: p.value for p in changed if parameters.table_entry(p.name) is not None}
         if not ours:
             return SetParametersResult(successful=True)
         try:
@@ -272,39 +311,41 @@ class _DepthCompletion:
         except parameters.ParameterError as exc:
             self.get_logger().warning(f"parameter change refused: {exc}")
             return SetParametersResult(successful=False, reason=str(exc))
-        config = {**self.config, **checked}
         with self._lock:  # the next frame sees all of the change or none of it
-            self.processor.reconfigure(config)
-            self.pipeline = self.processor.pipeline
-            self.pairer.max_offset = config["max_time_offset"]
-            self.pairer.horizon = max(self.pairer.horizon, 2.0 * config["max_time_offset"])
-            self.config = config
+            for channel in self.channels:
+                channel.config = {**channel.config, **checked}
+                channel.processor.reconfigure(channel.config)
+                channel.pairer.max_offset = channel.config["max_time_offset"]
+                channel.pairer.horizon = max(
+                    channel.pairer.horizon, 2.0 * channel.config["max_time_offset"]
+                )
+            self.config = {**self.config, **checked}
         if "diagnostics_period" in checked:
             self._report_timer.cancel()
             self.destroy_timer(self._report_timer)
             self._report_timer = self.create_timer(
-                config["diagnostics_period"], self._report, clock=self._steady
+                self.config["diagnostics_period"], self._report, clock=self._steady
             )
         self.get_logger().info(
             "parameters changed: " + ", ".join(f"{k}={v!r}" for k, v in checked.items())
         )
         return SetParametersResult(successful=True)
 
-    def _extrinsics_source(self) -> str:
-        if self.processor.fixed_extrinsics is not None:
-            return self.processor.extrinsics_source
-        return f"{self.processor.source.transforms.name}, when the cloud's frame differs"
+    def _extrinsics_source(self, channel: CameraChannel) -> str:
+        processor = channel.processor
+        if processor.fixed_extrinsics is not None:
+            return processor.extrinsics_source
+        return f"{processor.source.transforms.name}, when the cloud's frame differs"
 
-    def _compressed(self) -> bool:
-        return self.config["image_transport"] == "compressed"
-
-    def _topic(self, key: str) -> str:
-        """A topic parameter resolved (namespace, remapping); the image topic with
-        image_transport's '/compressed' appended after resolving, as image_transport does (so
-        remapping 'image' moves the compressed topic along), when image_transport is compressed."""
-        name = self.resolve_topic_name(self.config[key])
+    def _topic(self, key: str, config: dict | None = None) -> str:
+        """A topic parameter (of a camera's ``config``) resolved (namespace, remapping); the
+        image topic with image_transport's '/compressed' appended after resolving, as
+        image_transport does (so remapping 'image' moves the compressed topic along), when
+        image_transport is compressed."""
+        config = config or self.config
+        name = self.resolve_topic_name(config[key])
         if key == "image_topic":
-            name = transport_topic(name, self.config["image_transport"])
+            name = transport_topic(name, config["image_transport"])
         return name
 
     # --- logging ----------------------------------------------------------------------------
@@ -321,59 +362,68 @@ class _DepthCompletion:
 
     # --- callbacks --------------------------------------------------------------------------
 
-    def _on_camera_info(self, msg: CameraInfo) -> None:
-        self._last_message["camera_info"] = time.monotonic()
-        self._camera_info = msg
+    def _on_camera_info(self, channel: CameraChannel, msg: CameraInfo) -> None:
+        channel.last_message["camera_info"] = time.monotonic()
+        channel.camera_info = msg
 
     def _on_odometry(self, msg) -> None:
         self._odometry.add(msg)
 
-    def _on_image(self, msg: Image | CompressedImage) -> None:
-        self._last_message["image"] = time.monotonic()
+    def _on_image(self, channel: CameraChannel, msg: Image | CompressedImage) -> None:
+        channel.last_message["image"] = time.monotonic()
         with self._lock:
-            self._dispatch(self.pairer.add_image(stamp_to_seconds(msg.header.stamp), msg))
-        self._report_pairing()
+            self._dispatch(
+                channel, channel.pairer.add_image(stamp_to_seconds(msg.header.stamp), msg)
+            )
+        self._report_pairing(channel)
 
-    def _on_cloud(self, msg: PointCloud2) -> None:
-        self._last_message["points"] = time.monotonic()
+    def _on_cloud(self, channels: list[CameraChannel], msg: PointCloud2) -> None:
+        """A scan for every camera that uses this LiDAR, handed over at once (under one lock
+        hold), so the worker finds the cameras' pairs of one scan together and batches them."""
+        now, stamp = time.monotonic(), stamp_to_seconds(msg.header.stamp)
         with self._lock:
-            self._dispatch(self.pairer.add_cloud(stamp_to_seconds(msg.header.stamp), msg))
-        self._report_pairing()
+            for channel in channels:
+                channel.last_message["points"] = now
+                self._dispatch(channel, channel.pairer.add_cloud(stamp, msg))
+        for channel in channels:
+            self._report_pairing(channel)
 
-    def _dispatch(self, pairs: list[Pair[Image, PointCloud2]]) -> None:
+    def _dispatch(self, channel: CameraChannel, pairs: list[Pair[Image, PointCloud2]]) -> None:
         """Hand new pairs to the worker (under ``_lock``: paired and handed over at once)."""
         now = time.monotonic()
         if pairs:
-            self._last_pair_time = now
+            channel.last_pair_time = now
         for pair in pairs:
             pair.received = now
-            self.slot.put(pair)
+            channel.slot.put(pair)
+        if pairs:
+            self._wake.set()
 
-    def _report_pairing(self) -> None:
-        stats = self.pairer.stats
-        if stats.rejected_offset > self._reported_rejections:
-            self._reported_rejections = stats.rejected_offset
+    def _report_pairing(self, channel: CameraChannel) -> None:
+        stats, reported, label = channel.pairer.stats, channel.reported, channel.label
+        if stats.rejected_offset > reported["offset"]:
+            reported["offset"] = stats.rejected_offset
             self._warn(
-                "pairing:offset",
-                f"scan dropped: nearest image is {stats.last_rejected_offset:+.3f} s away, more "
-                f"than max_time_offset {self.config['max_time_offset']} s "
+                f"{channel.name}:pairing:offset",
+                f"{label}scan dropped: nearest image is {stats.last_rejected_offset:+.3f} s "
+                f"away, more than max_time_offset {channel.config['max_time_offset']} s "
                 f"({stats.rejected_offset} so far); are the clocks in sync (use_sim_time for "
                 "bags)? raise max_time_offset if the sensors are not triggered together",
             )
-        if stats.no_image > self._reported_no_image:
-            self._reported_no_image = stats.no_image
+        if stats.no_image > reported["no_image"]:
+            reported["no_image"] = stats.no_image
             self._warn(
-                "pairing:no_image",
-                f"scan dropped: no image on {self._topic('image_topic')} at all while "
-                f"{self.pairer.buffer_size} scans waited ({stats.no_image} so far); is the camera "
-                "publishing (topic name, QoS input_reliability)?",
+                f"{channel.name}:pairing:no_image",
+                f"{label}scan dropped: no image on {self._topic('image_topic', channel.config)} "
+                f"at all while {channel.pairer.buffer_size} scans waited ({stats.no_image} so "
+                "far); is the camera publishing (topic name, QoS input_reliability)?",
             )
-        if stats.time_jumps > self._reported_jumps:
-            self._reported_jumps = stats.time_jumps
+        if stats.time_jumps > reported["jumps"]:
+            reported["jumps"] = stats.time_jumps
             self._warn(
-                "pairing:time_jump",
-                f"the {stats.last_jump_stream} stamps jumped by {stats.last_jump:+.3f} s (bag "
-                f"looped or a wrong stamp?); pairing goes on, no frame is dropped for it "
+                f"{channel.name}:pairing:time_jump",
+                f"{label}the {stats.last_jump_stream} stamps jumped by {stats.last_jump:+.3f} s "
+                f"(bag looped or a wrong stamp?); pairing goes on, no frame is dropped for it "
                 f"({stats.time_jumps} jumps so far)",
                 info=True,
             )
@@ -381,149 +431,152 @@ class _DepthCompletion:
     # --- processing -------------------------------------------------------------------------
 
     def _work(self) -> None:
+        """The newest pair of every camera that has one, run together: the frames of cameras
+        with one input geometry share a forward pass of the model."""
         while self._running:
-            if not self.slot.wait(timeout=0.2):
+            if not self._wake.wait(timeout=0.2):
                 continue
-            outcome = self.processor.take_and_process(self._take, self._publish)
-            if outcome is not None:
-                self._report_outcome(outcome)
+            self._wake.clear()
+            jobs = [
+                (
+                    channel.processor,
+                    functools.partial(self._take, channel),
+                    functools.partial(self._publish, channel),
+                )
+                for channel in self.channels
+            ]
+            for channel, outcome in zip(self.channels, process_together(jobs), strict=True):
+                if outcome is not None:
+                    self._report_outcome(channel, outcome)
 
-    def _take(self) -> FrameInputs | None:
-        """The newest pair with the camera_info and odometry of now (under the lock), and the
-        outputs someone listens to; with no listener the pair is taken and counted as idle:
-        no inference runs for nobody (depth_image_proc's lazy subscription, by count)."""
-        pair = self.slot.take(timeout=0.0)
+    def _take(self, channel: CameraChannel) -> FrameInputs | None:
+        """The camera's newest pair with its camera_info and the odometry of now (under the
+        lock), and the outputs someone listens to; with no listener the pair is taken and
+        counted as idle: no inference runs for nobody (depth_image_proc's lazy subscription,
+        by count)."""
+        pair = channel.slot.take(timeout=0.0)
         if pair is None:
             return None
         wanted = frozenset(
             topic
-            for topic in self.processor.outputs
-            if self._publishers_by_topic[topic].get_subscription_count() > 0
+            for topic in channel.processor.outputs
+            if channel.publishers[topic].get_subscription_count() > 0
         )
         if not wanted:
-            self._idle += 1
+            channel.idle += 1
             return None
         odometry = self._odometry.snapshot()
         return FrameInputs(
-            pair.image, pair.cloud, self._camera_info, odometry, pair.received, wanted
+            pair.image, pair.cloud, channel.camera_info, odometry, pair.received, wanted
         )
 
-    def _publish(self, inputs: FrameInputs, output) -> None:
+    def _publish(self, channel: CameraChannel, inputs: FrameInputs, output) -> None:
         for topic, msg in output.messages.items():
-            self._publishers_by_topic[topic].publish(msg)
-        self._latencies.append(time.monotonic() - inputs.received)
+            channel.publishers[topic].publish(msg)
+        channel.latencies.append(time.monotonic() - inputs.received)
 
-    def _report_outcome(self, outcome: FrameOutcome) -> None:
+    def _report_outcome(self, channel: CameraChannel, outcome: FrameOutcome) -> None:
         if outcome.failure is not None:
-            self._warn(outcome.failure.key, f"skipping frame: {outcome.failure}")
+            self._warn(
+                f"{channel.name}:{outcome.failure.key}",
+                f"{channel.label}skipping frame: {outcome.failure}",
+            )
         if outcome.not_deskewed is not None:
             cause = outcome.not_deskewed.cause
-            count = self.processor.accounting.not_deskewed[cause]
+            count = channel.processor.accounting.not_deskewed[cause]
             self._warn(
-                f"deskew:{cause}", f"scan not deskewed: {outcome.not_deskewed} ({count} so far)"
+                f"{channel.name}:deskew:{cause}",
+                f"{channel.label}scan not deskewed: {outcome.not_deskewed} ({count} so far)",
             )
 
     # --- diagnostics ------------------------------------------------------------------------
 
-    def _input_state(self, key: str, stream: str) -> str:
+    def _input_state(self, topic: str, last: float) -> str:
         """Publishers the graph lists (a killed one stays listed until its lease ends) and when
         a message last came, which is what tells a live publisher from a dead one."""
-        infos = self.get_publishers_info_by_topic(self._topic(key))
+        infos = self.get_publishers_info_by_topic(topic)
         if infos:
             kinds = sorted({info.qos_profile.reliability.name.lower() for info in infos})
             listed = f"{len(infos)} publisher(s) listed, {'/'.join(kinds)}"
         else:
             listed = "no publisher"
-        last = self._last_message[stream]
         heard = f"last message {time.monotonic() - last:.1f} s ago" if last else "no message yet"
         return f"{listed}, {heard}"
 
     def _check_pairs(self) -> None:
-        since_pair = time.monotonic() - self._last_pair_time
-        if since_pair < self.config["no_pair_warning"]:
-            return
-        stats = self.pairer.stats
-        offsets = list(stats.recent_offsets)[-5:]
-        offset_text = (
-            ", ".join(f"{o:+.3f}" for o in offsets) if offsets else "none (no scan+image seen)"
-        )
-        self._warn(
-            "no_pair",
-            f"no synchronised pair for {since_pair:.1f} s: received {stats.images} images on "
-            f"{self._topic('image_topic')} ({self._input_state('image_topic', 'image')}), "
-            f"{stats.scans} clouds on {self._topic('points_topic')} "
-            f"({self._input_state('points_topic', 'points')}), camera_info "
-            f"{'seen' if self._camera_info else 'not seen'} on "
-            f"{self._topic('camera_info_topic')}; this node subscribes with "
-            f"{self.config['input_reliability']} QoS; recent image-scan offsets (s): "
-            f"{offset_text} vs max_time_offset {self.config['max_time_offset']}. Check topic "
-            "names, QoS reliability (input_reliability) and clocks (use_sim_time).",
-            period=max(self.config["no_pair_warning"], self.config["diagnostics_period"]),
-        )
+        for channel in self.channels:
+            since_pair = time.monotonic() - channel.last_pair_time
+            if since_pair < self.config["no_pair_warning"]:
+                continue
+            stats, config = channel.pairer.stats, channel.config
+            offsets = list(stats.recent_offsets)[-5:]
+            offset_text = (
+                ", ".join(f"{o:+.3f}" for o in offsets) if offsets else "none (no scan+image seen)"
+            )
+            image_topic = self._topic("image_topic", config)
+            points_topic = self._topic("points_topic", config)
+            self._warn(
+                f"{channel.name}:no_pair",
+                f"{channel.label}no synchronised pair for {since_pair:.1f} s: received "
+                f"{stats.images} images on {image_topic} "
+                f"({self._input_state(image_topic, channel.last_message['image'])}), "
+                f"{stats.scans} clouds on {points_topic} "
+                f"({self._input_state(points_topic, channel.last_message['points'])}), "
+                f"camera_info {'seen' if channel.camera_info else 'not seen'} on "
+                f"{self._topic('camera_info_topic', config)}; this node subscribes with "
+                f"{self.config['input_reliability']} QoS; recent image-scan offsets (s): "
+                f"{offset_text} vs max_time_offset {config['max_time_offset']}. Check topic "
+                "names, QoS reliability (input_reliability) and clocks (use_sim_time).",
+                period=max(self.config["no_pair_warning"], self.config["diagnostics_period"]),
+            )
 
-    def counts(self) -> dict[str, int]:
-        """Where every scan went: received == published + dropped_busy + rejected + failed +
-        waiting (in the pairing buffer, handed to the worker or in process) + idle (nobody
-        subscribed to an output); one snapshot."""
+    def counts(self, channel: CameraChannel | None = None) -> dict[str, int]:
+        """Where every scan of ``channel`` (default: the first camera) went; one snapshot (see
+        :meth:`CameraChannel.counts`)."""
         with self._lock:
-            stats = self.pairer.stats
-            frames = self.processor.accounting
-            counts = {
-                "received": stats.scans,
-                "published": frames.processed,
-                "dropped_busy": self.slot.dropped,
-                "rejected": stats.rejected,
-                "rejected_offset": stats.rejected_offset,
-                "rejected_no_image": stats.no_image,
-                "failed": frames.failed,
-                "waiting": self.pairer.waiting + self.slot.pending + frames.in_process,
-                "idle": self._idle,
-                "images_received": stats.images,
-                "time_jumps": stats.time_jumps,
-            }
-            counts.update({f"failed:{k}": v for k, v in sorted(frames.failed_by_stage.items())})
-            counts.update({f"not_deskewed:{k}": v for k, v in sorted(frames.not_deskewed.items())})
-            return counts
+            return (channel or self.channels[0]).counts()
 
     def _report(self) -> None:
-        counts = self.counts()
-        if counts["received"] or counts["images_received"]:
-            self.get_logger().info(f"status: {self.latency_summary(counts)}")
+        statuses = []
+        for channel in self.channels:
+            counts = self.counts(channel)
+            if counts["received"] or counts["images_received"]:
+                self.get_logger().info(f"status: {self.latency_summary(channel, counts)}")
+            statuses.append(self._diagnostic_status(channel, counts))
         if self._diagnostics_pub is not None:
-            self._diagnostics_pub.publish(self._diagnostic_array(counts))
+            from diagnostic_msgs.msg import DiagnosticArray
 
-    def latency_summary(self, counts: dict[str, int] | None = None) -> str:
-        """Where every scan went, and latency percentiles (scan+image received -> published)."""
-        c = counts or self.counts()
-        latency = np.array(self._latencies) * 1000.0 if self._latencies else np.zeros(1)
-        return (
-            f"pairs processed {c['published']}, dropped while busy {c['dropped_busy']}, "
-            f"rejected {c['rejected']} (stamp offset {c['rejected_offset']}, no image "
-            f"{c['rejected_no_image']}), failed {c['failed']}, waiting {c['waiting']}, "
-            f"idle (no subscriber) {c['idle']} = "
-            f"{c['received']} scans received; {c['images_received']} images received, "
-            f"{c['time_jumps']} time jumps; latency p50 {np.percentile(latency, 50):.1f} ms, "
-            f"p95 {np.percentile(latency, 95):.1f} ms"
-        ) + self._deskew_summary()
+            msg = DiagnosticArray(status=statuses)
+            msg.header.stamp = self.get_clock().now().to_msg()
+            self._diagnostics_pub.publish(msg)
+
+    def latency_summary(
+        self, channel: CameraChannel | None = None, counts: dict[str, int] | None = None
+    ) -> str:
+        """Where every scan went, latency percentiles, and what deskewing could not do."""
+        channel = channel or self.channels[0]
+        return channel.summary(counts or self.counts(channel)) + self._deskew_summary(channel)
 
     def _deskew_source(self) -> str:
         if not self.config["odometry_topic"]:
             return "off (odometry_topic is '')"
         return f"odometry on {self._topic('odometry_topic')}"
 
-    def _deskew_summary(self) -> str:
+    def _deskew_summary(self, channel: CameraChannel) -> str:
         if not self.config["odometry_topic"]:
             return ""
         with self._lock:  # one snapshot: the worker may add a cause
-            counts = dict(self.processor.accounting.not_deskewed)
+            counts = dict(channel.processor.accounting.not_deskewed)
         causes = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
         return f"; not deskewed {sum(counts.values())}" + (f" ({causes})" if causes else "")
 
-    def _diagnostic_array(self, counts: dict[str, int]):
-        from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+    def _diagnostic_status(self, channel: CameraChannel, counts: dict[str, int]):
+        """One camera's accounting as a DiagnosticStatus (key ``camera`` names it)."""
+        from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
-        since_pair = time.monotonic() - self._last_pair_time
-        status = DiagnosticStatus(name=f"{self.get_name()}: depth completion", hardware_id="")
+        since_pair = time.monotonic() - channel.last_pair_time
+        name = f"{self.get_name()}: depth completion" + (f" {channel.name}" if channel.name else "")
+        status = DiagnosticStatus(name=name, hardware_id="")
         if since_pair >= self.config["no_pair_warning"]:
             status.level = DiagnosticStatus.ERROR
             status.message = f"no synchronised pair for {since_pair:.1f} s"
@@ -535,19 +588,22 @@ class _DepthCompletion:
             status.message = "publishing"
         values = [KeyValue(key=k, value=str(v)) for k, v in counts.items()]
         values.append(KeyValue(key="seconds_since_pair", value=f"{since_pair:.2f}"))
+        if channel.name:
+            values.append(KeyValue(key="camera", value=channel.name))
         status.values = values
-        msg = DiagnosticArray(status=[status])
-        msg.header.stamp = self.get_clock().now().to_msg()
-        return msg
+        return status
 
     def _stop_worker(self) -> None:
         """Stop the worker thread and log the totals (once; safe when it never started)."""
         worker = self._worker
         if worker is not None:
             self._running = False
-            self.slot.close()
+            self._wake.set()
+            for channel in self.channels:
+                channel.slot.close()
             worker.join(timeout=5.0)
-            self.get_logger().info(f"stopping: {self.latency_summary()}")
+            for channel in self.channels:
+                self.get_logger().info(f"stopping: {self.latency_summary(channel)}")
             self._worker = None
 
     def destroy_node(self) -> None:
@@ -582,13 +638,13 @@ class DepthCompletionLifecycleNode(_DepthCompletion, LifecycleNode):
         before = self._entities()
         try:
             self._configure()
-            self.pipeline.backend.warm_up()
+            self.backend.warm_up()
         except parameters.ParameterError as exc:
             self.get_logger().error(f"cannot configure: {exc}")
             self._release(before)
             return TransitionCallbackReturn.FAILURE
         self._made = {kind: now - before[kind] for kind, now in self._entities().items()}
-        self.get_logger().info(f"configured: {self.pipeline.backend.describe()}")
+        self.get_logger().info(f"configured: {self.backend.describe()}")
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:

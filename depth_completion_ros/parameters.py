@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,23 @@ def is_ros_parameter(name: str) -> bool:
     return name in ROS_BUILTIN_PARAMETERS or name.split(".", 1)[0] == "qos_overrides"
 
 
+#: the parameters a camera of ``cameras`` sets for itself as ``NAME.<key>`` (the rest is shared:
+#: one model, one depth range, one odometry)
+CAMERA_KEYS = (
+    "image_topic",
+    "camera_info_topic",
+    "output_namespace",
+    "points_topic",
+    "image_transport",
+    "camera_model",
+    "calibration_dir",
+    "camera_index",
+    "extrinsics",
+    "cloud_in_camera_frame",
+)
+#: a camera's name: one ROS name token (it prefixes parameters and namespaces its outputs)
+CAMERA_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
 #: per-point time fields whose unit and reference are known (deskew.KNOWN_TIME_FIELDS)
 KNOWN_TIME_FIELD_NAMES = ("time", "t", "timestamp", "offset_time")
 #: values of the ``model`` parameter: the classical fill and every registry network
@@ -71,10 +89,14 @@ class Parameter:
     float_range: tuple[float, float] | None = None
     int_range: tuple[int, int] | None = None
     read_only: bool = True
+    #: a list of strings (the default's type cannot say it when the default is empty)
+    string_array: bool = False
 
     @property
     def kind(self) -> str:
         """The ROS parameter type, in words."""
+        if self.string_array:
+            return "string array"
         if isinstance(self.default, bool):
             return "bool"
         if isinstance(self.default, float):
@@ -102,6 +124,23 @@ class Parameter:
 
 
 PARAMETERS: tuple[Parameter, ...] = (
+    Parameter(
+        "cameras",
+        [],
+        "several cameras, one model: their names; each camera NAME takes NAME.image_topic "
+        "(default NAME/image), NAME.camera_info_topic (NAME/camera_info), NAME.output_namespace "
+        "(NAME), and NAME.<" + ", ".join(CAMERA_KEYS[5:]) + ", or another of the first four> "
+        "(default: the node's value); frames of cameras of one size share a forward pass; "
+        "[] = one camera, from the parameters without a prefix",
+        string_array=True,
+    ),
+    Parameter(
+        "batch_cameras",
+        True,
+        "with several cameras: frames of cameras with the same network input go through one "
+        "forward pass (faster on a GPU; on a CPU about as fast as one by one, and the batch's "
+        "activations take more memory); false = one frame at a time, one model all the same",
+    ),
     Parameter("image_topic", "image", "camera image topic (rgb8, bgr8, mono8, rgba8, bgra8)"),
     Parameter(
         "image_transport",
@@ -123,6 +162,12 @@ PARAMETERS: tuple[Parameter, ...] = (
         choices=("rectified", "raw"),
     ),
     Parameter("points_topic", "points", "LiDAR PointCloud2 topic (float32 x, y, z)"),
+    Parameter(
+        "output_namespace",
+        "",
+        "namespace of the outputs, relative to the node's ('' = the node's own: depth/image, ...; "
+        "'front' = front/depth/image, ...)",
+    ),
     Parameter(
         "points_scale",
         0.0,
@@ -360,6 +405,10 @@ def check_parameter(param: Parameter, value: object, source: str = "") -> object
         ):
             raise wrong
         value = [float(v) for v in value]
+    elif kind == "string array":
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise wrong
+        value = list(value)
     elif not isinstance(value, str):
         raise wrong
     limits = param.limits
@@ -375,6 +424,26 @@ def check_parameter(param: Parameter, value: object, source: str = "") -> object
     return value
 
 
+def camera_parameter(name: str) -> tuple[str, str] | None:
+    """``'front.image_topic'`` -> ``('front', 'image_topic')``: a parameter a camera of
+    ``cameras`` sets for itself; None for any other name."""
+    camera, sep, key = name.partition(".")
+    if sep and key in CAMERA_KEYS and CAMERA_NAME.fullmatch(camera):
+        return camera, key
+    return None
+
+
+def table_entry(name: str) -> Parameter | None:
+    """The table's entry for ``name``; a camera's own parameter (``NAME.key``) is checked like
+    the node's ``key`` (and is read-only while the node runs); None for an unknown name."""
+    if name in TABLE:
+        return TABLE[name]
+    split = camera_parameter(name)
+    if split is None:
+        return None
+    return dataclasses.replace(TABLE[split[1]], name=name, read_only=True)
+
+
 def unknown_parameter(name: str, source: str = "") -> ParameterError:
     """The error for a name the node does not declare, with the closest known names."""
     where = f" ({source})" if source else ""
@@ -388,12 +457,13 @@ def check_parameters(values: dict, source: str = "") -> dict:
     as they are)."""
     checked = {}
     for name, value in values.items():
+        entry = table_entry(name)
         if is_ros_parameter(name):
             checked[name] = value
-        elif name not in TABLE:
+        elif entry is None:
             raise unknown_parameter(name, source)
         else:
-            checked[name] = check_parameter(TABLE[name], value, source)
+            checked[name] = check_parameter(entry, value, source)
     return checked
 
 
@@ -416,6 +486,58 @@ def check_relations(config: dict) -> None:
                 )
 
 
+def check_cameras(config: dict) -> None:
+    """``cameras``: valid, distinct names; every ``NAME.key`` names one of them; no two cameras
+    publish into one namespace."""
+    cameras = config.get("cameras")
+    if cameras is None:
+        return
+    for name in cameras:
+        if not CAMERA_NAME.fullmatch(name):
+            raise ParameterError(
+                f"parameter 'cameras': {name!r} is not a camera name (a letter, then letters, "
+                "digits or '_'): it prefixes the camera's parameters and namespaces its outputs"
+            )
+    if len(set(cameras)) != len(cameras):
+        raise ParameterError(f"parameter 'cameras': a name appears twice in {cameras}")
+    for name in config:
+        split = camera_parameter(name)
+        if split is not None and split[0] not in cameras:
+            raise ParameterError(
+                f"parameter '{name}' is for camera '{split[0]}', which is not in 'cameras' "
+                f"({cameras}); add it there or fix the prefix"
+            )
+    if cameras and "image_topic" in config:
+        spaces = [c["output_namespace"] for _, c in camera_configs(config)]
+        if len(set(spaces)) != len(spaces):
+            raise ParameterError(
+                f"parameters '<camera>.output_namespace': two cameras publish into one "
+                f"namespace ({spaces}); give each its own"
+            )
+
+
+def camera_configs(config: dict) -> list[tuple[str, dict]]:
+    """(camera name, its parameters) for every camera: the node's parameters with the camera's
+    own ``NAME.key`` values, topics defaulting to ``NAME/image``, ``NAME/camera_info`` and
+    outputs to namespace ``NAME``; ``[('', config)]`` without ``cameras``."""
+    shared = {k: v for k, v in config.items() if camera_parameter(k) is None}
+    if not config.get("cameras"):
+        return [("", shared)]
+    out = []
+    for camera in config["cameras"]:
+        own = {
+            "image_topic": f"{camera}/image",
+            "camera_info_topic": f"{camera}/camera_info",
+            "output_namespace": camera,
+        }
+        for name, value in config.items():
+            split = camera_parameter(name)
+            if split is not None and split[0] == camera:
+                own[split[1]] = value
+        out.append((camera, {**shared, **own}))
+    return out
+
+
 def validate(config: dict) -> dict:
     """A complete parameter dict checked value by value and between values; returned coerced."""
     missing = [name for name in TABLE if name not in config]
@@ -423,6 +545,7 @@ def validate(config: dict) -> dict:
         raise ParameterError(f"parameters missing: {', '.join(missing)}")
     checked = check_parameters(config)
     check_relations(checked)
+    check_cameras(checked)
     return checked
 
 
@@ -480,15 +603,29 @@ def read_params_file(path: str | Path) -> tuple[dict, dict[str, object]]:
         )
     values: dict[str, object] = {}
     for key, parameters, own in sections:
-        for name, value in parameters.items():
+        for name, value in flatten_parameters(parameters).items():
             if is_ros_parameter(name):
                 continue
-            if name not in TABLE:
+            entry = table_entry(name)
+            if entry is None:
                 if own:
                     raise unknown_parameter(name, f"{path}, section {key}")
                 continue
-            values[name] = check_parameter(TABLE[name], value, f"{path}, section {key}")
+            values[name] = check_parameter(entry, value, f"{path}, section {key}")
     return document, values
+
+
+def flatten_parameters(parameters: dict, prefix: str = "") -> dict[str, object]:
+    """Nested mappings of a ros__parameters section as rcl reads them: ``front: {image_topic:
+    x}`` is the parameter ``front.image_topic``."""
+    flat: dict[str, object] = {}
+    for name, value in parameters.items():
+        full = f"{prefix}{name}"
+        if isinstance(value, dict):
+            flat.update(flatten_parameters(value, f"{full}."))
+        else:
+            flat[full] = value
+    return flat
 
 
 def load_parameters(
@@ -516,13 +653,14 @@ def check_update(config: dict, changes: dict[str, object]) -> dict:
     coerced, or raises ParameterError with the reason (the running values are then kept)."""
     checked = {}
     for name, value in changes.items():
-        if name not in TABLE:
+        entry = table_entry(name)
+        if entry is None:
             raise unknown_parameter(name, "ros2 param set")
-        if TABLE[name].read_only:
+        if entry.read_only:
             raise ParameterError(
                 f"parameter '{name}' is read-only while the node runs: set it at start-up "
                 f"(runtime-settable: {', '.join(RUNTIME_PARAMETERS)})"
             )
-        checked[name] = check_parameter(TABLE[name], value, "ros2 param set")
+        checked[name] = check_parameter(entry, value, "ros2 param set")
     check_relations({**config, **checked})
     return checked

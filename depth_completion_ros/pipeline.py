@@ -122,6 +122,23 @@ class DepthPipeline:
         the backend's own (NLSPN's head) or, for a backend without one, exp(-d / d0) of the
         distance to the nearest return; NaN where the published depth is NaN. Not computed
         when not asked for."""
+        sparse, count = self.project(rgb, points, camera, T_cam_lidar, motion)
+        if confidence:
+            dense, conf = self.backend.complete_with_confidence(rgb, sparse, camera.intrinsics)
+        else:
+            dense, conf = self.backend.complete(rgb, sparse, camera.intrinsics), None
+        return self.finish(sparse, count, dense, conf, confidence)
+
+    def project(
+        self,
+        rgb: np.ndarray,
+        points: np.ndarray,
+        camera: PinholeCamera,
+        T_cam_lidar: np.ndarray,
+        motion: SensorMotion | SweepDeskew | None = None,
+    ) -> tuple[np.ndarray, int]:
+        """The checks and the sparse depth before completion: (sparse, points in the image);
+        InputError when no point falls inside the image."""
         check_image_size(rgb, camera)
         if len(points) == 0:
             raise InputError("point cloud has no finite points (empty or all NaN)")
@@ -132,13 +149,20 @@ class DepthPipeline:
                 f"none of the {len(points)} LiDAR points falls inside the image: check the "
                 "extrinsics (calibration_dir / extrinsics parameters) and the cloud's frame_id"
             )
-        conf = None
-        if confidence:
-            dense, conf = self.backend.complete_with_confidence(rgb, sparse, camera.intrinsics)
-            if conf is None:
-                conf = distance_confidence(sparse, self.confidence_distance)
-        else:
-            dense = self.backend.complete(rgb, sparse, camera.intrinsics)
+        return sparse, count
+
+    def finish(
+        self,
+        sparse: np.ndarray,
+        count: int,
+        dense: np.ndarray,
+        conf: np.ndarray | None = None,
+        confidence: bool = False,
+    ) -> FrameResult:
+        """The backend's depth (and its confidence, if any) -> what is published: the range and
+        support applied; with ``confidence`` and none from the backend, the distance-based one."""
+        if confidence and conf is None:
+            conf = distance_confidence(sparse, self.confidence_distance)
         dense = self.publishable(dense, sparse)
         if conf is not None:
             conf = mask_confidence(conf, dense)

@@ -41,20 +41,24 @@ class Graph:
                     {k: int(v) if v.lstrip("-").isdigit() else v for k, v in values.items()}
                 )
 
-    def counts(self) -> dict[str, object]:
-        """The node's latest accounting ({} before its first /diagnostics message)."""
-        return self.diagnostics[-1] if self.diagnostics else {}
+    def counts(self, camera: str | None = None) -> dict[str, object]:
+        """The node's latest accounting ({} before its first /diagnostics message); of one
+        camera of a node with ``cameras``."""
+        mine = [d for d in self.diagnostics if camera is None or d.get("camera") == camera]
+        return mine[-1] if mine else {}
 
-    def wait_for_counts(self, done, timeout: float = 20.0) -> dict[str, object]:
+    def wait_for_counts(
+        self, done, timeout: float = 20.0, camera: str | None = None
+    ) -> dict[str, object]:
         """Spin until the latest accounting satisfies ``done(counts)``; returns it (or the last
         one seen, for the caller's assertion message)."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            counts = self.counts()
+            counts = self.counts(camera)
             if counts and done(counts):
                 return counts
             self.spin_for(0.1)
-        return self.counts()
+        return self.counts(camera)
 
     def settled_counts(self, received: int, timeout: float = 20.0) -> dict[str, object]:
         """The accounting once at least ``received`` scans came and none is waiting."""

@@ -45,6 +45,16 @@ def make_backend(
         from depth_completion_ros.backends.classical import ClassicalBackend
 
         return ClassicalBackend(max_depth=max_depth)
+    network = {
+        "model": model,
+        "checkpoint": checkpoint,
+        "device": device,
+        "precision": precision,
+        "dataset": dataset,
+        "input_mode": network_input,
+        "input_focal": network_focal,
+        "support": support,
+    }
     if runtime == "onnxruntime":
         try:
             from depth_completion_ros.backends.onnx import OnnxBackend
@@ -52,33 +62,14 @@ def make_backend(
             raise BackendError(f"runtime 'onnxruntime' needs PyTorch too ({exc})") from exc
         if compile:
             log.warning("compile:=true has no effect with runtime:=onnxruntime")
-        return OnnxBackend(
-            model=model,
-            checkpoint=checkpoint,
-            device=device,
-            precision=precision,
-            dataset=dataset,
-            input_mode=network_input,
-            input_focal=network_focal,
-            support=support,
-        )
+        return OnnxBackend(**network)
     try:
         from depth_completion_ros.backends.network import NetworkBackend
     except ImportError as exc:  # torch missing on this machine
         raise BackendError(
             f"model {model!r} needs PyTorch ({exc}); install torch or use model:=classical"
         ) from exc
-    return NetworkBackend(
-        model=model,
-        checkpoint=checkpoint,
-        device=device,
-        precision=precision,
-        dataset=dataset,
-        compile=compile,
-        input_mode=network_input,
-        input_focal=network_focal,
-        support=support,
-    )
+    return NetworkBackend(**network, compile=compile)
 
 
 __all__ = [

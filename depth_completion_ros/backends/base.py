@@ -8,6 +8,7 @@ chosen by name through :func:`depth_completion_ros.backends.make_backend`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -43,6 +44,8 @@ class DepthCompletionBackend(ABC):
 
     #: short name used by the ``model`` parameter and in logs
     name: str = "base"
+    #: per frame of the last :meth:`complete_batch`: how many frames shared its forward pass
+    last_batch_sizes: list[int] = []
 
     @abstractmethod
     def complete(self, rgb: np.ndarray, sparse: np.ndarray, K: np.ndarray) -> np.ndarray:
@@ -56,6 +59,18 @@ class DepthCompletionBackend(ABC):
         then uses :func:`depth_completion_ros.confidence.distance_confidence`). Called only
         when the confidence is asked for, so the depth-only path costs nothing extra."""
         return self.complete(rgb, sparse, K), None
+
+    def complete_batch(
+        self, frames: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], confidence: bool = False
+    ) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """Several frames at once ((rgb, sparse, K) each: the cameras of one node), as
+        :meth:`complete_with_confidence` (``confidence``) or :meth:`complete` (confidence None)
+        gives them one by one. A network runs the frames of one input geometry as one batch;
+        this default completes them in turn. Sets :attr:`last_batch_sizes`."""
+        self.last_batch_sizes = [1] * len(frames)
+        if confidence:
+            return [self.complete_with_confidence(*frame) for frame in frames]
+        return [(self.complete(*frame), None) for frame in frames]
 
     def warm_up(self) -> None:
         """Run one small synthetic frame, so the first real frame does not pay for lazy set-up

@@ -15,6 +15,7 @@ import copy
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -656,45 +657,90 @@ class NetworkBackend(DepthCompletionBackend):
         return depth, aux["confidence"]
 
     def complete(self, rgb: np.ndarray, sparse: np.ndarray, K: np.ndarray) -> np.ndarray:
-        return self._complete(rgb, sparse, K, False)[0]
+        return self.complete_batch([(rgb, sparse, K)])[0][0]
 
     def complete_with_confidence(
         self, rgb: np.ndarray, sparse: np.ndarray, K: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Depth and, for NLSPN / SelfDC, its confidence head mapped back like the depth
         (:meth:`restore_confidence`); None for a network without one (BP-Net, ONNX)."""
-        return self._complete(rgb, sparse, K, self.has_confidence)
+        return self.complete_batch([(rgb, sparse, K)], confidence=True)[0]
 
-    def _complete(
-        self, rgb: np.ndarray, sparse: np.ndarray, K: np.ndarray, confidence: bool
-    ) -> tuple[np.ndarray, np.ndarray | None]:
+    def complete_batch(
+        self, frames: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], confidence: bool = False
+    ) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """Frames whose windows have the same plan (same size, scale and support's window) go
+        through the network as one batch, the others in batches of their own; each result is
+        the frame's own window restored, as one frame alone would give it (a batch of one is
+        exactly that computation). ``confidence``: the confidence head's map too, where the
+        network has one (else None). Sets :attr:`last_batch_sizes`."""
+        confidence = confidence and self.has_confidence
+        t0 = time.perf_counter()
+        results: list = [None] * len(frames)
+        with torch.inference_mode():
+            prepared = [self._prepare_frame(*frame) for frame in frames]
+            groups: dict[FrameGeometry, list[int]] = {}
+            for index, (_, _, g) in enumerate(prepared):
+                groups.setdefault(g, []).append(index)
+            t1 = time.perf_counter()
+            sizes = [0] * len(frames)
+            for g, members in groups.items():
+                outputs = self._run_batch([prepared[i] for i in members], g, confidence)
+                for index, output in zip(members, outputs, strict=True):
+                    results[index], sizes[index] = output, len(members)
+        self.last_batch_sizes = sizes
+        t2 = time.perf_counter()
+        self.last_timing = {
+            "prepare_s": t1 - t0,
+            "network_and_restore_s": t2 - t1,
+            "frames": len(frames),
+            "batches": len(groups),
+        }
+        return results
+
+    def _prepare_frame(self, rgb: np.ndarray, sparse: np.ndarray, K: np.ndarray) -> tuple:
+        """One frame checked, its sparse depth cleaned, and its network inputs (prepare_all)."""
         self._validate(rgb, sparse, K)
         sparse = np.asarray(sparse, dtype=np.float32)
         bad = ~np.isfinite(sparse) | (sparse < 0)
         if bad.any():  # NaN is REP 118's "no data"; negative depth is not a measurement
             sparse = np.where(bad, 0.0, sparse).astype(np.float32)
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            window, tiles, g = self.prepare_all(rgb, sparse, K)
-            t1 = time.perf_counter()
-            amp = self.precision != "fp32"
-            with torch.autocast(
-                self.device.type, dtype=AUTOCAST_DTYPES[self.precision], enabled=amp
-            ):
-                run = self._run_confidence if confidence else self._run
-                pred = run(*window)
-                edges = None
-                if tiles is not None:
-                    with self._tile_threads():
-                        edges = run(*tiles)
-            conf = None
-            if confidence:
-                pred, conf = pred
-                conf_edges = None
-                if edges is not None:
-                    edges, conf_edges = edges
-                conf = self.restore_confidence(conf, g, conf_edges)
-            out = self.restore(pred, g, edges)
-        t2 = time.perf_counter()
-        self.last_timing = {"prepare_s": t1 - t0, "network_and_restore_s": t2 - t1}
-        return out, conf
+        return self.prepare_all(rgb, sparse, K)
+
+    def _run_batch(
+        self, prepared: list[tuple], g: FrameGeometry, confidence: bool
+    ) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """Frames of one plan: windows (and edge tiles) stacked, one forward pass each, every
+        frame's part restored."""
+
+        def stacked(parts: list[tuple]) -> tuple:
+            if len(parts) == 1:
+                return parts[0]
+            return tuple(torch.cat(same) for same in zip(*parts, strict=True))
+
+        window = stacked([p[0] for p in prepared])
+        tiles = None if prepared[0][1] is None else stacked([p[1] for p in prepared])
+        amp = self.precision != "fp32"
+        with torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES[self.precision], enabled=amp):
+            run = self._run_confidence if confidence else self._run
+            pred = run(*window)
+            edges = None
+            if tiles is not None:
+                with self._tile_threads():
+                    edges = run(*tiles)
+        conf = conf_edges = None
+        if confidence:
+            pred, conf = pred
+            if edges is not None:
+                edges, conf_edges = edges
+        per_frame = len(g.tiles)
+        out = []
+        for b in range(len(prepared)):
+            own = slice(b * per_frame, (b + 1) * per_frame)
+            depth = self.restore(pred[b : b + 1], g, None if edges is None else edges[own])
+            frame_conf = None
+            if conf is not None:
+                tile_conf = None if conf_edges is None else conf_edges[own]
+                frame_conf = self.restore_confidence(conf[b : b + 1], g, tile_conf)
+            out.append((depth, frame_conf))
+        return out

@@ -48,7 +48,12 @@ from depth_completion_ros.messages import (
     transport_topic,
 )
 from depth_completion_ros.pairing import StampPairer
-from depth_completion_ros.parameters import ParameterError, load_parameters, parse_assignment
+from depth_completion_ros.parameters import (
+    ParameterError,
+    camera_configs,
+    load_parameters,
+    parse_assignment,
+)
 from depth_completion_ros.transforms import TransformBuffer, TransformSource
 
 #: the input topics of a kitti_to_bag bag
@@ -432,6 +437,35 @@ def parse_override(text: str) -> tuple[str, object]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _camera(
+    config: dict, camera: str | None, given: dict[str, str | None], namespace: str
+) -> tuple[dict, dict[str, str], str]:
+    """The parameters, bag topics and output namespace of the camera to process: the only one,
+    or ``camera`` of the parameters' ``cameras`` (its own topics unless given on the command
+    line, which otherwise default to the node's: image, camera_info, points)."""
+    cameras = dict(camera_configs(config))
+    if camera is None:
+        if config["cameras"]:
+            raise ParameterError(
+                f"the parameters list cameras {config['cameras']}: choose one with --camera "
+                "NAME (process_bag runs one camera per run)"
+            )
+        own = config
+    elif camera not in cameras:
+        raise ParameterError(
+            f"--camera {camera}: not in the parameters' cameras {config['cameras'] or '[]'}"
+        )
+    else:
+        own = cameras[camera]
+        namespace = namespace or own["output_namespace"]
+    keys = {"image": "image_topic", "camera_info": "camera_info_topic", "points": "points_topic"}
+    topics = {
+        role: given[role] or (own[key] if camera else DEFAULT_TOPICS[role])
+        for role, key in keys.items()
+    }
+    return own, topics, namespace
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="process_bag",
@@ -461,17 +495,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--image-topic",
-        default=DEFAULT_TOPICS["image"],
-        help="camera image topic in the bag: sensor_msgs/Image or CompressedImage (with -p "
+        help=f"camera image topic in the bag (default {DEFAULT_TOPICS['image']}, or the "
+        "camera's with --camera): sensor_msgs/Image or CompressedImage (with -p "
         "image_transport:=compressed, '<topic>/compressed' is read)",
     )
     parser.add_argument(
         "--camera-info-topic",
-        default=DEFAULT_TOPICS["camera_info"],
-        help="CameraInfo topic in the bag",
+        help=f"CameraInfo topic in the bag (default {DEFAULT_TOPICS['camera_info']})",
     )
     parser.add_argument(
-        "--points-topic", default=DEFAULT_TOPICS["points"], help="PointCloud2 topic in the bag"
+        "--points-topic",
+        help=f"PointCloud2 topic in the bag (default {DEFAULT_TOPICS['points']})",
     )
     parser.add_argument(
         "--namespace", default="", help="prefix of the output topics (default: /depth/image ...)"
@@ -491,24 +525,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing output bag / PNG folder"
     )
+    parser.add_argument(
+        "--camera",
+        help="with parameters that list 'cameras': the one to process (its own parameters, and "
+        "its topics and output namespace unless given here); one camera per run",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     args = parser.parse_args(argv)
     overrides = dict(args.param)
     if args.calibration_dir:
         overrides["calibration_dir"] = args.calibration_dir
-    topics = {
+    given = {
         "image": args.image_topic,
         "camera_info": args.camera_info_topic,
         "points": args.points_topic,
     }
     try:
         config = load_parameters(args.params_file, overrides)
+        config, topics, namespace = _camera(config, args.camera, given, args.namespace)
         report = process(
             args.input,
             args.output,
             config,
             topics,
-            args.namespace,
+            namespace,
             args.kitti_depth_dir,
             args.storage,
             not args.outputs_only,
