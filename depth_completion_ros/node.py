@@ -714,6 +714,15 @@ class StopRequest:
         self.signals += 1
         self.event.set()
 
+    @staticmethod
+    def ignore_late_signals() -> None:
+        """After the clean-up: a signal that comes now (the second SIGINT of a Ctrl-C under
+        launch, 50 ms behind the first) is ignored. Python's finalisation puts the default
+        handler back for every signal with a Python handler, so such a signal would otherwise
+        kill the exiting process (exit -2 instead of 0); an ignored one stays ignored."""
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, signal.SIG_IGN)
+
 
 def main(args: list[str] | None = None) -> int:
     """Console script ``depth_completion_node``: init, spin until SIGINT/SIGTERM (or an external
@@ -757,6 +766,7 @@ def main(args: list[str] | None = None) -> int:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+        stop.ignore_late_signals()
     return 0
 
 

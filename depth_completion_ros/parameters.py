@@ -40,6 +40,7 @@ RUNTIME_PARAMETERS = (
     "publish_sparse",
     "publish_colored",
     "publish_confidence",
+    "confidence_distance",
     "diagnostics_period",
     "no_pair_warning",
 )

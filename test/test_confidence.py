@@ -275,3 +275,29 @@ def test_process_bag_writes_confidence_and_fuse_rgbd_uses_it(
     assert gated["low_confidence_pixels"] > 0 and plain["low_confidence_pixels"] == 0
     assert gated["fused_pixels"] == plain["fused_pixels"] - gated["low_confidence_pixels"]
     assert gated["points"] < plain["points"]
+
+
+def test_confidence_distance_is_settable_at_runtime():
+    """ros2 param set confidence_distance: checked by the table, applied to the next frame."""
+    from depth_completion_ros.frame import FrameProcessor, FrameSource
+    from depth_completion_ros.parameters import ParameterError, check_update, load_parameters
+    from depth_completion_ros.transforms import NoTransforms
+
+    config = load_parameters(overrides={"publish_confidence": True})
+    roles = {"image": "image", "camera_info": "camera_info", "points": "points", "odometry": ""}
+    processor = FrameProcessor(config, FrameSource(roles, NoTransforms("none"), "fix"))
+    backend = processor.pipeline.backend
+    change = check_update(config, {"confidence_distance": 2})
+    assert change == {"confidence_distance": 2.0}
+    processor.reconfigure({**config, **change})
+    assert processor.pipeline.confidence_distance == 2.0
+    assert processor.pipeline.backend is backend
+    sparse = np.zeros((8, 8), np.float32)
+    sparse[0, 0] = 5.0
+    conf = processor.pipeline.finish(sparse, 1, np.full((8, 8), 5.0, np.float32), None, True)
+    expected = distance_confidence(sparse, 2.0)
+    np.testing.assert_allclose(
+        conf.confidence[np.isfinite(conf.dense)], expected[np.isfinite(conf.dense)]
+    )
+    with pytest.raises(ParameterError, match="confidence_distance"):
+        check_update(config, {"confidence_distance": -1.0})

@@ -62,6 +62,26 @@ def test_stop_signals_end_the_node_cleanly(ros_domain_id, tmp_path, signals):
     assert ROSOUT_ERROR not in text, text
 
 
+def test_signals_while_exiting_do_not_kill_the_node(ros_domain_id, tmp_path):
+    """A SIGINT that lands while the node is already exiting (after its clean-up, during the
+    interpreter's shutdown: launch's SIGINT trailing the terminal's) leaves exit code 0, not -2."""
+    log = tmp_path / "node.log"
+    process = start_node_process({}, ros_domain_id, log)
+    try:
+        _wait_for(log, "ready:")
+        process.send_signal(signal.SIGINT)
+        _wait_for(log, "stopping:", timeout=20)
+        end = time.monotonic() + 20
+        while process.poll() is None and time.monotonic() < end:
+            process.send_signal(signal.SIGINT)
+            time.sleep(0.002)
+    finally:
+        stop_process(process)
+    text = log.read_text(errors="replace")
+    assert process.returncode == 0, text
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
+
+
 def test_bag_replayed_on_sim_time_loses_no_scan(kitti_raw_seq, ros_domain_id, tmp_path):
     """play_bag --clock into a use_sim_time node with the drivers' default (best effort) QoS:
     all 20 scans of the real sequence are published, and the counts on /diagnostics keep coming
