@@ -336,9 +336,9 @@ def lidar_twists(
                 raise NoMotion(
                     "frame",
                     f"the odometry on {topic} is in frame '{child}', the cloud in '{lidar}', and "
-                    "no transform between them is known: publish it on /tf_static (the node "
-                    "needs tf2_ros for that) or publish the odometry with child_frame_id the "
-                    "cloud's frame",
+                    "no transform between them is known: publish it on /tf_static or /tf (the "
+                    "node reads both; a bag's are read from it) or publish the odometry with "
+                    "child_frame_id the cloud's frame",
                 )
             R, r = move
             v, w = R @ (v + np.cross(w, r)), R @ w

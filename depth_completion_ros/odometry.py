@@ -49,8 +49,8 @@ def scan_motion(
         raise NoMotion(
             "frame",
             f"the odometry on {topic} is in frame '{child}', the cloud in '{lidar}', and no "
-            f"transform between them is known: publish it on /tf_static (the node needs "
-            "tf2_ros for that) or publish the odometry with child_frame_id the cloud's frame",
+            f"transform between them is known: publish it on /tf_static or /tf (the node "
+            "reads both) or publish the odometry with child_frame_id the cloud's frame",
         )
     twist = odometry.twist.twist
     linear = np.array([twist.linear.x, twist.linear.y, twist.linear.z], np.float64)
