@@ -303,23 +303,7 @@ class NetworkBackend(DepthCompletionBackend):
         input_focal: float = 0.0,
         support: SupportConfig | None = SupportConfig(),
     ) -> None:
-        try:
-            self.spec: ModelSpec = get_model_spec(model)
-        except KeyError as e:
-            raise BackendError(str(e.args[0])) from None
-        require_choice("dataset", dataset, DATASETS)
-        require_choice("precision", precision, PRECISIONS)
-        require_choice("network_input", input_mode, NETWORK_INPUTS)
-        if not (math.isfinite(input_focal) and input_focal >= 0):
-            raise BackendError(f"network_focal must be 0 (the weights') or > 0, got {input_focal}")
-        self.name = model
-        self.dataset = dataset
-        self.input_spec = self.spec.input_spec(dataset)
-        #: 'native' (the camera's pixels) or 'resize' (scaled so fx becomes input_focal)
-        self.input_mode = self.input_spec.default_input if input_mode == "auto" else input_mode
-        self.input_focal = float(input_focal) or self.input_spec.focal
-        #: how the LiDAR support's top row is found (None: the network sees every row)
-        self.support = support
+        self._set_network(model, dataset, precision, input_mode, input_focal, support)
         self.device = resolve_device(device)
         self.precision = self._check_precision(precision)
         self.checkpoint = Path(checkpoint).expanduser() if checkpoint else None
@@ -360,6 +344,35 @@ class NetworkBackend(DepthCompletionBackend):
         self._forward = self._compile(net) if compile else net
         self.compiled = compile
         self._init_frame_io()
+
+    def _set_network(
+        self,
+        model: str,
+        dataset: str,
+        precision: str,
+        input_mode: str,
+        input_focal: float,
+        support: SupportConfig | None,
+    ) -> None:
+        """The model's spec and input conventions, checked (shared with the ONNX backend,
+        whose pre/post-processing is this one's)."""
+        try:
+            self.spec: ModelSpec = get_model_spec(model)
+        except KeyError as e:
+            raise BackendError(str(e.args[0])) from None
+        require_choice("dataset", dataset, DATASETS)
+        require_choice("precision", precision, PRECISIONS)
+        require_choice("network_input", input_mode, NETWORK_INPUTS)
+        if not (math.isfinite(input_focal) and input_focal >= 0):
+            raise BackendError(f"network_focal must be 0 (the weights') or > 0, got {input_focal}")
+        self.name = model
+        self.dataset = dataset
+        self.input_spec = self.spec.input_spec(dataset)
+        #: 'native' (the camera's pixels) or 'resize' (scaled so fx becomes input_focal)
+        self.input_mode = self.input_spec.default_input if input_mode == "auto" else input_mode
+        self.input_focal = float(input_focal) or self.input_spec.focal
+        #: how the LiDAR support's top row is found (None: the network sees every row)
+        self.support = support
 
     def _init_frame_io(self) -> None:
         """State of the shared pre/post-processing (normalisation, plans, upload buffers): set

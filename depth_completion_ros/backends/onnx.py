@@ -27,17 +27,10 @@ import torch
 
 from depth_completion_ros.backends.base import (
     DEVICES,
-    PRECISIONS,
     BackendError,
     require_choice,
 )
 from depth_completion_ros.backends.network import NetworkBackend
-from depth_completion_ros.networks.registry import (
-    DATASETS,
-    NETWORK_INPUTS,
-    ModelSpec,
-    get_model_spec,
-)
 from depth_completion_ros.support import SupportConfig
 
 log = logging.getLogger(__name__)
@@ -139,13 +132,7 @@ class OnnxBackend(NetworkBackend):
         """``only``: keep just these of the providers ``device`` picks (benchmarks time
         TensorRT and CUDA apart); ``threads``: ONNX Runtime's intra-op threads (0: its own)."""
         ort = _import_ort()
-        try:
-            self.spec: ModelSpec = get_model_spec(model)
-        except KeyError as e:
-            raise BackendError(str(e.args[0])) from None
-        require_choice("dataset", dataset, DATASETS)
-        require_choice("precision", precision, PRECISIONS)
-        require_choice("network_input", input_mode, NETWORK_INPUTS)
+        self._set_network(model, dataset, precision, input_mode, input_focal, support)
         if not checkpoint:
             raise BackendError(
                 f"runtime 'onnxruntime' needs checkpoint:= an .onnx file; make one with "
@@ -169,12 +156,6 @@ class OnnxBackend(NetworkBackend):
                     f"'{path}' is an export of {key} {meta[key]!r}, but {key}:={want!r}; set "
                     f"{key}:={meta[key]} or export the {want} weights"
                 )
-        self.name = model
-        self.dataset = dataset
-        self.input_spec = self.spec.input_spec(dataset)
-        self.input_mode = self.input_spec.default_input if input_mode == "auto" else input_mode
-        self.input_focal = float(input_focal) or self.input_spec.focal
-        self.support = support
         # The shared pre/post-processing runs on the CPU in torch; the session takes numpy.
         self.device = torch.device("cpu")
         self.precision = "fp32"  # no torch autocast around the session
