@@ -126,6 +126,9 @@ class _DepthCompletion:
         """The table's values and, for each camera of ``cameras``, its own ``NAME.key`` values
         (declared here, defaulting to the camera's defaults), validated together."""
         values = {p.name: self.get_parameter(p.name).value for p in parameters.PARAMETERS}
+        for name, override in self._parameter_overrides.items():
+            if parameters.camera_parameter(name) is not None:  # checked against 'cameras'
+                values[name] = override.value
         try:
             checked = parameters.check_parameters({"cameras": values["cameras"]})
             parameters.check_cameras(checked)

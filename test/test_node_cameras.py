@@ -191,3 +191,22 @@ def test_one_model_in_memory_for_two_cameras(kitti_calibration, r18_weights):
             node.destroy_node()
     finally:
         rclpy.try_shutdown(context=context)
+
+
+def test_a_camera_parameter_without_its_camera_stops_the_node():
+    """`-p rear.image_topic:=...` without 'rear' in cameras would be ignored by rclpy (never
+    declared): the node refuses to start and names it."""
+    from rclpy.parameter import Parameter
+
+    from depth_completion_ros.node import DepthCompletionNode
+    from depth_completion_ros.parameters import ParameterError
+
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=97)
+    try:
+        with pytest.raises(ParameterError, match="'rear.image_topic' is for camera 'rear'"):
+            DepthCompletionNode(
+                context=context, parameter_overrides=[Parameter("rear.image_topic", value="/x")]
+            )
+    finally:
+        rclpy.try_shutdown(context=context)
