@@ -545,7 +545,8 @@ class _DepthCompletion:
             counts = self.counts(channel)
             if counts["received"] or counts["images_received"]:
                 self.get_logger().info(f"status: {self.latency_summary(channel, counts)}")
-            statuses.append(self._diagnostic_status(channel, counts))
+            if self._diagnostics_pub is not None:  # diagnostic_msgs is installed
+                statuses.append(self._diagnostic_status(channel, counts))
         if self._diagnostics_pub is not None:
             from diagnostic_msgs.msg import DiagnosticArray
 

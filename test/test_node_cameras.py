@@ -210,3 +210,33 @@ def test_a_camera_parameter_without_its_camera_stops_the_node():
             )
     finally:
         rclpy.try_shutdown(context=context)
+
+
+def test_status_without_diagnostic_msgs(kitti_calibration, monkeypatch):
+    """Where diagnostic_msgs is not installed the node has no /diagnostics publisher; its status
+    timer must still log each camera's line instead of failing on the import."""
+    import sys
+
+    from rclpy.parameter import Parameter
+
+    from depth_completion_ros.node import DepthCompletionNode
+
+    T = kitti_calibration.T_cam_lidar
+    flat = camera_parameters("", T, T) | {"model": "classical"}
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=96)
+    try:
+        monkeypatch.setitem(sys.modules, "diagnostic_msgs", None)  # import fails as if absent
+        monkeypatch.setitem(sys.modules, "diagnostic_msgs.msg", None)
+        node = DepthCompletionNode(
+            context=context,
+            parameter_overrides=[Parameter(k, value=v) for k, v in flat.items()],
+        )
+        try:
+            assert node._diagnostics_pub is None
+            node.channels[1].pairer.add_image(1.0, object())  # an image: the status is logged
+            node._report()
+        finally:
+            node.destroy_node()
+    finally:
+        rclpy.try_shutdown(context=context)
