@@ -155,6 +155,16 @@ class FrameFailure(Exception):
         return f"{self.stage}:{self.detail}:{cause_of(str(self))}"
 
 
+def run_stage(stage: str, what: str, run: Callable, *args):
+    """``run(*args)``, with any failure turned into a FrameFailure naming ``what``."""
+    try:
+        return run(*args)
+    except (InputError, MessageError, CalibrationError) as exc:
+        raise FrameFailure(stage, f"{what}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - one frame never ends a node or a bag run
+        raise FrameFailure(stage, f"{what}: unexpected error {exc!r}", type(exc).__name__) from exc
+
+
 @dataclass
 class FrameInputs:
     """A pair and what goes with it: messages as they arrived (sensor_msgs types)."""
@@ -327,14 +337,10 @@ class FrameProcessor:
 
     # --- the step ---------------------------------------------------------------------------
 
-    def _stage(self, stage: str, what: str, run: Callable, *args):
-        """``run(*args)``, with any failure turned into a FrameFailure naming ``what``."""
-        return run_stage(stage, what, run, *args)
-
     def _project(self, inputs: FrameInputs, outcome: FrameOutcome) -> _Projected:
         """Checks, conversions and the sparse depth: everything before the backend."""
         frame = self.prepare(inputs, outcome)
-        sparse, count = self._stage(
+        sparse, count = run_stage(
             "pipeline",
             "completion",
             self.pipeline.project,
@@ -352,7 +358,7 @@ class FrameProcessor:
     def _finish(self, inputs: FrameInputs, projected: _Projected, completed: tuple) -> FrameOutput:
         """The backend's result -> what is published, and the output messages."""
         frame = projected.frame
-        result = self._stage(
+        result = run_stage(
             "pipeline",
             "completion",
             self.pipeline.finish,
@@ -361,7 +367,7 @@ class FrameProcessor:
             *completed,
             projected.confidence,
         )
-        messages = self._stage(
+        messages = run_stage(
             "outputs",
             "building the outputs",
             self.output_messages,
@@ -386,17 +392,17 @@ class FrameProcessor:
                 "until one arrives",
                 "none",
             )
-        camera = self._stage(
+        camera = run_stage(
             "camera_info",
             f"camera_info on {topics['camera_info']}",
             camera_info_to_camera,
             inputs.camera_info,
             self.config["camera_model"],
         )
-        rgb = self._stage("image", f"image on {topics['image']}", image_to_rgb, inputs.image)
-        self._stage("image", f"image on {topics['image']}", check_image_size, rgb, camera)
+        rgb = run_stage("image", f"image on {topics['image']}", image_to_rgb, inputs.image)
+        run_stage("image", f"image on {topics['image']}", check_image_size, rgb, camera)
         cloud = inputs.cloud
-        points = self._stage(
+        points = run_stage(
             "points",
             f"point cloud on {topics['points']}",
             pointcloud2_to_array,
@@ -413,7 +419,7 @@ class FrameProcessor:
                 "all NaN/inf",
                 "nan",
             )
-        T = self._stage(
+        T = run_stage(
             "extrinsics",
             "extrinsics (calibration_dir/extrinsics/transforms)",
             pair_extrinsics,
@@ -505,16 +511,6 @@ class FrameProcessor:
 # --- several frames at once -------------------------------------------------------------------
 
 
-def run_stage(stage: str, what: str, run: Callable, *args):
-    """``run(*args)``, with any failure turned into a FrameFailure naming ``what``."""
-    try:
-        return run(*args)
-    except (InputError, MessageError, CalibrationError) as exc:
-        raise FrameFailure(stage, f"{what}: {exc}") from exc
-    except Exception as exc:  # noqa: BLE001 - one frame never ends a node or a bag run
-        raise FrameFailure(stage, f"{what}: unexpected error {exc!r}", type(exc).__name__) from exc
-
-
 @dataclass
 class _Projected:
     """A frame ready for the backend."""
@@ -590,8 +586,8 @@ def _complete_together(jobs: list[_Job]) -> None:
     groups: dict[tuple[int, bool, int], list[_Job]] = {}
     for job in jobs:
         # batch_cameras false: each frame in a group of its own
-        alone = 0 if job.processor.config["batch_cameras"] else id(job)
-        key = (id(job.processor.pipeline.backend), job.projected.confidence, alone)
+        own_group = 0 if job.processor.config["batch_cameras"] else id(job)
+        key = (id(job.processor.pipeline.backend), job.projected.confidence, own_group)
         groups.setdefault(key, []).append(job)
     for (_, confidence, _), members in groups.items():
         backend = members[0].processor.pipeline.backend

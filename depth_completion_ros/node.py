@@ -129,11 +129,8 @@ class _DepthCompletion:
         for name, override in self._parameter_overrides.items():
             if parameters.camera_parameter(name) is not None:  # checked against 'cameras'
                 values[name] = override.value
-        try:
-            checked = parameters.check_parameters({"cameras": values["cameras"]})
-            parameters.check_cameras(checked)
-        except parameters.ParameterError:
-            return parameters.validate(values)  # raises with the reason
+        # the names must be usable before their parameters are declared
+        parameters.check_cameras(parameters.check_parameters({"cameras": values["cameras"]}))
         for camera, config in parameters.camera_configs(values):
             if not camera:
                 continue

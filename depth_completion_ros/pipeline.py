@@ -123,10 +123,8 @@ class DepthPipeline:
         distance to the nearest return; NaN where the published depth is NaN. Not computed
         when not asked for."""
         sparse, count = self.project(rgb, points, camera, T_cam_lidar, motion)
-        if confidence:
-            dense, conf = self.backend.complete_with_confidence(rgb, sparse, camera.intrinsics)
-        else:
-            dense, conf = self.backend.complete(rgb, sparse, camera.intrinsics), None
+        frame = (rgb, sparse, camera.intrinsics)
+        dense, conf = self.backend.complete_batch([frame], confidence)[0]
         return self.finish(sparse, count, dense, conf, confidence)
 
     def project(
